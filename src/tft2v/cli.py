@@ -1,0 +1,60 @@
+"""The ``tft2v`` command line: parse, validate, dispatch. Bad input → one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from tft2v.errors import TFT2VError
+
+app = typer.Typer(
+    name="tft2v",
+    help="TF-T2V: text-to-video diffusion from image-text pairs and text-free videos.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed tft2v version."""
+    from tft2v import __version__
+
+    print(__version__)
+
+
+def _mount() -> None:
+    # One line per command group; each module owns its commands.
+    pass
+
+
+_mount()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the typer app and turns user errors into one-line messages (exit 2)."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="tft2v", standalone_mode=False)
+    except click.exceptions.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.exceptions.UsageError as e:
+        # Click's own usage errors (unknown option, bad value) — keep them to one line.
+        print(f"error: {e.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.ClickException as e:
+        print(f"error: {e.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except (TFT2VError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

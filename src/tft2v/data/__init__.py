@@ -1,0 +1,1 @@
+"""Data layer: sources, video I/O, mixing, condition extraction and the shapes world."""
