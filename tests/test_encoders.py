@@ -1,0 +1,128 @@
+"""Tests for tft2v.encoders: the interface, the toy encoder, HF CLIP, OpenCLIP conversion, HF text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tft2v.data.shapes_spec import COLOURS
+from tft2v.encoders import build_encoder, clip_preprocess, load_encoder
+from tft2v.errors import ConfigError, TFT2VError
+
+
+def render(colour: str, shape: str, cx: float, cy: float, size: int = 10) -> torch.Tensor:
+    """One 32x32 shapes-world frame (3, 32, 32) in [-1, 1] on a dark background."""
+    img = np.full((32, 32, 3), 10, np.float32)
+    yy, xx = np.mgrid[:32, :32] + 0.5
+    r = size / 2
+    if shape == "circle":
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    elif shape == "square":
+        mask = (abs(xx - cx) <= r) & (abs(yy - cy) <= r)
+    else:  # upward triangle
+        mask = (yy >= cy - r) & (yy <= cy + r) & (abs(xx - cx) <= (yy - (cy - r)) / 2)
+    img[mask] = COLOURS[colour]
+    return torch.from_numpy(img).permute(2, 0, 1) / 127.5 - 1
+
+
+# ---------------------------------------------------------------- interface
+
+
+def test_unknown_kind_and_bad_kwargs_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown encoder kind 'nope'"):
+        build_encoder("nope")
+    with pytest.raises(ConfigError, match="bad arguments for encoder kind 'toy'"):
+        build_encoder("toy", width=3)
+
+
+def test_clip_preprocess_resizes_short_side_and_center_crops():
+    # A wide image whose left/right thirds differ: the centre crop must keep only the middle.
+    img = torch.full((1, 3, 20, 60), -1.0)
+    img[:, :, :, 20:40] = 1.0
+    out = clip_preprocess(img, 10)
+    assert out.shape == (1, 3, 10, 10)
+    white = (torch.ones(3) - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor(
+        [0.26862954, 0.26130258, 0.27577711]
+    )
+    torch.testing.assert_close(out[0, :, 5, 5], white, atol=1e-4, rtol=0)
+    with pytest.raises(TFT2VError, match=r"\(B, 3, H, W\)"):
+        clip_preprocess(torch.zeros(3, 8, 8), 4)
+
+
+# ---------------------------------------------------------------- toy
+
+
+def test_toy_text_shapes_determinism_and_padding():
+    enc = build_encoder("toy")
+    assert (enc.text_dim, enc.image_dim, enc.max_length) == (64, 64, 8)
+    tokens = enc.encode_text(["a red circle", "a red circle moving left", ""])
+    assert tokens.shape == (3, 8, 64) and tokens.dtype == torch.float32
+    again = build_encoder("toy").encode_text(["a red circle", "a red circle moving left", ""])
+    assert torch.equal(tokens, again)
+    # Same prefix, same first tokens; the motion words change the later ones.
+    assert torch.equal(tokens[0, :3], tokens[1, :3])
+    assert not torch.allclose(tokens[0, 3:5], tokens[1, 3:5])
+    # "" is all padding: identical to the padding tail of a caption.
+    assert torch.equal(tokens[2, 3:], tokens[0, 3:])
+    assert torch.equal(enc.token_ids([""]), torch.zeros(1, 8, dtype=torch.long))
+    assert not torch.equal(build_encoder("toy", seed=1).encode_text(["a red circle"]), tokens[:1])
+    with pytest.raises(TFT2VError, match="list of strings"):
+        enc.encode_text("a red circle")
+
+
+def test_toy_text_words_are_orthogonal():
+    enc = build_encoder("toy")
+    words = ["red", "blue", "circle", "square", "left", "right"]
+    rows = enc.token_embedding[enc.token_ids([" ".join(words)])[0, : len(words)]]
+    gram = rows @ rows.T / enc.text_dim
+    torch.testing.assert_close(gram, torch.eye(len(words)), atol=1e-5, rtol=0)
+
+
+def test_toy_image_embedding_carries_colour_and_shape():
+    enc = build_encoder("toy", image_dim=32)
+    frames = torch.stack(
+        [
+            render("red", "circle", 10, 10),
+            render("red", "circle", 18, 14),  # same object, moved
+            render("red", "square", 10, 10),
+            render("blue", "circle", 10, 10),
+            render("red", "triangle", 12, 12),
+        ]
+    )
+    emb = enc.encode_image(frames)
+    assert emb.shape == (5, 32)
+    dist = torch.cdist(emb, emb)
+    moved = dist[0, 1]
+    assert moved < 0.5 * dist[0, 2:].min()  # colour/shape changes dominate a position change
+    features = enc.image_features(frames)
+    shape_scores = features[:, 10:13]  # circle, square, triangle similarities
+    assert shape_scores.argmax(dim=1).tolist() == [0, 0, 1, 0, 2]
+    palette_scores = features[:, 3:9]
+    assert palette_scores.argmax(dim=1).tolist() == [0, 0, 0, 2, 0]
+    # Any size: a 2x upsampled frame gives the same embedding; an empty frame gives zeros.
+    upsampled = torch.nn.functional.interpolate(frames, scale_factor=2, mode="nearest")
+    torch.testing.assert_close(enc.encode_image(upsampled), emb)
+    assert torch.count_nonzero(enc.encode_image(torch.full((1, 3, 32, 32), -1.0))) == 0
+
+
+def test_toy_save_load_round_trip(tmp_path):
+    enc = build_encoder("toy", text_dim=16, image_dim=24, max_length=6, seed=3)
+    enc.save_pretrained(tmp_path / "enc")
+    loaded = load_encoder(tmp_path / "enc")
+    assert type(loaded).__name__ == "ToyEncoder" and loaded.max_length == 6
+    prompts = ["a cyan triangle moving up", "zebra"]
+    assert torch.equal(loaded.encode_text(prompts), enc.encode_text(prompts))
+    frame = render("cyan", "triangle", 16, 16)[None]
+    assert torch.equal(loaded.encode_image(frame), enc.encode_image(frame))
+    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    loaded.train()
+    assert not loaded.training
+
+
+def test_load_encoder_errors(tmp_path):
+    with pytest.raises(TFT2VError, match="has no config.json"):
+        load_encoder(tmp_path)
+    (tmp_path / "config.json").write_text('{"kind": "mystery"}')
+    with pytest.raises(ConfigError, match="unknown encoder kind 'mystery'"):
+        load_encoder(tmp_path)
