@@ -1,0 +1,248 @@
+"""The shapes world generator (SPEC §3): image–text pairs, text-free videos, captioned videos.
+
+Everything is vectorised numpy: random parameters for a whole set are drawn first (so results do not
+depend on chunking), then frames are rendered in chunks from signed distance functions with a
+one-pixel anti-aliased edge, which lets objects sit and move at sub-pixel positions.
+
+Layout: a set stores its frames as uint8 ``(N, F, H, W, 3)`` (the I/O-edge layout, 4× smaller than
+float); samples handed to training are float32 ``(3, F, H, W)`` in [-1, 1] (an image is F = 1), i.e.
+``(B, C, F, H, W)`` once collated. The values are quantised to uint8 exactly as the files
+:func:`tft2v.data.toy_files.write_toy_dataset` writes, so in-memory and on-disk data are the same.
+
+Geometry conventions (shared with the analytic evaluators): ``x`` grows rightwards, ``y`` downwards,
+pixel ``(i, j)`` covers ``[j, j+1) × [i, i+1)``. An object's ``size`` is the side of its bounding box
+(the circle's diameter, the square's side, the triangle's base and height; the triangle points up).
+``track`` is the analytic area centroid per frame, ``(F, 2)`` as ``(x, y)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tft2v.data import shapes_spec as spec
+from tft2v.errors import TFT2VError
+
+KINDS = ("images", "videos", "captioned_videos")
+_KIND_STREAM = {k: i for i, k in enumerate(KINDS)}  # separate random streams per set
+_COLOUR_NAMES = tuple(spec.COLOURS)
+_COLOUR_RGB = np.array([spec.COLOURS[c] for c in _COLOUR_NAMES], dtype=np.float32)  # (6, 3)
+# The anti-aliased edge reaches half a pixel beyond the shape; a 1 px margin keeps the border pixels
+# pure background, so "fully in frame" holds for the rendered pixels too.
+_MARGIN = 1.0
+
+
+@dataclass(frozen=True)
+class ToyWorld:
+    """Shapes-world settings; defaults are SPEC §3. Speeds are continuous px/frame."""
+
+    size: int = spec.FRAME_SIZE
+    frames: int = spec.NUM_FRAMES
+    size_range: tuple[int, int] = spec.SIZE_RANGE
+    speed_range: tuple[float, float] = spec.SPEED_RANGE
+    background_max: int = spec.BACKGROUND_MAX
+
+    def __post_init__(self) -> None:
+        lo, hi = self.size_range
+        if not (1 <= lo <= hi < self.size):
+            raise TFT2VError(f"object size range {self.size_range} must fit inside {self.size}px frames")
+        if self.frames < 1:
+            raise TFT2VError(f"frames must be >= 1, got {self.frames}")
+        if not (0 < self.speed_range[0] <= self.speed_range[1]):
+            raise TFT2VError(f"speed range {self.speed_range} must be positive and ordered")
+        # The largest object moving at the slowest speed must still fit for the whole clip.
+        if self.max_speed(hi) < self.speed_range[0]:
+            raise TFT2VError(
+                f"a {hi}px object at {self.speed_range[0]} px/frame leaves a {self.size}px frame "
+                f"within {self.frames} frames; use fewer frames, smaller objects or a bigger frame"
+            )
+        if not (4 <= self.background_max <= 128):
+            raise TFT2VError(f"background_max must be in [4, 128], got {self.background_max}")
+
+    def max_speed(self, obj_size: float | np.ndarray) -> float | np.ndarray:
+        """Fastest speed (px/frame) at which an object of ``obj_size`` stays in frame for a clip."""
+        travel = self.size - 2 * _MARGIN - np.asarray(obj_size, dtype=np.float64)
+        return travel / max(self.frames - 1, 1)
+
+
+@dataclass
+class ToySet:
+    """One generated set. ``frames`` uint8 (N, F, H, W, 3); per-sample ground truth arrays of length N.
+
+    ``motion`` is -1 and ``speed`` 0 for still images; ``track`` is (N, F, 2) area centroids (x, y).
+    """
+
+    kind: str
+    frames: np.ndarray
+    colour: np.ndarray  # (N,) index into shapes_spec.COLOURS order
+    shape: np.ndarray  # (N,) index into shapes_spec.SHAPES
+    obj_size: np.ndarray  # (N,) float, bounding-box side in px
+    motion: np.ndarray  # (N,) index into shapes_spec.MOTIONS, -1 for images
+    speed: np.ndarray  # (N,) px/frame
+    track: np.ndarray  # (N, F, 2)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def caption(self, i: int) -> str:
+        """The sample's caption; '' for text-free videos."""
+        if self.kind == "videos":
+            return ""
+        motion = spec.MOTIONS[self.motion[i]] if self.kind == "captioned_videos" else None
+        return spec.caption(_COLOUR_NAMES[self.colour[i]], spec.SHAPES[self.shape[i]], motion)
+
+    def truth(self, i: int) -> dict:
+        """Analytic ground truth of sample ``i`` as plain Python values (JSON-ready)."""
+        return {
+            "colour": _COLOUR_NAMES[self.colour[i]],
+            "shape": spec.SHAPES[self.shape[i]],
+            "size": round(float(self.obj_size[i]), 4),
+            "motion": spec.MOTIONS[self.motion[i]] if self.motion[i] >= 0 else None,
+            "speed": round(float(self.speed[i]), 4),
+            "track": np.round(self.track[i], 4).tolist(),
+        }
+
+    def sample(self, i: int) -> dict:
+        """Sample ``i`` in the shared SAMPLE format (pixels (3, F, H, W) in [-1, 1], middle cond frame)."""
+        pixels = to_pixels(self.frames[i])  # (3, F, H, W)
+        caption = self.caption(i)
+        return {
+            "pixels": pixels,
+            "caption": caption,
+            "has_text": caption != "",
+            "cond_frame": pixels[:, pixels.shape[1] // 2].clone(),  # VGen's middle frame int(F/2)
+            "key": f"{self.kind}/{i:06d}",
+            "meta": self.truth(i),
+        }
+
+    def stream(self, seed: int = 0, shuffle: bool = True) -> "ToyStream":
+        """An endless, seeded, resumable stream of this set's samples (reshuffled every epoch)."""
+        return ToyStream(self, seed=seed, shuffle=shuffle)
+
+
+class ToyStream:
+    """Endless iterable over a :class:`ToySet`; epoch ``e`` is a permutation seeded by (seed, e).
+
+    ``iter_from(n)`` starts at the n-th item in O(1), which the mixing loader uses to resume exactly.
+    """
+
+    def __init__(self, data: ToySet, seed: int = 0, shuffle: bool = True) -> None:
+        if len(data) == 0:
+            raise TFT2VError(f"toy set {data.kind!r} is empty")
+        self.data, self.seed, self.shuffle = data, seed, shuffle
+
+    def _order(self, epoch: int) -> np.ndarray:
+        n = len(self.data)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+    def iter_from(self, start: int) -> Iterator[dict]:
+        n = len(self.data)
+        epoch, offset = divmod(start, n)
+        while True:
+            for i in self._order(epoch)[offset:]:
+                yield self.data.sample(int(i))
+            epoch, offset = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.iter_from(0)
+
+
+def to_pixels(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (F, H, W, 3) → float32 (3, F, H, W) in [-1, 1] (same normalisation as the video loader)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)  # (3, F, H, W)
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def allowed_combos(kind: str) -> list[tuple[int, int]]:
+    """(colour, shape) index pairs a set may use: all 18 for images, held-out ones removed for videos."""
+    held = set(spec.HELD_OUT)
+    return [
+        (c, s)
+        for c, cn in enumerate(_COLOUR_NAMES)
+        for s, sn in enumerate(spec.SHAPES)
+        if kind == "images" or (cn, sn) not in held
+    ]
+
+
+def generate(kind: str, n: int, seed: int = 0, world: ToyWorld = ToyWorld(), chunk: int = 512) -> ToySet:
+    """Generate ``n`` samples of set ``kind`` ('images', 'videos' or 'captioned_videos'), deterministic in
+    (kind, n, seed, world). Images are single frames (F = 1)."""
+    if kind not in KINDS:
+        raise TFT2VError(f"unknown toy set {kind!r}; expected one of {list(KINDS)}")
+    if n < 0:
+        raise TFT2VError(f"number of samples must be >= 0, got {n}")
+    rng = np.random.default_rng([seed, _KIND_STREAM[kind]])
+    is_video = kind != "images"
+    frames = world.frames if is_video else 1
+    lo, hi = world.size_range
+    combos = np.array(allowed_combos(kind))
+    pick = combos[rng.integers(0, len(combos), n)]
+    colour, shape = pick[:, 0], pick[:, 1]
+    obj_size = rng.uniform(lo, hi, n)
+    if is_video:
+        motion = rng.integers(0, len(spec.MOTIONS), n)
+        vmax = np.minimum(world.speed_range[1], world.max_speed(obj_size))
+        speed = rng.uniform(world.speed_range[0], vmax)
+    else:
+        motion = np.full(n, -1)
+        speed = np.zeros(n)
+    # Top-left corner of the bounding box at frame 0: anywhere the whole trajectory stays in frame.
+    direction = np.array([spec.MOTION_VECTORS[m] for m in spec.MOTIONS], dtype=np.float64)
+    dxy = direction[np.maximum(motion, 0)] * speed[:, None] * (motion >= 0)[:, None]  # (n, 2) px/frame
+    travel = dxy * (frames - 1)  # (n, 2)
+    low = _MARGIN - np.minimum(travel, 0.0)
+    high = world.size - _MARGIN - obj_size[:, None] - np.maximum(travel, 0.0)
+    corner0 = low + rng.uniform(0.0, 1.0, (n, 2)) * (high - low)  # (n, 2)
+    t = np.arange(frames, dtype=np.float64)
+    corners = corner0[:, None, :] + t[None, :, None] * dxy[:, None, :]  # (n, F, 2)
+    texture = _draw_background(rng, n, world)  # (n, H, W, 3) static per clip
+    track = corners + obj_size[:, None, None] / 2
+    # The up-pointing triangle's area centroid is 2/3 of the way from apex to base.
+    track[..., 1] += np.where(shape == spec.SHAPES.index("triangle"), obj_size / 6, 0.0)[:, None]
+
+    out = np.empty((n, frames, world.size, world.size, 3), dtype=np.uint8)
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        out[a:b] = _render(corners[a:b], obj_size[a:b], shape[a:b], colour[a:b], texture[a:b], world.size)
+    return ToySet(kind, out, colour, shape, obj_size, motion, speed, track)
+
+
+def _draw_background(rng: np.random.Generator, n: int, world: ToyWorld) -> np.ndarray:
+    """Dark, mildly textured backgrounds: a per-clip base level plus per-pixel noise, all ≤ background_max."""
+    top = world.background_max
+    base = rng.uniform(0.15 * top, 0.5 * top, (n, 1, 1, 1))
+    noise = rng.uniform(0.0, 0.5 * top, (n, world.size, world.size, 3))
+    return (base + noise).astype(np.float32)
+
+
+def _render(corners, obj_size, shape, colour, texture, size: int) -> np.ndarray:
+    """Rasterise objects over backgrounds. corners (n, F, 2) → uint8 (n, F, H, W, 3)."""
+    grid = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
+    half = (obj_size / 2).astype(np.float32)[:, None, None, None]  # (n, 1, 1, 1)
+    cx = (corners[..., 0].astype(np.float32) + half[..., 0, 0])[..., None, None]  # (n, F, 1, 1)
+    cy = (corners[..., 1].astype(np.float32) + half[..., 0, 0])[..., None, None]
+    px = grid[None, None, None, :] - cx  # (n, F, 1, W)
+    py = grid[None, None, :, None] - cy  # (n, F, H, 1)
+    dist = np.empty((len(shape), corners.shape[1], size, size), dtype=np.float32)  # (n, F, H, W)
+    for s, name in enumerate(spec.SHAPES):
+        sel = shape == s
+        if not sel.any():
+            continue
+        x, y, h = px[sel], py[sel], half[sel]
+        if name == "circle":
+            d = np.sqrt(x * x + y * y) - h
+        elif name == "square":
+            d = np.maximum(np.abs(x), np.abs(y)) - h
+        else:  # triangle: apex (0, -h), base corners (±h, h); max of the three edge half-plane distances
+            norm = np.float32(1.0 / np.sqrt(5.0))  # the slanted edges have outward normals (±2, -1)/√5
+            d = np.maximum(np.maximum((2 * x - y - h) * norm, (-2 * x - y - h) * norm), y - h)
+        dist[sel] = d
+    alpha = np.clip(0.5 - dist, 0.0, 1.0)[..., None]  # (n, F, H, W, 1) pixel coverage
+    rgb = _COLOUR_RGB[colour][:, None, None, None, :]  # (n, 1, 1, 1, 3)
+    img = texture[:, None] * (1.0 - alpha) + rgb * alpha
+    return np.rint(img).astype(np.uint8)
