@@ -1,0 +1,188 @@
+"""One loader that feeds both TF-T2V branches in the same optimizer step on a single device.
+
+Each step yields ``{"step": k, "image": batch | None, "video": batch | None}``: an image micro-batch
+(content branch, F = 1) and/or a video micro-batch (motion branch, F frames), in a configured
+image:video ratio. The trainer runs whichever branches are present and sums their losses before one
+optimizer step (VGen could only mix per GPU rank; this mixes per step).
+
+Semi-supervision is per sample: ``has_text`` in the video batch says whether the sample keeps its
+caption (a labelled video–text pair) or runs text-free with the empty caption ''. Exactly
+``labelled_ratio`` of the video slots are labelled, spread evenly over the run (slot ``k`` is labelled
+iff ``floor((k+1)·r) > floor(k·r)``); labelled slots are drawn from the captioned-video stream when one
+is given, otherwise from the video stream with its own caption kept.
+
+Streams are any iterables of SAMPLE dicts (``pixels`` (3, F, H, W) in [-1, 1], ``caption``,
+``has_text``, ``cond_frame`` (3, H, W), ``key``, ``meta``), e.g. the sources' datasets, a
+``DataLoader(ds, batch_size=None, num_workers=k)`` around one, or a toy ``ToySet.stream()``. A finite
+stream is restarted when it ends. Collated batches are ``(B, C, F, H, W)``. The loader itself has no
+randomness: shuffling and seeds live in the streams, so the whole sequence is a function of the
+streams' seeds. ``state_dict()`` records how many samples each stream gave; ``load_state_dict()``
+resumes at exactly the next step (streams with ``iter_from(n)`` jump there, others are fast-forwarded
+by reading and dropping ``n`` samples).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from tft2v.errors import TFT2VError
+
+STREAMS = ("images", "videos", "captioned_videos")
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """Batch sizes, the image:video step ratio and the fraction of labelled (captioned) video slots.
+
+    ``ratio = (a, b)``: in every cycle of ``max(a, b)`` steps, ``a`` steps carry an image micro-batch
+    and ``b`` a video micro-batch, spread evenly; (1, 1) gives both in every step, (1, 0) images only.
+    """
+
+    image_batch_size: int = 8
+    video_batch_size: int = 4
+    ratio: tuple[int, int] = (1, 1)
+    labelled_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        a, b = self.ratio
+        if a < 0 or b < 0 or a + b == 0:
+            raise TFT2VError(f"ratio must be two non-negative step counts, not both 0; got {self.ratio}")
+        if self.image_batch_size < 1 or self.video_batch_size < 1:
+            raise TFT2VError(
+                f"batch sizes must be >= 1, got image {self.image_batch_size}, video {self.video_batch_size}"
+            )
+        if not 0.0 <= self.labelled_ratio <= 1.0:
+            raise TFT2VError(f"labelled_ratio must be in [0, 1], got {self.labelled_ratio}")
+
+    def branches_at(self, step: int) -> tuple[bool, bool]:
+        """(has image batch, has video batch) at training step ``step`` (0-based)."""
+        cycle = max(self.ratio)
+        s = step % cycle
+        return tuple(math.floor((s + 1) * n / cycle) > math.floor(s * n / cycle) for n in self.ratio)
+
+    def is_labelled(self, slot: int) -> bool:
+        """Whether video slot ``slot`` (0-based, counted over the whole run) keeps its caption."""
+        r = self.labelled_ratio
+        return math.floor((slot + 1) * r + 1e-9) > math.floor(slot * r + 1e-9)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack SAMPLE dicts into a BATCH: pixels (B, 3, F, H, W), cond_frame (B, 3, H, W), has_text (B,),
+    caption/key/meta lists."""
+    if not samples:
+        raise TFT2VError("cannot collate an empty list of samples")
+    shapes = {tuple(s["pixels"].shape) for s in samples}
+    if len(shapes) != 1:
+        raise TFT2VError(f"samples in one batch have different pixel shapes {sorted(shapes)}; "
+                         f"keys {[s['key'] for s in samples]}")
+    return {
+        "pixels": torch.stack([s["pixels"] for s in samples]),
+        "caption": [s["caption"] for s in samples],
+        "has_text": torch.tensor([bool(s["has_text"]) for s in samples], dtype=torch.bool),
+        "cond_frame": torch.stack([s["cond_frame"] for s in samples]),
+        "key": [s["key"] for s in samples],
+        "meta": [s["meta"] for s in samples],
+    }
+
+
+class _Cursor:
+    """An endless iterator over one stream that counts what it hands out."""
+
+    def __init__(self, name: str, stream: Iterable[dict], start: int) -> None:
+        self.name, self.stream, self.consumed = name, stream, start
+        if hasattr(stream, "iter_from"):
+            self._it = stream.iter_from(start)
+        else:
+            self._it = iter(stream)
+            for _ in range(start):
+                self._next()
+
+    def _next(self) -> dict:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = iter(self.stream)  # a finite stream starts its next epoch
+            try:
+                return next(self._it)
+            except StopIteration:
+                raise TFT2VError(f"the {self.name} stream yielded no samples") from None
+
+    def take(self) -> dict:
+        sample = self._next()
+        self.consumed += 1
+        return sample
+
+
+class MixedLoader:
+    """Endless iterator of training steps over an image stream and a video stream (see module doc)."""
+
+    def __init__(
+        self,
+        images: Iterable[dict] | None,
+        videos: Iterable[dict] | None,
+        config: MixConfig = MixConfig(),
+        captioned_videos: Iterable[dict] | None = None,
+    ) -> None:
+        a, b = config.ratio
+        if a > 0 and images is None:
+            raise TFT2VError(f"ratio {config.ratio} asks for image batches but no image stream was given")
+        if b > 0 and videos is None and captioned_videos is None:
+            raise TFT2VError(f"ratio {config.ratio} asks for video batches but no video stream was given")
+        if videos is None and config.labelled_ratio < 1.0 and b > 0:
+            raise TFT2VError("text-free video slots need a video stream (or set labelled_ratio to 1)")
+        self.config = config
+        self.streams = {"images": images, "videos": videos, "captioned_videos": captioned_videos}
+        self._state = {"step": 0, "video_slots": 0, "consumed": dict.fromkeys(STREAMS, 0)}
+
+    def state_dict(self) -> dict:
+        """Position after the last yielded step: steps done, video slots used, samples read per stream."""
+        return {"step": self._state["step"], "video_slots": self._state["video_slots"],
+                "consumed": dict(self._state["consumed"])}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the next iteration starts at ``state['step']`` exactly."""
+        try:
+            consumed = {k: int(state["consumed"].get(k, 0)) for k in STREAMS}
+            self._state = {"step": int(state["step"]), "video_slots": int(state["video_slots"]),
+                           "consumed": consumed}
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise TFT2VError(f"bad mixing-loader state {state!r}: {e}") from None
+
+    def __iter__(self) -> Iterator[dict]:
+        cursors = {
+            name: _Cursor(name, stream, self._state["consumed"][name])
+            for name, stream in self.streams.items()
+            if stream is not None
+        }
+        cfg = self.config
+        while True:
+            step = self._state["step"]
+            want_image, want_video = cfg.branches_at(step)
+            out = {"step": step, "image": None, "video": None}
+            if want_image:
+                out["image"] = collate([self._image(cursors["images"]) for _ in range(cfg.image_batch_size)])
+            if want_video:
+                out["video"] = collate([self._video(cursors) for _ in range(cfg.video_batch_size)])
+            self._state["step"] = step + 1
+            self._state["consumed"].update({k: c.consumed for k, c in cursors.items()})
+            yield out
+
+    @staticmethod
+    def _image(cursor: _Cursor) -> dict:
+        sample = cursor.take()
+        if sample["pixels"].shape[1] != 1:
+            raise TFT2VError(f"image stream gave {sample['key']!r} with {sample['pixels'].shape[1]} frames")
+        return {**sample, "has_text": sample["caption"] != ""}
+
+    def _video(self, cursors: dict[str, _Cursor]) -> dict:
+        slot = self._state["video_slots"]
+        self._state["video_slots"] = slot + 1
+        if self.config.is_labelled(slot):
+            sample = cursors.get("captioned_videos", cursors.get("videos")).take()
+            return {**sample, "has_text": sample["caption"] != ""}
+        sample = cursors["videos"].take()
+        return {**sample, "caption": "", "has_text": False}
