@@ -126,3 +126,78 @@ def test_load_encoder_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"kind": "mystery"}')
     with pytest.raises(ConfigError, match="unknown encoder kind 'mystery'"):
         load_encoder(tmp_path)
+
+
+# ---------------------------------------------------------------- transformers CLIP (tiny, random)
+
+TINY_WORDS = ["a", "red", "circle", "moving", "left"]
+
+
+def tiny_clip_config(vocab_size: int, act: str = "quick_gelu"):
+    from transformers import CLIPConfig
+
+    text = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        vocab_size=vocab_size, max_position_embeddings=12, hidden_act=act,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    vision = dict(hidden_size=40, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=28, patch_size=14, hidden_act=act)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
+
+
+@pytest.fixture
+def tiny_clip_dir(tmp_path):
+    """A random tiny CLIPModel + word-level BPE tokenizer (vocab.json / merges.txt) in one folder."""
+    import json
+
+    from transformers import CLIPModel
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    tokens = letters + [c + "</w>" for c in letters] + ["re", "red</w>", "<|startoftext|>", "<|endoftext|>"]
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nr e\nre d</w>\n")
+    torch.manual_seed(0)
+    CLIPModel(tiny_clip_config(len(tokens))).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_hf_clip_shapes_tokens_and_layers(tiny_clip_dir):
+    enc = build_encoder("hf_clip", path=tiny_clip_dir)
+    assert (enc.text_dim, enc.image_dim, enc.max_length) == (32, 24, 12)
+    ids = enc.token_ids(["red a", "", "x " * 30])
+    sot, eot = 54, 55  # after 26 letters, 26 letters</w>, "re", "red</w>"
+    assert ids[0, :4].tolist() == [sot, 53, 26, eot]  # "red</w>" is one merged token
+    assert ids[1].tolist() == [sot] + [eot] * 11
+    assert ids[2, 0] == sot and ids[2, -1] == eot  # truncation keeps EOT last
+    last = enc.encode_text(["a red circle", ""])
+    assert last.shape == (2, 12, 32) and last.dtype == torch.float32
+    penult = build_encoder("hf_clip", path=tiny_clip_dir, layer="penultimate").encode_text(["a red circle", ""])
+    assert not torch.allclose(last, penult)
+    # Penultimate == hidden state after block n-1, through final_layer_norm.
+    model = enc.model.text_model
+    out = model(input_ids=enc.token_ids(["a red circle"]), output_hidden_states=True)
+    torch.testing.assert_close(penult[:1], model.final_layer_norm(out.hidden_states[2]))
+    images = torch.rand(3, 3, 40, 56, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    emb = enc.encode_image(images)
+    assert emb.shape == (3, 24)
+    torch.testing.assert_close(enc.encode_image(images[1:2]), emb[1:2], atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="unknown CLIP text layer"):
+        build_encoder("hf_clip", path=tiny_clip_dir, layer="middle")
+
+
+def test_hf_clip_save_load_round_trip(tiny_clip_dir, tmp_path):
+    enc = build_encoder("hf_clip", path=tiny_clip_dir, layer="penultimate", max_length=8)
+    enc.save_pretrained(tmp_path / "saved")
+    loaded = load_encoder(tmp_path / "saved")
+    assert type(loaded).__name__ == "HFClipEncoder" and loaded.layer == "penultimate"
+    prompts = ["a red circle moving left", ""]
+    assert torch.equal(loaded.encode_text(prompts), enc.encode_text(prompts))
+    images = torch.zeros(1, 3, 28, 28)
+    assert torch.equal(loaded.encode_image(images), enc.encode_image(images))
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_hf_clip_missing_folder_is_one_line_error(tmp_path):
+    with pytest.raises(TFT2VError, match="has no config.json"):
+        build_encoder("hf_clip", path=tmp_path / "nowhere")
