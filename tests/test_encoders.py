@@ -201,3 +201,141 @@ def test_hf_clip_save_load_round_trip(tiny_clip_dir, tmp_path):
 def test_hf_clip_missing_folder_is_one_line_error(tmp_path):
     with pytest.raises(TFT2VError, match="has no config.json"):
         build_encoder("hf_clip", path=tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------- OpenCLIP conversion
+
+
+def to_openclip_layout(model) -> dict[str, torch.Tensor]:
+    """Inverse of the loader's renaming: a transformers CLIPModel state dict in OpenCLIP's key layout."""
+    sd = model.state_dict()
+    out = {
+        "logit_scale": sd["logit_scale"],
+        "token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+        "ln_final.weight": sd["text_model.final_layer_norm.weight"],
+        "ln_final.bias": sd["text_model.final_layer_norm.bias"],
+        "text_projection": sd["text_projection.weight"].T.contiguous(),
+        "visual.class_embedding": sd["vision_model.embeddings.class_embedding"],
+        "visual.conv1.weight": sd["vision_model.embeddings.patch_embedding.weight"],
+        "visual.positional_embedding": sd["vision_model.embeddings.position_embedding.weight"],
+        "visual.ln_pre.weight": sd["vision_model.pre_layrnorm.weight"],
+        "visual.ln_pre.bias": sd["vision_model.pre_layrnorm.bias"],
+        "visual.ln_post.weight": sd["vision_model.post_layernorm.weight"],
+        "visual.ln_post.bias": sd["vision_model.post_layernorm.bias"],
+        "visual.proj": sd["visual_projection.weight"].T.contiguous(),
+    }
+    towers = (("text_model.encoder.layers.", "transformer.resblocks."),
+              ("vision_model.encoder.layers.", "visual.transformer.resblocks."))
+    for hf_prefix, oc_prefix in towers:
+        n = len({k[len(hf_prefix):].split(".")[0] for k in sd if k.startswith(hf_prefix)})
+        for i in range(n):
+            src, dst = f"{hf_prefix}{i}.", f"{oc_prefix}{i}."
+            for p in ("weight", "bias"):
+                out[f"{dst}attn.in_proj_{p}"] = torch.cat([sd[f"{src}self_attn.{x}_proj.{p}"] for x in "qkv"])
+                for old, new in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"),
+                                 ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+                    out[f"{dst}{new}.{p}"] = sd[f"{src}{old}.{p}"]
+    return out
+
+
+def write_bpe(path, merges: list[str]) -> None:
+    import gzip
+
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(["bpe_simple_vocab header", *merges]) + "\n")
+
+
+@pytest.fixture
+def tiny_openclip(tmp_path):
+    """(weights .bin, BPE .txt.gz, reference HFClipEncoder) for a random tiny OpenCLIP-layout model."""
+    from transformers import CLIPModel
+
+    from tft2v.encoders.hf_clip import HFClipEncoder
+    from tft2v.encoders.openclip import tokenizer_from_bpe
+
+    bpe = tmp_path / "bpe.txt.gz"
+    write_bpe(bpe, ["r e", "re d</w>", "c i", "ci r", "cir c", "circ l", "circl e</w>"])
+    vocab = 512 + 7 + 2
+    torch.manual_seed(1)
+    model = CLIPModel(tiny_clip_config(vocab, act="gelu")).eval()
+    torch.save(to_openclip_layout(model), tmp_path / "open_clip_pytorch_model.bin")
+    reference = HFClipEncoder.from_parts(model, tokenizer_from_bpe(bpe), layer="penultimate", pad_token_id=0)
+    return tmp_path / "open_clip_pytorch_model.bin", bpe, reference
+
+
+def test_openclip_bpe_tokenizer_known_ids(tmp_path):
+    from tft2v.encoders.openclip import tokenizer_from_bpe
+
+    bpe = tmp_path / "bpe.txt.gz"
+    write_bpe(bpe, ["r e", "re d</w>"])
+    tok = tokenizer_from_bpe(bpe)
+    # OpenAI/OpenCLIP vocabulary order: "a</w>" is 256 + 64 = 320 as in the real 49408-token vocab.
+    ids = tok("a red", truncation=True, max_length=77)["input_ids"]
+    assert ids == [514, 320, 513, 515]  # SOT, a</w>, red</w> (second merge), EOT
+
+
+def test_openclip_round_trip_matches_transformers_clip(tiny_openclip, tmp_path):
+    weights, bpe, reference = tiny_openclip
+    enc = build_encoder("openclip", weights=weights, tokenizer=bpe, text_heads=4, vision_heads=4)
+    assert (enc.text_dim, enc.image_dim, enc.max_length, enc.layer) == (32, 24, 12, "penultimate")
+    assert enc.model.config.text_config.hidden_act == "gelu"
+    prompts = ["a red circle", "", "circle " * 20]
+    ids = enc.token_ids(prompts)
+    assert ids[1].tolist() == [519, 520] + [0] * 10  # SOT, EOT, then OpenCLIP's zero padding
+    assert ids[2, -1] == 520
+    torch.testing.assert_close(enc.encode_text(prompts), reference.encode_text(prompts), atol=0, rtol=0)
+    images = torch.rand(2, 3, 30, 30, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.testing.assert_close(enc.encode_image(images), reference.encode_image(images), atol=0, rtol=0)
+    enc.save_pretrained(tmp_path / "saved")
+    loaded = load_encoder(tmp_path / "saved")
+    assert type(loaded).__name__ == "OpenCLIPEncoder" and loaded.pad_token_id == 0
+    assert torch.equal(loaded.encode_text(prompts), enc.encode_text(prompts))
+    assert torch.equal(loaded.encode_image(images), enc.encode_image(images))
+
+
+def test_openclip_bad_weights_are_checkpoint_errors(tiny_openclip, tmp_path):
+    from tft2v.errors import CheckpointError
+
+    weights, bpe, _ = tiny_openclip
+    with pytest.raises(CheckpointError, match="does not exist"):
+        build_encoder("openclip", weights=tmp_path / "missing.bin", tokenizer=bpe)
+    (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read OpenCLIP weights"):
+        build_encoder("openclip", weights=tmp_path / "junk.bin", tokenizer=bpe)
+    state = torch.load(weights, weights_only=True)
+    state["visual.extra.weight"] = torch.zeros(1)
+    torch.save({"state_dict": state}, tmp_path / "extra.bin")
+    with pytest.raises(CheckpointError, match="visual.extra.weight"):
+        build_encoder("openclip", weights=tmp_path / "extra.bin", tokenizer=bpe, text_heads=4, vision_heads=4)
+
+
+def test_openclip_parity_with_open_clip_package(tmp_path):
+    """Only where the open_clip package imports (it needs torchvision): real tokenizer + tiny model."""
+    open_clip = pytest.importorskip("open_clip")
+    from pathlib import Path
+
+    from tft2v.encoders.openclip import load_openclip_as_clip_model, tokenizer_from_bpe
+    from tft2v.encoders.hf_clip import HFClipEncoder
+
+    torch.manual_seed(0)
+    ref = open_clip.model.CLIP(
+        embed_dim=24,
+        vision_cfg=dict(image_size=28, layers=3, width=40, head_width=10, patch_size=14),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=4, layers=3),
+    ).eval()
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    model = load_openclip_as_clip_model(ref.state_dict(), text_heads=4, vision_heads=4)
+    enc = HFClipEncoder.from_parts(model, tokenizer_from_bpe(bpe), layer="penultimate", pad_token_id=0)
+    prompts = ["a photo of a cat", "", "Distorted, discontinuous, Ugly, blurry " * 8]
+    ids = open_clip.tokenize(prompts)
+    assert torch.equal(enc.token_ids(prompts), ids)
+    with torch.no_grad():
+        x = ref.token_embedding(ids) + ref.positional_embedding
+        for block in ref.transformer.resblocks[:-1]:  # VGen: skip the last resblock
+            x = block(x, attn_mask=ref.attn_mask)
+        tokens = ref.ln_final(x)
+        images = torch.rand(2, 3, 28, 28) * 2 - 1
+        image_emb = ref.encode_image(clip_preprocess(images, 28))
+    torch.testing.assert_close(enc.encode_text(prompts), tokens, atol=1e-5, rtol=0)
+    torch.testing.assert_close(enc.encode_image(images), image_emb, atol=1e-5, rtol=0)
