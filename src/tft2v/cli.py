@@ -28,7 +28,9 @@ def version() -> None:
 
 def _mount() -> None:
     # One line per command group; each module owns its commands.
-    pass
+    from tft2v.commands import data
+
+    app.add_typer(data.app, name="data")
 
 
 _mount()

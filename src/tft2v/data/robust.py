@@ -76,7 +76,7 @@ class SkipStats:
 
     def __init__(self) -> None:
         self._counts = mp.Array("q", len(SKIP_REASONS) + 1)  # slot 0 is "ok"
-        self._logged: dict[str, int] = {}
+        self.examples: dict[str, list[str]] = {}  # reason → first few "key: detail" (this process only)
 
     def add_ok(self) -> None:
         with self._counts.get_lock():
@@ -85,10 +85,11 @@ class SkipStats:
     def add_skip(self, reason: str, key: str, detail: str = "") -> None:
         with self._counts.get_lock():
             self._counts[1 + SKIP_REASONS.index(reason)] += 1
-        n = self._logged.get(reason, 0)
-        if n < _LOGGED_PER_REASON:
-            self._logged[reason] = n + 1
-            log.warning("skipped %s (%s): %s", key, reason, detail.splitlines()[0][:200] if detail else "")
+        seen = self.examples.setdefault(reason, [])
+        if len(seen) < _LOGGED_PER_REASON:
+            detail = detail.splitlines()[0][:200] if detail else ""
+            seen.append(f"{key}: {detail}")
+            log.warning("skipped %s (%s): %s", key, reason, detail)
 
     def as_dict(self) -> dict[str, int]:
         """``{"ok": n, "<reason>": n, ...}`` including zero counts, in SKIP_REASONS order."""
@@ -103,6 +104,7 @@ class SkipStats:
         with self._counts.get_lock():
             for i in range(len(self._counts)):
                 self._counts[i] = 0
+        self.examples.clear()
 
     def __repr__(self) -> str:
         nonzero = {k: v for k, v in self.as_dict().items() if v}

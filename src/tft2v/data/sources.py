@@ -111,12 +111,14 @@ class MediaSource(IterableDataset):
         return self.rank * workers + worker, self.world_size * workers
 
     def __iter__(self) -> Iterator[dict]:
+        return (sample for sample in self.iter_with_skips() if sample is not None)
+
+    def iter_with_skips(self) -> Iterator[dict | None]:
+        """Like iterating the source, but yields None for each skipped item (for progress and limits)."""
         shard, num_shards = self._shard()
         rng = np.random.default_rng([self.seed, self.epoch, shard])
         for item in self._iter_items(rng, shard, num_shards):
-            sample = self.decode_item(item)
-            if sample is not None:
-                yield sample
+            yield self.decode_item(item)
 
     def _iter_items(self, rng: np.random.Generator, shard: int, num_shards: int) -> Iterator[Item]:
         raise NotImplementedError
