@@ -50,7 +50,7 @@ def classify(exc: BaseException) -> str:
         return exc.reason
     if isinstance(exc, FileNotFoundError) or getattr(exc, "errno", None) == errno.ENOENT:
         return "missing"
-    if isinstance(exc, (DecodeTimeoutError, TimeoutError)):
+    if isinstance(exc, (DecodeTimeoutError, TimeoutError, av.error.ExitError)):
         return "timeout"
     if isinstance(exc, ClipTooShortError):
         return "too_short"

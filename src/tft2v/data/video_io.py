@@ -71,7 +71,10 @@ def open_video(src: VideoSource, timeout_s: float = 30.0) -> av.container.InputC
         src = io.BytesIO(src)
     elif not hasattr(src, "read"):
         src = os.fspath(src)
-    return av.open(src, mode="r", timeout=timeout_s)
+    try:
+        return av.open(src, mode="r", timeout=timeout_s)
+    except av.error.ExitError as exc:  # PyAV's interrupt callback fired: the open itself took too long
+        raise DecodeTimeoutError(f"opening took longer than {timeout_s} s") from exc
 
 
 def probe(container: av.container.InputContainer) -> VideoInfo:
