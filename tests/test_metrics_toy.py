@@ -1,0 +1,125 @@
+"""Shapes-world analytic evaluators on hand-drawn clips and on the generator's ground truth."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from tft2v.data import shapes_spec as spec
+from tft2v.data.toy import generate, to_pixels
+from tft2v.errors import TFT2VError
+from tft2v.metrics.toy import analyse_clip, detect_object, evaluate_toy
+
+
+def draw(shape: str, colour: str, centres, size: float = 9, hw: int = 32) -> torch.Tensor:
+    """Object per frame at centres [(x, y), ...] on a dark background → (3, F, H, W) in [-1, 1].
+
+    Anti-aliased by 4×4 supersampling, like the shapes world renders (a hard-edged 9 px circle is
+    an almost-square blob that no detector could tell from a square)."""
+    ss = 4
+    ys, xs = (np.indices((hw * ss, hw * ss)) + 0.5) / ss  # sub-pixel sample positions
+    frames = []
+    for cx, cy in centres:
+        dx, dy, h = xs - cx, ys - cy, size / 2
+        if shape == "circle":
+            inside = dx * dx + dy * dy <= h * h
+        elif shape == "square":
+            inside = (abs(dx) <= h) & (abs(dy) <= h)
+        else:  # apex up, base at the bottom, base = height = size
+            inside = (dy <= h) & (2 * dx - dy <= h) & (-2 * dx - dy <= h)
+        alpha = inside.reshape(hw, ss, hw, ss).mean(axis=(1, 3))[..., None]  # (H, W, 1) coverage
+        frames.append(12.0 * (1 - alpha) + np.array(spec.COLOURS[colour], dtype=np.float64) * alpha)
+    x = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float()  # (3, F, H, W)
+    return x / 127.5 - 1
+
+
+def test_red_circle_moving_left():
+    clip = draw("circle", "red", [(24 - t, 16) for t in range(16)])
+    r = evaluate_toy([clip], ["a red circle moving left"])
+    c = r["clips"][0]
+    assert (c["colour"], c["shape"], c["direction"]) == ("red", "circle", "left")
+    assert c["coherent"] and c["presence"] == 1.0
+    assert c["displacement"][0] == pytest.approx(-15, abs=0.2)
+    assert c["smoothness"] < 0.1
+    assert (r["colour_accuracy"], r["shape_accuracy"], r["direction_accuracy"]) == (1.0, 1.0, 1.0)
+    assert r["per_combo"]["red circle"]["held_out"] is False
+
+
+@pytest.mark.parametrize("shape", spec.SHAPES)
+@pytest.mark.parametrize("colour", ["green", "yellow", "cyan"])
+def test_static_shapes_and_colours(shape, colour):
+    clip = draw(shape, colour, [(15.3, 17.6)] * 6, size=8)
+    c = analyse_clip(clip)
+    assert (c["colour"], c["shape"]) == (colour, shape)
+    assert c["direction"] is None and not c["coherent"]
+    assert np.abs(c["displacement"]).max() < 1e-6
+    assert c["pixel_consistency"] == pytest.approx(1.0)
+
+
+def test_noise_is_not_coherent_and_blank_has_no_object():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(3, 16, 32, 32, generator=g) * 2 - 1
+    assert not analyse_clip(noise)["coherent"]
+    blank = torch.full((3, 16, 32, 32), -0.9)
+    c = analyse_clip(blank)
+    assert c["presence"] == 0.0 and c["colour"] is None and c["track"] == [None] * 16
+
+
+def test_jittery_track_is_less_smooth_and_less_consistent():
+    straight = analyse_clip(draw("square", "blue", [(8 + t, 16) for t in range(16)]))
+    rng = np.random.default_rng(0)
+    jitter = analyse_clip(draw("square", "blue", [(8 + t, 16 + rng.uniform(-3, 3)) for t in range(16)]))
+    assert jitter["smoothness"] > 5 * straight["smoothness"]
+    assert jitter["pixel_consistency"] < straight["pixel_consistency"]
+
+
+def test_any_frame_size():
+    clip = draw("triangle", "magenta", [(20, 40 - 1.5 * t) for t in range(8)], size=14, hw=64)
+    c = analyse_clip(clip)
+    assert (c["shape"], c["colour"], c["direction"], c["coherent"]) == ("triangle", "magenta", "up", True)
+
+
+def _prompts(data):
+    out = []
+    for i in range(len(data)):
+        t = data.truth(i)
+        out.append(spec.caption(t["colour"], t["shape"], t["motion"]))
+    return out
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.8])
+def test_generator_ground_truth_scores_perfectly(sigma):
+    videos = generate("videos", 48, seed=5)
+    clips = [to_pixels(f) for f in videos.frames]
+    if sigma:  # blurred like a soft generated sample
+        clips = [torch.from_numpy(ndimage.gaussian_filter(c.numpy(), (0, 0, sigma, sigma))) for c in clips]
+    r = evaluate_toy(clips, _prompts(videos))
+    for key in ("colour_accuracy", "shape_accuracy", "direction_accuracy", "coherent_fraction", "presence"):
+        assert r[key] == 1.0, key
+    tracks = np.array([c["track"] for c in r["clips"]])
+    assert np.abs(tracks - videos.track).max() < 0.3  # centroids within a third of a pixel
+
+
+def test_held_out_combos_are_flagged():
+    images = generate("images", 90, seed=1)
+    r = evaluate_toy([to_pixels(f) for f in images.frames], _prompts(images))
+    assert r["colour_accuracy"] == 1.0 and r["shape_accuracy"] == 1.0
+    assert r["direction_accuracy"] is None and r["num_direction_prompts"] == 0
+    flagged = {k for k, v in r["per_combo"].items() if v["held_out"]}
+    assert flagged == {f"{c} {s}" for c, s in spec.HELD_OUT}
+    assert r["held_out"]["num_clips"] + r["seen"]["num_clips"] == 90
+    assert r["held_out"]["shape_accuracy"] == 1.0
+
+
+def test_wrong_prompt_counts_as_wrong():
+    clip = draw("square", "blue", [(10 + t, 16) for t in range(16)])
+    c = evaluate_toy(clip[None], ["a red circle moving left"])["clips"][0]
+    assert c["colour_correct"] is False and c["shape_correct"] is False and c["direction_correct"] is False
+
+
+def test_bad_input():
+    with pytest.raises(TFT2VError, match="3, F, H, W"):
+        analyse_clip(torch.zeros(16, 3, 32, 32))
+    with pytest.raises(TFT2VError, match="prompts"):
+        evaluate_toy([torch.zeros(3, 2, 8, 8)], ["a", "b"])
+    assert detect_object(np.zeros((8, 8, 3))) is None
