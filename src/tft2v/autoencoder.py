@@ -1,0 +1,179 @@
+"""Frame-wise video autoencoders: the SD 2.1 KL-f8 VAE (diffusers ``AutoencoderKL``) and pixel space.
+
+Videos are ``(B, C, F, H, W)`` at every boundary here (an image is F = 1), pixels in [-1, 1].
+``VideoAutoencoder`` runs the 2-D VAE on every frame, as VGen does: encode = posterior *sample* x
+``scaling_factor`` (0.18215 for the SD 2.1 VAE), decode = ``vae.decode(z / scaling_factor)`` in chunks
+of frames to bound memory (VGen decodes 2 frames at a time). ``IdentityAutoencoder`` is the toy world's
+pixel space (``kind="none"``): 3 channels, factor 1, scale 1.
+
+A saved autoencoder is a folder: a plain diffusers ``AutoencoderKL`` folder, or a ``config.json``
+with ``kind: "none"``; ``load_autoencoder`` reads either.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from einops import rearrange
+
+from tft2v.errors import ConfigError, TFT2VError
+
+CONFIG_NAME = "config.json"
+
+
+def _check_video(video: torch.Tensor, channels: int, factor: int, what: str) -> None:
+    if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != channels:
+        shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise TFT2VError(f"{what} must have shape (B, {channels}, F, H, W), got {shape}")
+    if video.shape[-2] % factor or video.shape[-1] % factor:
+        raise TFT2VError(f"{what} height and width must be multiples of {factor}, got {tuple(video.shape[-2:])}")
+
+
+def _check_chunk(chunk_size: int) -> None:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+
+
+class VideoAutoencoder(torch.nn.Module):
+    """diffusers ``AutoencoderKL`` applied frame by frame; frozen (eval mode, no gradients)."""
+
+    kind = "kl"
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "VideoAutoencoder":
+        # Frozen by contract: a trainer's model.train() must not change the VAE.
+        return super().train(False)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True,
+               chunk_size: int = 8) -> torch.Tensor:
+        """video (B, 3, F, H, W) in [-1, 1] -> latents (B, C_lat, F, H/f, W/f) float32, x scaling_factor.
+
+        ``sample=True`` draws the posterior sample (VGen) with ``generator``; the noise is drawn once for
+        the whole video, so results do not depend on ``chunk_size``. ``sample=False`` gives the mean.
+        """
+        _check_video(video, 3, self.spatial_factor, "video")
+        _check_chunk(chunk_size)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        batch = video.shape[0]
+        param = next(self.vae.parameters())
+        frames = rearrange(video, "b c f h w -> (b f) c h w").to(param.device, param.dtype)
+        means, stds = [], []
+        for chunk in frames.split(chunk_size):
+            posterior = self.vae.encode(chunk).latent_dist
+            means.append(posterior.mean)
+            stds.append(posterior.std)
+        z = torch.cat(means)  # (B*F, C_lat, h, w)
+        if sample:
+            z = z + torch.cat(stds) * randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        z = rearrange(z, "(b f) c h w -> b c f h w", b=batch)
+        return z.float() * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, chunk_size: int = 2) -> torch.Tensor:
+        """latents (B, C_lat, F, h, w), scaled -> video (B, 3, F, h*f, w*f) float32; chunk_size frames per call."""
+        _check_video(latents, self.latent_channels, 1, "latents")
+        _check_chunk(chunk_size)
+        param = next(self.vae.parameters())
+        z = rearrange(latents, "b c f h w -> (b f) c h w").to(param.device, param.dtype) / self.scaling_factor
+        frames = torch.cat([self.vae.decode(chunk).sample for chunk in z.split(chunk_size)])
+        return rearrange(frames.float(), "(b f) c h w -> b c f h w", b=latents.shape[0])
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.vae.save_pretrained(directory)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "VideoAutoencoder":
+        """Load a local diffusers ``AutoencoderKL`` folder (config.json + weights); nothing is downloaded."""
+        from diffusers import AutoencoderKL
+
+        if not (Path(path) / CONFIG_NAME).is_file():
+            raise TFT2VError(f"autoencoder folder {path} has no {CONFIG_NAME}")
+        return cls(AutoencoderKL.from_pretrained(path, local_files_only=True))
+
+
+class IdentityAutoencoder(torch.nn.Module):
+    """Pixel space: encode and decode are the identity (3 channels, factor 1, scale 1)."""
+
+    kind = "none"
+    latent_channels = 3
+    spatial_factor = 1
+    scaling_factor = 1.0
+
+    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True,
+               chunk_size: int = 8) -> torch.Tensor:
+        """video (B, 3, F, H, W) -> the same values as float32 (generator, sample, chunk_size unused)."""
+        _check_video(video, 3, 1, "video")
+        return video.float()
+
+    def decode(self, latents: torch.Tensor, chunk_size: int = 2) -> torch.Tensor:
+        """latents (B, 3, F, H, W) -> the same values as float32."""
+        _check_video(latents, 3, 1, "latents")
+        return latents.float()
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"_class_name": type(self).__name__, "kind": self.kind}
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "IdentityAutoencoder":
+        if _read_config(path).get("kind") != cls.kind:
+            raise TFT2VError(f"{Path(path) / CONFIG_NAME} does not describe a pixel-space ('none') autoencoder")
+        return cls()
+
+
+AUTOENCODER_KINDS = {"kl": VideoAutoencoder, "none": IdentityAutoencoder}
+
+
+def build_autoencoder(kind: str, path: str | Path | None = None) -> VideoAutoencoder | IdentityAutoencoder:
+    """``"kl"``: a diffusers AutoencoderKL folder at ``path``; ``"none"``: pixel space (no path)."""
+    if kind not in AUTOENCODER_KINDS:
+        raise ConfigError(f"unknown autoencoder kind {kind!r}; expected one of {sorted(AUTOENCODER_KINDS)}")
+    if kind == "none":
+        if path is not None:
+            raise ConfigError("the 'none' (pixel-space) autoencoder takes no path")
+        return IdentityAutoencoder()
+    if path is None:
+        raise ConfigError("the 'kl' autoencoder needs a local AutoencoderKL folder path")
+    return VideoAutoencoder.from_pretrained(path)
+
+
+def _read_config(path: str | Path) -> dict:
+    config_path = Path(path) / CONFIG_NAME
+    if not config_path.is_file():
+        raise TFT2VError(f"autoencoder folder {path} has no {CONFIG_NAME}")
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise TFT2VError(f"cannot parse {config_path}: {err}") from None
+
+
+def load_autoencoder(path: str | Path) -> VideoAutoencoder | IdentityAutoencoder:
+    """Reload a saved autoencoder folder of either kind (a diffusers AutoencoderKL folder or 'none')."""
+    config = _read_config(path)
+    if config.get("kind") == IdentityAutoencoder.kind:
+        return IdentityAutoencoder.from_pretrained(path)
+    if config.get("_class_name") == "AutoencoderKL":
+        return VideoAutoencoder.from_pretrained(path)
+    raise TFT2VError(f"{Path(path) / CONFIG_NAME} is neither an AutoencoderKL nor a pixel-space autoencoder")
