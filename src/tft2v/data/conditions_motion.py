@@ -1,0 +1,157 @@
+"""Motion-vector conditions: from the codec (PyAV side data) when a file carries them, else a
+block-matching flow estimate on decoded frames.
+
+Convention (both paths): a motion field is ``(2, F, H, W)`` (``(B, 2, F, H, W)`` batched) holding the
+forward displacement ``(dx, dy)`` in pixels of the content at each pixel from frame ``t-1`` to frame
+``t`` (x rightwards, y downwards); frame 0 and intra-coded frames are zero. VGen's training used
+``motion-vector-extractor`` (MPEG-4/H.264 block vectors, 2 channels); the codec path here reads the
+same kind of block vectors through FFmpeg's ``+export_mvs``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tft2v.errors import TFT2VError
+
+
+def read_codec_motion_vectors(path: Path | str, frame_indices: list[int] | None = None) -> torch.Tensor | None:
+    """Dense forward motion from the codec's block vectors, ``(2, F, H, W)`` float32, or ``None`` when
+    the stream carries no motion vectors at all (intra-only codecs such as ffv1, MJPEG, PNG).
+
+    ``frame_indices`` (increasing) picks decoded frames; the field of a picked frame is the sum of the
+    per-frame fields since the previously picked one, so strided clips get their full displacement.
+    Vectors referencing a future frame (B-frames) are negated; references further back than one frame
+    are treated as one frame back (exact for the usual single-reference P-frame streams).
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise TFT2VError(f"video file {path} not found")
+    fields, found = [], False
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.options = {"flags2": "+export_mvs"}
+            for frame in container.decode(stream):
+                field = np.zeros((2, frame.height, frame.width), dtype=np.float32)
+                mvs = frame.side_data.get("MOTION_VECTORS")
+                if mvs is not None and len(mvs):
+                    found = True
+                    _paint_blocks(field, mvs.to_ndarray())
+                fields.append(field)
+    except (av.error.FFmpegError, IndexError) as e:
+        raise TFT2VError(f"cannot read motion vectors from {path}: {e}") from None
+    if not found:
+        return None
+    motion = torch.from_numpy(np.stack(fields, axis=1))  # (2, F_all, H, W)
+    if frame_indices is None:
+        return motion
+    idx = torch.as_tensor(frame_indices, dtype=torch.long)
+    if len(idx) == 0 or idx.min() < 0 or idx.max() >= motion.shape[1] or (idx.diff() <= 0).any():
+        raise TFT2VError(f"frame_indices must increase within [0, {motion.shape[1]}), got {frame_indices}")
+    total = motion.cumsum(dim=1)  # (2, F_all, H, W)
+    picked = total[:, idx]
+    out = torch.zeros_like(picked)
+    out[:, 1:] = picked[:, 1:] - picked[:, :-1]  # displacement since the previous picked frame
+    return out
+
+
+def _paint_blocks(field: np.ndarray, mvs: np.ndarray) -> None:
+    """Fill each block's area of ``field`` (2, H, W) with its forward displacement."""
+    scale = np.maximum(mvs["motion_scale"].astype(np.float32), 1.0)
+    # motion = src - dst for the reference frame; content moves dst ← src, i.e. forward = -motion
+    # for past references and +motion for future ones.
+    sign = np.where(mvs["source"] < 0, -1.0, 1.0).astype(np.float32)
+    dx = sign * mvs["motion_x"] / scale
+    dy = sign * mvs["motion_y"] / scale
+    h, w = field.shape[1:]
+    x0 = np.clip(mvs["dst_x"] - mvs["w"] // 2, 0, w)
+    y0 = np.clip(mvs["dst_y"] - mvs["h"] // 2, 0, h)
+    x1 = np.clip(x0 + mvs["w"], 0, w)
+    y1 = np.clip(y0 + mvs["h"], 0, h)
+    for i in range(len(mvs)):
+        field[0, y0[i] : y1[i], x0[i] : x1[i]] = dx[i]
+        field[1, y0[i] : y1[i], x0[i] : x1[i]] = dy[i]
+
+
+def resize_motion(motion: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a motion field ``(..., 2, F, H, W)`` to ``size = (H', W')``, scaling vectors to match."""
+    lead = motion.shape[:-4]
+    _, f, h, w = motion.shape[-4:]
+    x = motion.reshape(-1, 2, f, h, w).permute(0, 2, 1, 3, 4).reshape(-1, 2, h, w)  # (N·F, 2, H, W)
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    x = x * torch.tensor([size[1] / w, size[0] / h], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
+    x = x.reshape(-1, f, 2, *size).permute(0, 2, 1, 3, 4)  # (N, 2, F, H', W')
+    return x.reshape(*lead, 2, f, *size)
+
+
+def estimate_motion(video: torch.Tensor, radius: int = 3, window: int = 5, max_side: int = 64) -> torch.Tensor:
+    """Block-matching flow on a video batch ``(B, 3, F, H, W)`` in [-1, 1] → ``(B, 2, F, H, W)``.
+
+    For every pixel, the integer shift within ``±radius`` minimising the ``window``-box-filtered
+    absolute RGB difference between frame t and the shifted frame t-1 is chosen (ties go to the
+    smallest shift, so flat areas get zero motion), then refined to sub-pixel accuracy by a parabola
+    through the neighbouring costs. Frames larger than ``max_side`` are matched at a reduced size and
+    the vectors scaled back, so the search range covers proportionally larger motions.
+    """
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise TFT2VError(f"video must be (B, 3, F, H, W), got {tuple(video.shape)}")
+    b, _, f, h, w = video.shape
+    out = torch.zeros(b, 2, f, h, w, dtype=torch.float32, device=video.device)
+    if f < 2:
+        return out
+    scale = max(h, w) / max_side
+    frames = video.float().permute(0, 2, 1, 3, 4).reshape(b * f, 3, h, w)  # (B·F, 3, H, W)
+    if scale > 1:
+        small = (max(1, round(h / scale)), max(1, round(w / scale)))
+        frames = F.interpolate(frames, size=small, mode="area")
+    sh, sw = frames.shape[-2:]
+    frames = frames.reshape(b, f, 3, sh, sw)
+    prev = frames[:, :-1].reshape(-1, 3, sh, sw)  # (B·(F-1), 3, h, w)
+    cur = frames[:, 1:].reshape(-1, 3, sh, sw)
+    flow = _block_match(prev, cur, radius, window)  # (B·(F-1), 2, h, w)
+    flow = flow.reshape(b, f - 1, 2, sh, sw).permute(0, 2, 1, 3, 4)  # (B, 2, F-1, h, w)
+    if (sh, sw) != (h, w):
+        flow = resize_motion(flow, (h, w))
+    out[:, :, 1:] = flow
+    return out
+
+
+def _block_match(prev: torch.Tensor, cur: torch.Tensor, radius: int, window: int) -> torch.Tensor:
+    """Per-pixel forward displacement ``cur(x) ≈ prev(x - d)``: (N, 3, H, W) pairs → (N, 2, H, W)."""
+    n, _, h, w = cur.shape
+    side = 2 * radius + 1
+    padded = F.pad(prev, (radius,) * 4, mode="replicate")
+    shifts = torch.arange(-radius, radius + 1, device=cur.device)
+    costs = []
+    for dy in shifts.tolist():
+        for dx in shifts.tolist():
+            moved = padded[:, :, radius - dy : radius - dy + h, radius - dx : radius - dx + w]
+            costs.append((cur - moved).abs().sum(dim=1))
+    cost = torch.stack(costs, dim=1)  # (N, side², H, W), index = (dy + r)·side + (dx + r)
+    cost = F.avg_pool2d(cost, window, stride=1, padding=window // 2, count_include_pad=False)
+    dyy, dxx = torch.meshgrid(shifts, shifts, indexing="ij")
+    length = (dxx.abs() + dyy.abs()).flatten().to(cost.dtype)  # (side²,)
+    cost = cost + 1e-4 * length.view(1, -1, 1, 1)  # prefer the shortest shift among equal costs
+    best = cost.argmin(dim=1)  # (N, H, W)
+    by, bx = best // side, best % side
+    flow = torch.stack([(bx - radius).float(), (by - radius).float()], dim=1)  # (N, 2, H, W)
+    # Sub-pixel refinement: vertex of the parabola through the costs at offsets -1, 0, +1 per axis.
+    for axis, (pos, stride) in enumerate([(bx, 1), (by, side)]):
+        inner = (pos > 0) & (pos < side - 1)
+        lo = torch.gather(cost, 1, (best - stride * inner).unsqueeze(1)).squeeze(1)
+        mid = torch.gather(cost, 1, best.unsqueeze(1)).squeeze(1)
+        hi = torch.gather(cost, 1, (best + stride * inner).unsqueeze(1)).squeeze(1)
+        curv = lo - 2 * mid + hi
+        # Only a true dip (both neighbours clearly costlier) has a meaningful vertex; a cost flat on
+        # one side (e.g. background next to a moving edge) would otherwise get a spurious ±0.5.
+        dip = inner & (lo - mid > 1e-3) & (hi - mid > 1e-3)
+        offset = torch.where(dip, 0.5 * (lo - hi) / curv.clamp_min(1e-6), torch.zeros_like(mid))
+        flow[:, axis] += offset.clamp(-0.5, 0.5)
+    return flow
