@@ -98,5 +98,5 @@ def read_image(src: ImageSource, size: tuple[int, int] | None = None) -> tuple[n
         h, w = cover_size((img.height, img.width), size)
         if (h, w) != (img.height, img.width):
             img = img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        return np.ascontiguousarray(center_crop(np.asarray(img), size)), meta
-    return np.asarray(img).copy(), meta
+        return np.ascontiguousarray(center_crop(np.array(img), size)), meta
+    return np.array(img), meta

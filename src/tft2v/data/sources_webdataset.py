@@ -88,15 +88,21 @@ class TarShardSource(MediaSource):
     def _group(self, url: str, members) -> Iterator[Item]:
         """Group consecutive members by key (webdataset's ``base_plus_ext`` rule) into Items."""
         current: dict | None = None
-        for member in members:
-            prefix, suffix = base_plus_ext(member["fname"])
-            if prefix is None:
-                continue
-            if current is not None and prefix != current["__key__"]:
+        try:
+            for member in members:
+                prefix, suffix = base_plus_ext(member["fname"])
+                if prefix is None:
+                    continue
+                if current is not None and prefix != current["__key__"]:
+                    yield from self._to_item(url, current)
+                    current = None
+                current = current or {"__key__": prefix}
+                current[suffix.lower()] = member["data"]
+        except Exception:
+            # The shard broke inside a later member: the sample read so far is complete, keep it.
+            if current is not None:
                 yield from self._to_item(url, current)
-                current = None
-            current = current or {"__key__": prefix}
-            current[suffix.lower()] = member["data"]
+            raise
         if current is not None:
             yield from self._to_item(url, current)
 
