@@ -8,11 +8,16 @@ from __future__ import annotations
 import torch
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision predictions are compared in float32; float32/float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample MSE over C·F·H·W (VGen ``DiffusionDDIM.loss``): returns (B,)."""
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    return (_upcast(pred) - _upcast(target)).pow(2).flatten(1).mean(dim=1)
 
 
 def temporal_coherence_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -25,7 +30,7 @@ def temporal_coherence_loss(pred: torch.Tensor, target: torch.Tensor, reduction:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     if pred.ndim != 5:
         raise ValueError(f"expected (B, C, F, H, W) tensors, got shape {tuple(pred.shape)}")
-    residual = pred.float() - target.float()
+    residual = _upcast(pred) - _upcast(target)
     if residual.shape[2] < 2:
         per_sample = residual.flatten(1).sum(dim=1) * 0.0
     else:
