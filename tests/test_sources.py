@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 
 from media_fixtures import (caption_json, frame_index, image_bytes, index_frames, write_tar,
                             write_video)
-from tft2v.data.sources import ListSource, build_source, collate_samples
+from tft2v.data.sources import (CLIP_MEAN, CLIP_STD, ListSource, build_source, collate_samples,
+                                encoder_image_transform)
 from tft2v.errors import TFT2VError
 
 KW = dict(num_frames=4, fps=10, size=(32, 48))
@@ -195,3 +196,14 @@ def test_webdataset_image_shard_fewer_shards_than_ranks(tmp_path):
 
 def test_list_source_len(video_dir):
     assert len(build_source(video_dir, **KW)) == 6 and isinstance(build_source(video_dir, **KW), ListSource)
+
+
+def test_encoder_image_transform_resizes_crops_and_normalises(video_dir):
+    source = build_source(video_dir, image_transform=encoder_image_transform(20), shuffle=False, **KW)
+    s = next(iter(source))
+    assert s["cond_frame"].shape == (3, 20, 20)
+    gray = torch.zeros(3, 32, 48)  # mid gray in [-1, 1] → 0.5 before normalisation
+    out = encoder_image_transform((16, 8))(gray)
+    assert out.shape == (3, 16, 8)
+    want = (0.5 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    assert torch.allclose(out[:, 4, 4], want, atol=1e-5)

@@ -50,7 +50,7 @@ def _open(src: ImageSource) -> Image.Image:
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB, scaling high bit depths instead of clipping them."""
     mode = img.mode
-    if mode in ("RGB",):
+    if mode == "RGB":
         return img
     if mode.startswith("I;16") or mode in ("I", "F"):
         arr = np.asarray(img).astype(np.float64)

@@ -287,6 +287,32 @@ def build_source(spec: str | os.PathLike, kind: str = "video", data_dir: str | N
     return ListSource(items, kind=kind, **kw)
 
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def encoder_image_transform(size: int | tuple[int, int] = 224, mean=CLIP_MEAN, std=CLIP_STD
+                            ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A ``cond_frame`` transform to an image encoder's input: (3, H, W) in [-1, 1] → (3, h, w)
+    resized (shorter side, antialiased) + center-cropped and normalised with the encoder's mean/std
+    (defaults: CLIP's)."""
+    out_hw = (size, size) if isinstance(size, int) else tuple(size)
+    mean_t = torch.tensor(mean).view(3, 1, 1)
+    std_t = torch.tensor(std).view(3, 1, 1)
+
+    def transform(frame: torch.Tensor) -> torch.Tensor:
+        h, w = frame.shape[-2:]
+        scale = max(out_hw[0] / h, out_hw[1] / w)
+        cover = (max(out_hw[0], round(h * scale)), max(out_hw[1], round(w * scale)))
+        x = torch.nn.functional.interpolate((frame[None] + 1) / 2, size=cover, mode="bicubic",
+                                            antialias=True, align_corners=False)[0].clamp(0, 1)
+        top, left = (cover[0] - out_hw[0]) // 2, (cover[1] - out_hw[1]) // 2
+        x = x[:, top : top + out_hw[0], left : left + out_hw[1]]
+        return (x - mean_t) / std_t
+
+    return transform
+
+
 def collate_samples(samples: list[dict]) -> dict:
     """Batch SAMPLEs of equal shape: pixels ``(B, C, F, H, W)``, cond_frame ``(B, ...)``, lists otherwise."""
     return {"pixels": torch.stack([s["pixels"] for s in samples]),

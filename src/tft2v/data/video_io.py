@@ -126,8 +126,7 @@ class _FrameConverter:
     def __init__(self, size: tuple[int, int] | None, pixel_aspect: float):
         self.size = size
         self.pixel_aspect = pixel_aspect
-        self.rotation = 0
-
+        self.rotation = 0  # of the last converted frame (display matrix, degrees CCW)
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         self.rotation = int(frame.rotation or 0)
@@ -220,7 +219,7 @@ def read_clip(src: VideoSource, num_frames: int, fps: float, size: tuple[int, in
             raise ClipTooShortError(f"only {filled} of {num_frames} frames could be decoded")
     meta = {"fps": info.fps, "fps_used": float(fps_used), "times": [round(float(t), 4) for t in times],
             "duration": info.duration, "codec": info.codec, "orig_size": [info.height, info.width],
-            "rotation": convert.rotation, "exact": exact}
+            "frames_in_file": info.num_frames, "rotation": convert.rotation, "exact": exact}
     return np.stack(out), meta
 
 
