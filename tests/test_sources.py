@@ -132,16 +132,22 @@ def test_clip_randomness_depends_on_seed_and_epoch_not_on_sharding(video_dir):
 
 
 @pytest.mark.slow
-def test_dataloader_workers_cover_everything_and_share_stats(video_dir, tmp_path):
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataloader_workers_cover_everything_and_share_stats(video_dir, tmp_path, context):
     (tmp_path / "m.jsonl").write_text("".join(
         json.dumps({"path": str(p)}) + "\n" for p in [*sorted(video_dir.glob("*.mp4")), tmp_path / "gone.mp4"]))
     source = build_source(tmp_path / "m.jsonl", seed=0, **KW)
-    loader = DataLoader(source, batch_size=2, num_workers=2, collate_fn=collate_samples)
-    batches = list(loader)
-    keys = sorted(k for b in batches for k in b["key"])
-    assert keys == sorted(str(p) for p in video_dir.glob("*.mp4"))
+    loader = DataLoader(source, batch_size=2, num_workers=2, collate_fn=collate_samples,
+                        multiprocessing_context=context, persistent_workers=True)
+    orders = []
+    for epoch in range(2):
+        source.set_epoch(epoch)  # must reach the persistent workers
+        batches = list(loader)
+        orders.append([k for b in batches for k in b["key"]])
+        assert sorted(orders[-1]) == sorted(str(p) for p in video_dir.glob("*.mp4"))
+    assert orders[0] != orders[1]
     assert batches[0]["pixels"].shape[1:] == (3, 4, 32, 48) and batches[0]["has_text"].dtype == torch.bool
-    assert source.stats.as_dict()["ok"] == 3 and source.stats.as_dict()["missing"] == 1
+    assert source.stats.as_dict()["ok"] == 6 and source.stats.as_dict()["missing"] == 2
 
 
 def tar_members(start, n, kind):

@@ -1,7 +1,7 @@
 """Skip accounting: every sample a source cannot use is skipped, classified by reason and counted.
 
-Counters live in shared memory, so skips in DataLoader worker processes show up in the parent's
-``source.stats``. The first few skips of each reason are logged with the file that caused them.
+Counters live in shared memory, so skips in DataLoader worker processes (fork or spawn) show up in
+the parent's ``source.stats``. The first few skips of each reason are logged with the file that caused them.
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import errno
 import logging
 import multiprocessing as mp
-import zipfile
 import tarfile
+import zipfile
 
 import av
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import get_worker_info
 
 from tft2v.data.image_io import NotAnImageError
 from tft2v.data.video_io import ClipTooShortError, DecodeTimeoutError, NotAVideoError
@@ -72,19 +73,29 @@ def classify(exc: BaseException) -> str:
 
 
 class SkipStats:
-    """Process-shared counters: ``ok`` plus one per skip reason. ``as_dict()`` gives reason → count."""
+    """Process-shared counters: ``ok`` plus one per skip reason. ``as_dict()`` gives reason → count.
 
-    def __init__(self) -> None:
-        self._counts = mp.Array("q", len(SKIP_REASONS) + 1)  # slot 0 is "ok"
+    One row of lock-free shared memory per process (row 0: the main process, row 1 + i: DataLoader
+    worker i), each written by its own process only, so increments never race and no lock needs to
+    cross a fork/spawn boundary. ``as_dict`` sums the rows.
+    """
+
+    def __init__(self, max_workers: int = 64) -> None:
+        self._width = len(SKIP_REASONS) + 1  # column 0 is "ok"
+        self._rows = max_workers + 1
+        self._counts = mp.RawArray("q", self._rows * self._width)
         self.examples: dict[str, list[str]] = {}  # reason → first few "key: detail" (this process only)
 
+    def _add(self, column: int) -> None:
+        info = get_worker_info()
+        row = 0 if info is None else 1 + info.id % (self._rows - 1)
+        self._counts[row * self._width + column] += 1
+
     def add_ok(self) -> None:
-        with self._counts.get_lock():
-            self._counts[0] += 1
+        self._add(0)
 
     def add_skip(self, reason: str, key: str, detail: str = "") -> None:
-        with self._counts.get_lock():
-            self._counts[1 + SKIP_REASONS.index(reason)] += 1
+        self._add(1 + SKIP_REASONS.index(reason))
         seen = self.examples.setdefault(reason, [])
         if len(seen) < _LOGGED_PER_REASON:
             detail = detail.splitlines()[0][:200] if detail else ""
@@ -93,17 +104,17 @@ class SkipStats:
 
     def as_dict(self) -> dict[str, int]:
         """``{"ok": n, "<reason>": n, ...}`` including zero counts, in SKIP_REASONS order."""
-        values = list(self._counts[:])
-        return {"ok": values[0], **{r: values[i + 1] for i, r in enumerate(SKIP_REASONS)}}
+        flat = list(self._counts[:])
+        totals = [sum(flat[c :: self._width]) for c in range(self._width)]
+        return {"ok": totals[0], **{r: totals[i + 1] for i, r in enumerate(SKIP_REASONS)}}
 
     @property
     def skipped(self) -> int:
-        return sum(self._counts[1:])
+        return sum(v for k, v in self.as_dict().items() if k != "ok")
 
     def reset(self) -> None:
-        with self._counts.get_lock():
-            for i in range(len(self._counts)):
-                self._counts[i] = 0
+        for i in range(len(self._counts)):
+            self._counts[i] = 0
         self.examples.clear()
 
     def __repr__(self) -> str:

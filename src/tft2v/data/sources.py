@@ -95,7 +95,8 @@ class MediaSource(IterableDataset):
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         self.decode_timeout = float(decode_timeout)
         self.stats = SkipStats()
-        self._epoch = mp.Value("q", 0)  # shared so persistent workers see set_epoch from the parent
+        # Shared (lock-free, one writer: the parent) so persistent workers see set_epoch.
+        self._epoch = mp.RawValue("q", 0)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for a new epoch (deterministic in seed and epoch)."""
