@@ -28,9 +28,15 @@ def version() -> None:
 
 def _mount() -> None:
     # One line per command group; each module owns its commands.
-    from tft2v.commands import data
+    from tft2v.commands import data, serve
+    from tft2v.commands import eval as eval_cmd
 
     app.add_typer(data.app, name="data")
+    app.command(name="serve")(serve.serve)
+    app.command(name="eval")(eval_cmd.eval_command)
+    from tft2v.commands import train as train_command
+
+    app.command(name="train")(train_command.train)
 
 
 _mount()

@@ -1,0 +1,189 @@
+"""The ``tft2v serve`` web UI: a Gradio Blocks app around one loaded :class:`TFT2VPipeline`.
+
+Layout: the pipeline works on ``(B, C, F, H, W)`` tensors; this module is an I/O edge — uploaded
+condition videos are read as uint8 ``(F, H, W, 3)`` and the result leaves as an mp4 file.
+
+Requests run one at a time through Gradio's queue (one model, one device); the denoising callback
+drives ``gr.Progress``. Nothing here talks to the network: analytics are off, no share links, and the
+theme uses system fonts so the page loads no web fonts.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before gradio is imported anywhere: its analytics and version check read this at import time.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import tempfile  # noqa: E402
+import uuid  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from tft2v.errors import TFT2VError  # noqa: E402
+
+SCHEDULERS = ("ddim", "dpmpp")
+# Conditions a user can supply as a source video; the UI extracts them exactly as training does.
+VIDEO_CONDITIONS = ("sketch", "depth", "motion")
+MAX_QUEUE = 16
+MAX_SEED = 2**31 - 1
+
+TITLE = "TF-T2V text-to-video"
+HELP = (
+    "Describe a short clip and press **Generate**. More steps give cleaner video but take longer; "
+    "guidance sets how closely the video follows the prompt; the same seed gives the same video."
+)
+CSS = """
+.gradio-container {max-width: 1040px !important; margin: auto;}
+#tft2v-header p {color: var(--body-text-color-subdued); margin-top: 0;}
+"""
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """One request from the form. ``condition_videos`` maps a condition name to an uploaded file."""
+
+    prompt: str
+    negative_prompt: str
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    num_frames: int
+    scheduler: str
+    condition_videos: dict[str, str] | None = None
+
+
+def model_conditions(pipe, depth_model=None) -> tuple[str, ...]:
+    """The video-derived conditions this pipeline's UNet was trained with, in UI order; depth only when
+    a depth model is at hand to extract it."""
+    names = set(pipe.unet.config.conditions)
+    return tuple(n for n in VIDEO_CONDITIONS if n in names and (n != "depth" or depth_model is not None))
+
+
+def read_condition_video(path: str | Path, num_frames: int, fps: float, size: tuple[int, int]) -> torch.Tensor:
+    """An uploaded video -> (1, 3, F, H, W) in [-1, 1], sampled at the model's fps, centre-cropped to size."""
+    from tft2v.data.video_io import read_clip
+
+    try:
+        frames, _ = read_clip(path, num_frames, fps, size=size)  # uint8 (F, H, W, 3)
+    except Exception as err:  # PyAV and the reader raise many types for short, damaged or non-video files
+        raise TFT2VError(f"cannot use {Path(path).name} as a condition video: {err}") from None
+    return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, H, W)
+
+
+def generate_video(pipe, params: GenerateParams, out_dir: str | Path,
+                   progress: Callable[[int, int], None] | None = None, depth_model=None) -> Path:
+    """Run the pipeline for one request and write ``out_dir/<id>.mp4``; returns that path.
+
+    ``progress(step, total)`` is called after each denoising step; ``depth_model`` (a path, a
+    DepthEstimator or "luminance") is needed only for a depth condition video.
+    """
+    from tft2v.video_export import export_video
+
+    prompt = params.prompt.strip()
+    if not prompt:
+        raise TFT2VError("the prompt is empty; describe the video you want")
+    if params.scheduler not in SCHEDULERS:
+        raise TFT2VError(f"unknown scheduler {params.scheduler!r}; use one of {list(SCHEDULERS)}")
+    defaults = pipe.defaults
+    height, width, fps = defaults["height"], defaults["width"], defaults["fps"]
+    videos = {name: read_condition_video(path, params.num_frames, fps, (height, width))
+              for name, path in (params.condition_videos or {}).items()}
+
+    pipe.set_scheduler(params.scheduler)  # safe: the queue runs one request at a time
+    frames = pipe(
+        prompt,
+        negative_prompt=params.negative_prompt,
+        num_frames=int(params.num_frames),
+        num_inference_steps=int(params.num_inference_steps),
+        guidance_scale=float(params.guidance_scale),
+        generator=torch.Generator().manual_seed(int(params.seed)),
+        condition_videos=videos or None,
+        depth_model=depth_model,
+        output_type="uint8",
+        callback=None if progress is None else (lambda i, n, _x: progress(i + 1, n)),
+    )  # (1, F, H, W, 3) uint8
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return export_video(frames[0], out_dir / f"tft2v-{params.seed}-{uuid.uuid4().hex[:8]}.mp4", fps=fps)
+
+
+def make_handler(pipe, out_dir: Path, conditions: tuple[str, ...], depth_model=None) -> Callable:
+    """The Generate click handler: form values (+ one upload per condition) -> mp4 path; user errors
+    become ``gr.Error`` so the page shows them as a message instead of a stack trace."""
+
+    def on_generate(prompt, negative_prompt, steps, guidance, frames, seed, scheduler, *uploads,
+                    progress=gr.Progress()):
+        videos = {name: path for name, path in zip(conditions, uploads) if path}
+        params = GenerateParams(prompt, negative_prompt, int(steps), float(guidance), int(seed or 0),
+                                int(frames), scheduler, videos or None)
+        progress(0, desc="starting")
+        try:
+            path = generate_video(pipe, params, out_dir,
+                                  lambda i, n: progress((i, n), desc="denoising", unit="steps"), depth_model)
+        except TFT2VError as err:
+            raise gr.Error(str(err)) from None
+        return str(path)
+
+    return on_generate
+
+
+def build_app(pipe, out_dir: str | Path | None = None, depth_model=None) -> gr.Blocks:
+    """The Blocks app: form on the left, video on the right. Call ``.launch(**launch_kwargs())``."""
+    out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="tft2v-serve-"))
+    defaults = pipe.defaults
+    conditions = model_conditions(pipe, depth_model)
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        with gr.Column(elem_id="tft2v-header"):
+            gr.Markdown(f"# {TITLE}\n{HELP}")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                    placeholder="a red circle moving left on a blue background")
+                negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative-prompt",
+                                      value=defaults["negative_prompt"])
+                with gr.Row():
+                    steps = gr.Slider(1, 100, step=1, label="Steps", elem_id="steps",
+                                      value=defaults["num_inference_steps"])
+                    guidance = gr.Slider(1.0, 20.0, step=0.5, label="Guidance", elem_id="guidance",
+                                         value=defaults["guidance_scale"])
+                with gr.Row():
+                    frames = gr.Slider(1, 64, step=1, label="Frames", elem_id="frames",
+                                       value=defaults["num_frames"])
+                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED,
+                                     elem_id="seed")
+                scheduler = gr.Radio(list(SCHEDULERS), value="ddim", label="Scheduler", elem_id="scheduler",
+                                     info="ddim: VGen's sampler; dpmpp: DPM-Solver++, good in ~20 steps")
+                uploads = []
+                if conditions:
+                    with gr.Accordion("Conditions (optional)", open=False):
+                        gr.Markdown("Upload a video; its " + ", ".join(conditions)
+                                    + " is extracted and guides the motion and layout.")
+                        for name in conditions:
+                            uploads.append(gr.Video(label=f"{name} source video", sources=["upload"],
+                                                    elem_id=f"condition-{name}"))
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=1):
+                video = gr.Video(label="Result", interactive=False, autoplay=True, loop=True,
+                                 elem_id="result")
+
+        on_generate = make_handler(pipe, out_dir, conditions, depth_model)
+        inputs = [prompt, negative, steps, guidance, frames, seed, scheduler, *uploads]
+        button.click(on_generate, inputs=inputs, outputs=video, api_name="generate")
+        prompt.submit(on_generate, inputs=inputs, outputs=video, api_name=False)
+    # One model on one device: requests wait in line instead of running side by side.
+    demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
+    return demo
+
+
+def launch_kwargs(host: str = "127.0.0.1", port: int | None = None, quiet: bool = True) -> dict:
+    """Keyword arguments for ``demo.launch``: local only, no share link, no SSR node server, no web fonts."""
+    theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                           font_mono=["ui-monospace", "Consolas", "monospace"])
+    return {"server_name": host, "server_port": port, "share": False, "ssr_mode": False, "theme": theme,
+            "css": CSS, "footer_links": [], "show_error": True, "quiet": quiet}
