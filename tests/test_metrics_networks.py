@@ -161,3 +161,45 @@ def test_inception_loads_fid_zero_and_positive(tiny_inception_file, tmp_path):
     with pytest.raises(CheckpointError, match="InceptionV3"):
         torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
         load_inception(tmp_path / "bad.pth")
+
+
+@pytest.mark.slow  # the tiny I3D still sees 224×224 frames here (~20 s on a busy 2-core CPU)
+def test_eval_cli_end_to_end(tiny_i3d_file, tmp_path, capsys):
+    """`tft2v eval` on mp4 files: FVD from a tiny I3D + toy metrics from sidecar prompts → JSON + md."""
+    import json
+
+    from tft2v.cli import main
+    from tft2v.data.toy import generate
+    from tft2v.data.toy_files import write_video
+
+    data = generate("captioned_videos", 4, seed=0)
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir(), ref.mkdir()
+    for i in range(4):
+        write_video(gen / f"{i}.mp4", data.frames[i])
+        write_video(ref / f"{i}.mp4", data.frames[i])
+        (gen / f"{i}.txt").write_text(data.caption(i))
+    out = tmp_path / "m" / "metrics.json"
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--videos", str(gen), "--reference", str(ref), "--i3d", str(tiny_i3d_file[0]),
+              "--toy", "--out", str(out), "--device", "cpu"])
+    assert e.value.code == 0
+    res = json.loads(out.read_text())
+    assert res["fvd"] == pytest.approx(0.0, abs=1e-6) and res["num_reference"] == 4
+    assert res["toy"]["direction_accuracy"] == 1.0 and res["toy"]["shape_accuracy"] == 1.0
+    assert "| FVD (I3D) |" in out.with_suffix(".md").read_text()
+    assert "no inception network given" in out.with_suffix(".md").read_text()
+
+
+def test_eval_cli_errors(tmp_path, capsys):
+    from tft2v.cli import main
+
+    for argv, msg in (
+        (["eval", "--videos", str(tmp_path), "--toy"], "no video files"),
+        (["eval", "--videos", str(tmp_path)], "nothing to compute"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and msg in err and err.count("\n") == 1
