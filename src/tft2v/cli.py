@@ -47,14 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="tft2v", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         print("error: aborted", file=sys.stderr)
         sys.exit(130)
     except click.exceptions.UsageError as e:
         # Click's own usage errors (unknown option, bad value) — keep them to one line.
         print(f"error: {e.format_message()}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.ClickException as e:
+    except (click.exceptions.ClickException, typer.TyperException) as e:
+        # typer >= 0.29 parses with its own vendored click, whose errors derive from TyperException.
         print(f"error: {e.format_message()}", file=sys.stderr)
         sys.exit(2)
     except (TFT2VError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
