@@ -1,0 +1,153 @@
+"""Build the training components named by a config: the mixed loader, encoder, autoencoder, UNet.
+
+Samples are ``pixels`` (3, F, H, W) in [-1, 1] (F = 1 for images), batched to (B, 3, F, H, W) by the
+mixing loader. ``data.kind: toy`` generates the shapes world in memory; ``data.kind: sources`` streams
+folders / manifests / VGen lists / tar shards through :func:`tft2v.data.sources.build_source`. Every
+stream is seeded from the run seed and the rank, so shuffling is reproducible (unlike VGen's
+unshuffled single-GPU loader, VGen issue #137) and ranks read different samples.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from tft2v.config import Config
+from tft2v.data.mixing import MixConfig, MixedLoader
+from tft2v.errors import ConfigError, TFT2VError
+
+
+def mix_config(cfg: Config) -> MixConfig:
+    """The loader's MixConfig; without text-free videos and without labelled slots, no video batches."""
+    d, r = cfg.data, cfg.recipe
+    ratio = tuple(d.ratio)
+    if not r.text_free_videos and d.labelled_ratio == 0.0:
+        ratio = (ratio[0], 0)
+    return MixConfig(d.image_batch_size, d.video_batch_size, ratio, d.labelled_ratio)
+
+
+def build_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> MixedLoader:
+    """The endless image/video step iterator for this rank."""
+    mix = mix_config(cfg)
+    want_images, want_videos = mix.ratio[0] > 0, mix.ratio[1] > 0
+    want_captioned = want_videos and mix.labelled_ratio > 0
+    want_free = want_videos and mix.labelled_ratio < 1
+    if cfg.data.kind == "toy":
+        streams = _toy_streams(cfg, rank, want_images, want_free, want_captioned)
+    else:
+        streams = _source_streams(cfg, rank, world_size, want_images, want_free, want_captioned)
+    return MixedLoader(streams["images"], streams["videos"], mix, captioned_videos=streams["captioned_videos"])
+
+
+def _toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: bool) -> dict:
+    from tft2v.data.toy import ToyWorld, generate
+
+    d = cfg.data
+    if d.height != d.width:
+        raise ConfigError(f"the shapes world has square frames; got data.height {d.height} != data.width {d.width}")
+    world = ToyWorld(size=d.height, frames=d.num_frames)
+    wanted = {"images": (images, d.toy_images), "videos": (videos, d.toy_videos),
+              "captioned_videos": (captioned, d.toy_captioned_videos)}
+    out = {}
+    for kind, (use, n) in wanted.items():
+        if not use:
+            out[kind] = None
+            continue
+        if n < 1:
+            raise ConfigError(f"data.toy_{kind} must be >= 1 for this recipe, got {n}")
+        # The sets are the same on every rank; each rank walks them in its own seeded order.
+        out[kind] = generate(kind, n, seed=cfg.seed, world=world).stream(seed=cfg.seed * 1000 + rank)
+    return out
+
+
+def _source_streams(cfg: Config, rank: int, world_size: int, images: bool, videos: bool, captioned: bool) -> dict:
+    from torch.utils.data import DataLoader
+
+    from tft2v.data.sources import build_source
+
+    d = cfg.data
+    specs = {"images": (images, d.images, "image"), "videos": (videos, d.videos, "video"),
+             "captioned_videos": (captioned, d.captioned_videos or d.videos, "video")}
+    out = {}
+    for name, (use, spec, kind) in specs.items():
+        if not use:
+            out[name] = None
+            continue
+        if not spec:
+            raise ConfigError(f"this recipe needs data.{name} (a folder, manifest, list or tar shards)")
+        source = build_source(spec, kind=kind, data_dir=d.data_dir or None, num_frames=d.num_frames, fps=d.fps,
+                              size=(d.height, d.width), seed=cfg.seed, rank=rank, world_size=world_size)
+        out[name] = DataLoader(source, batch_size=None, num_workers=d.num_workers) if d.num_workers else source
+    return out
+
+
+def build_encoder_from_config(cfg: Config):
+    """The frozen text/image encoder."""
+    from tft2v.encoders import build_encoder
+
+    return build_encoder(cfg.encoder.kind, **cfg.encoder.args)
+
+
+def build_autoencoder_from_config(cfg: Config):
+    """Pixel space ('none') or a local AutoencoderKL folder ('kl')."""
+    from tft2v.autoencoder import build_autoencoder
+
+    return build_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path or None)
+
+
+def build_unet(cfg: Config, encoder, autoencoder):
+    """A TFT2VUNet from ``model.unet`` kwargs, initialised from scratch, SD-2.1 or a VGen checkpoint.
+
+    Channel counts and context widths default to what the encoder and autoencoder produce.
+    """
+    from tft2v.models import TFT2VUNet
+
+    kwargs = dict(cfg.model.unet)
+    known = set(inspect.signature(TFT2VUNet.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key 'model.unet.{unknown[0]}'; TFT2VUNet takes {sorted(known)}")
+    channels = autoencoder.latent_channels
+    kwargs.setdefault("in_channels", channels)
+    kwargs.setdefault("out_channels", channels)
+    kwargs.setdefault("context_dim", encoder.text_dim)
+    kwargs.setdefault("image_embed_dim", encoder.image_dim)
+    if cfg.recipe.conditions:
+        kwargs.setdefault("conditions", tuple(cfg.recipe.conditions))
+    for key in ("channel_mult", "attention_scales", "conditions", "condition_pixel_size"):
+        if key in kwargs and isinstance(kwargs[key], list):
+            kwargs[key] = tuple(kwargs[key])
+    _check_model_matches(cfg, kwargs, encoder, channels)
+    if cfg.model.init == "scratch":
+        return TFT2VUNet(**kwargs)
+    from tft2v.convert import infer_vgen_config, inflate_sd21, load_state_dict_file, load_vgen_unet
+
+    if cfg.model.init == "sd21":
+        return inflate_sd21(cfg.model.init_path, **kwargs)
+    vgen_config = dict(cfg.model.vgen_config) or infer_vgen_config(load_state_dict_file(cfg.model.init_path))
+    return load_vgen_unet(cfg.model.init_path, vgen_config)
+
+
+def _check_model_matches(cfg: Config, kwargs: dict, encoder, channels: int) -> None:
+    if kwargs["in_channels"] != channels:
+        raise ConfigError(f"model.unet.in_channels {kwargs['in_channels']} != the autoencoder's {channels} latent channels")
+    if kwargs["context_dim"] != encoder.text_dim:
+        raise ConfigError(f"model.unet.context_dim {kwargs['context_dim']} != the encoder's text_dim {encoder.text_dim}")
+    r = cfg.recipe
+    if (r.image_tokens_on_images or r.image_tokens_on_videos) and not kwargs.get("image_embed_dim"):
+        raise ConfigError("recipe asks for image tokens but the model has no image_embed_dim "
+                          "(set recipe.image_tokens_on_videos=false or use an encoder with an image tower)")
+    missing = sorted(set(r.conditions) - set(kwargs.get("conditions", ())))
+    if missing:
+        raise ConfigError(f"recipe.conditions {missing} are not in model.unet.conditions")
+
+
+def check_data_paths(cfg: Config) -> None:
+    """Fail early, in one line, on a data path that does not exist (before any model is built)."""
+    from pathlib import Path
+
+    if cfg.data.kind != "sources":
+        return
+    for name in ("images", "videos", "captioned_videos"):
+        spec = getattr(cfg.data, name)
+        if spec and "://" not in spec and "{" not in spec and not Path(spec).exists():
+            raise TFT2VError(f"data.{name}: path not found: {spec}")

@@ -1,0 +1,132 @@
+"""The TF-T2V training step: content and motion branches of one shared UNet (SPEC §1).
+
+Batches come from :class:`tft2v.data.mixing.MixedLoader`: ``pixels`` (B, 3, F, H, W) in [-1, 1]
+(an image batch has F = 1), ``cond_frame`` (B, 3, H, W), ``caption`` list, ``has_text`` (B,) bool.
+
+* content branch — an image micro-batch as 1-frame videos, conditioned on its caption tokens
+  (+ optionally the image tokens of the image itself);
+* motion branch — a video micro-batch conditioned on the image embedding of its conditioning frame
+  (VGen's middle frame) as extra tokens, with the text replaced by the empty-string embedding, except
+  labelled videos (``has_text``), which keep their captions (semi-supervised);
+* CFG dropout replaces a sample's text by the empty or negative-prompt embedding with prob p;
+* loss per branch ``L_base + λ·L_coh`` in the model's prediction space (L_coh is 0 for F = 1);
+* compositional: conditions are extracted on the fly from the same pixels, with the model's own
+  condition dropout masks.
+
+All randomness of a step comes from the ``generator`` passed in, so a step is a pure function of
+(weights, batch, generator state) — which is what makes resuming exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from tft2v.config import RecipeConfig
+from tft2v.diffusion import ScheduleConfig, noisy_inputs
+from tft2v.losses import diffusion_loss, temporal_coherence_loss
+
+BRANCHES = ("image", "video")
+
+
+class Recipe:
+    """Builds each branch's model inputs from a batch and computes its loss.
+
+    ``encoder`` is a frozen :class:`tft2v.encoders.base.ConditionEncoder`; ``autoencoder`` maps pixels
+    (B, 3, F, H, W) to latents (B, C, F, h, w); ``noise_scheduler`` holds the training ᾱ.
+    """
+
+    def __init__(self, cfg: RecipeConfig, schedule: ScheduleConfig, encoder, autoencoder, noise_scheduler,
+                 depth_model=None):
+        self.cfg, self.schedule = cfg, schedule
+        self.encoder, self.autoencoder, self.noise_scheduler = encoder, autoencoder, noise_scheduler
+        self.depth_model = depth_model
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    def _fixed_text(self, prompt: str, device) -> torch.Tensor:
+        """(1, L, D) embedding of a fixed prompt (empty or negative), computed once."""
+        if prompt not in self._text_cache:
+            self._text_cache[prompt] = self.encoder.encode_text([prompt]).float()
+        return self._text_cache[prompt].to(device)
+
+    def sample_weights(self, batch: dict, branch: str) -> torch.Tensor:
+        """(B,) float weights of the samples in the loss: with ``text_free_videos`` off, text-free videos
+        get weight 0. Masking (not dropping) keeps every rank's graph the same shape under DDP."""
+        b = batch["pixels"].shape[0]
+        if branch == "video" and not self.cfg.text_free_videos:
+            return batch["has_text"].float()
+        return torch.ones(b)
+
+    @torch.no_grad()
+    def inputs(self, batch: dict, branch: str, generator: torch.Generator, device) -> dict:
+        """Model inputs and the regression target of one branch.
+
+        Returns ``x_t`` (B, C, F, h, w), ``t`` (B,), ``target`` like x_t and the keyword inputs
+        ``encoder_hidden_states`` (B, L(+N), D), ``image_embeds`` (B, D_img) | None,
+        ``conditions`` {name: (B, c, F, H, W)} | None and ``dropout_masks`` {name: (B,) bool}.
+        """
+        cfg = self.cfg
+        pixels = batch["pixels"].to(device)  # (B, 3, F, H, W)
+        b = pixels.shape[0]
+        x0 = self.autoencoder.encode(pixels, generator=generator).float()
+        x_t, t, target = noisy_inputs(self.noise_scheduler, x0, self.schedule, generator)
+
+        captions = list(batch["caption"])  # B strings
+        if branch == "video":
+            # Text-free videos see the empty caption; labelled ones keep theirs (semi-supervised).
+            captions = [c if bool(h) else "" for c, h in zip(captions, batch["has_text"])]
+        text = self.encoder.encode_text(captions).float().to(device)  # (B, L, D)
+        drop = torch.rand(b, generator=generator, device=device) < cfg.text_dropout
+        uncond = self._fixed_text(cfg.negative_prompt if cfg.text_dropout_to == "negative" else "", device)
+        text = torch.where(drop.view(b, 1, 1), uncond.expand_as(text), text)
+
+        image_embeds, masks = None, {}
+        wants_image = cfg.image_tokens_on_videos if branch == "video" else cfg.image_tokens_on_images
+        if wants_image:
+            frame = batch["cond_frame"] if branch == "video" else batch["pixels"][:, :, 0]  # (B, 3, H, W)
+            image_embeds = self.encoder.encode_image(frame.to(device)).float().to(device)
+            masks["image"] = torch.rand(b, generator=generator, device=device) >= cfg.image_token_dropout
+
+        conditions = None
+        if cfg.conditions:
+            from tft2v.data.conditions import extract_conditions
+
+            conditions = extract_conditions(pixels, list(cfg.conditions), generator=generator,
+                                            depth_model=self.depth_model or None)
+        return {"x_t": x_t, "t": t, "target": target, "encoder_hidden_states": text,
+                "image_embeds": image_embeds, "conditions": conditions, "dropout_masks": masks}
+
+    def branch_loss(self, model: Callable, unet, batch: dict, branch: str, generator: torch.Generator,
+                    device) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted loss of one branch, ``w·mean_b(L_base + λ·L_coh)``, and its logged parts.
+
+        ``model`` is the callable to train (possibly DDP/FSDP-wrapped); ``unet`` the bare
+        TFT2VUNet, asked for condition dropout masks.
+        """
+        inp = self.inputs(batch, branch, generator, device)
+        masks = inp["dropout_masks"]
+        if inp["conditions"] and self.cfg.condition_dropout:
+            masks.update(unet.sample_dropout_masks(inp["x_t"].shape[0], list(inp["conditions"]), generator,
+                                                   device=device))
+        pred = model(inp["x_t"], inp["t"], encoder_hidden_states=inp["encoder_hidden_states"],
+                     image_embeds=inp["image_embeds"], conditions=inp["conditions"], dropout_masks=masks or None)
+        base = diffusion_loss(pred, inp["target"])  # (B,)
+        coherence = temporal_coherence_loss(pred, inp["target"], reduction="none")  # (B,), 0 for F = 1
+        w = self.sample_weights(batch, branch).to(base.device)
+        per_sample = base + self.cfg.coherence_weight * coherence if self.cfg.coherence_weight else base
+        loss = (w * per_sample).sum() / w.sum().clamp(min=1.0)
+        weight = self.cfg.video_loss_weight if branch == "video" else self.cfg.image_loss_weight
+        n = float(w.sum().clamp(min=1.0))
+        logged = {f"{branch}/loss": float(loss.detach()), f"{branch}/base": float((w * base.detach()).sum()) / n}
+        if branch == "video":
+            logged["video/coherence"] = float((w * coherence.detach()).sum()) / n
+        return weight * loss, logged
+
+
+def step_generator(seed: int, step: int, rank: int, micro: int = 0, device="cpu") -> torch.Generator:
+    """The generator of one (step, rank, micro-batch): seeded from the run seed, so a resumed run
+    draws exactly the noise, timesteps and dropout the uninterrupted run drew."""
+    g = torch.Generator(device=device)
+    g.manual_seed((((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro) % (2**63))
+    return g

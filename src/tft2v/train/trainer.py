@@ -1,0 +1,255 @@
+"""The training loop: accelerate (single process, DDP, FSDP, DeepSpeed), the TF-T2V recipe per step.
+
+One optimizer step = ``train.grad_accum`` mixing-loader steps; each carries an image micro-batch
+(content branch, (B, 3, 1, H, W)) and/or a video micro-batch (motion branch, (B, 3, F, H, W)). Every
+branch runs forward + backward in turn (gradient accumulation), and gradients are synchronised across
+ranks only on the last backward of the step, so both branches update the shared UNet in ONE
+optimizer step on one device. The randomness of a step comes from a generator seeded by
+(seed, step, rank, micro-batch); model dropout uses the global torch RNG, which the checkpoints save
+and restore — together this makes ``--resume`` continue bit-exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tft2v.config import Config, dump_config
+from tft2v.errors import TFT2VError
+from tft2v.train import checkpoint as ckpt_io
+from tft2v.train.data import (
+    build_autoencoder_from_config,
+    build_encoder_from_config,
+    build_loader,
+    build_unet,
+    check_data_paths,
+)
+from tft2v.train.logging import RunLogger
+from tft2v.train.recipe import BRANCHES, Recipe, step_generator
+
+OOM_HINT = ("lower data.image_batch_size / data.video_batch_size, set model.gradient_checkpointing=true, "
+            "train.mixed_precision=bf16, or raise train.grad_accum")
+
+
+def _build_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Steps alternate branches (and image tokens / conditions may be absent), so not every parameter
+    # receives a gradient in every backward.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp])
+
+
+def _seed_globals(seed: int, rank: int) -> None:
+    # Model dropout draws from the global torch RNG; seed it per rank (checkpoints restore it).
+    random.seed(seed * 7919 + rank)
+    np.random.seed((seed * 7919 + rank) % 2**32)
+    torch.manual_seed(seed * 7919 + rank)
+
+
+def _trainable_parameters(cfg: Config, unet) -> list[torch.nn.Parameter]:
+    if cfg.recipe.trainable == "condition_encoders":
+        # VideoComposer-style stage: only the condition encoders learn; the video UNet stays fixed.
+        unet.requires_grad_(False)
+        unet.condition_encoders.requires_grad_(True)
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+class Trainer:
+    """Holds a run's components; ``run()`` trains to ``train.max_steps`` and returns a summary dict."""
+
+    def __init__(self, cfg: Config, resume: str | None = None):
+        from diffusers.optimization import get_cosine_schedule_with_warmup
+
+        from tft2v.diffusion import build_training_scheduler
+
+        check_data_paths(cfg)
+        self.cfg, self.run_dir = cfg, Path(cfg.out_dir)
+        self.config_yaml = dump_config(cfg)
+        self.accelerator = acc = _build_accelerator(cfg)
+        self.rank, self.device = acc.process_index, acc.device
+        _seed_globals(cfg.seed, self.rank)
+        self.encoder = build_encoder_from_config(cfg).to(self.device)
+        self.autoencoder = build_autoencoder_from_config(cfg).to(self.device)
+        self.unet = build_unet(cfg, self.encoder, self.autoencoder)
+        self.resume_from = ckpt_io.resolve_resume(resume, self.run_dir) if resume else None
+        if self.resume_from is not None:
+            ckpt_io.load_unet_weights(self.resume_from, self.unet)
+        if cfg.model.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.params = _trainable_parameters(cfg, self.unet)
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        # Not passed to accelerate.prepare: it would step the schedule once per process.
+        self.lr_scheduler = get_cosine_schedule_with_warmup(optimizer, o.warmup_steps, cfg.train.max_steps)
+        self.ema = None
+        if o.ema_decay > 0:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=o.ema_decay)
+        self.model, self.optimizer = acc.prepare(self.unet, optimizer)
+        if cfg.model.compile:
+            self.model = torch.compile(self.model)
+        self.loader = build_loader(cfg, self.rank, acc.num_processes)
+        self.step = 0
+        if self.resume_from is not None:
+            state = ckpt_io.load_training_state(self.resume_from, accelerator=acc, optimizer=self.optimizer,
+                                                lr_scheduler=self.lr_scheduler, ema=self.ema, scaler=acc.scaler)
+            self.step = state["step"]
+            self.loader.load_state_dict(state["loader"])
+        self.recipe = Recipe(cfg.recipe, cfg.schedule, self.encoder, self.autoencoder,
+                             build_training_scheduler(cfg.schedule), depth_model=cfg.recipe.depth_model or None)
+        self.log = RunLogger(self.run_dir, cfg.train.max_steps, self.step, enabled=acc.is_main_process,
+                             progress=cfg.train.progress, tensorboard=cfg.train.tensorboard)
+
+    # -- one optimizer step ---------------------------------------------------------------------
+
+    def train_step(self, batches: list[dict]) -> dict:
+        """Forward/backward every branch of every micro-batch, then one optimizer step. Returns logs."""
+        acc, cfg = self.accelerator, self.cfg
+        work = [(m, b) for m, batch in enumerate(batches) for b in BRANCHES if batch[b] is not None]
+        logged: dict[str, float] = {}
+        total = 0.0
+        for i, (micro, branch) in enumerate(work):
+            g = step_generator(cfg.seed, self.step, self.rank, micro, device=self.device)
+            sync = i == len(work) - 1  # all-reduce gradients once, on the step's last backward
+            with nullcontext() if sync else acc.no_sync(self.model):
+                with acc.autocast():
+                    loss, parts = self.recipe.branch_loss(self.model, self.unet, batches[micro][branch], branch,
+                                                          g, self.device)
+                acc.backward(loss / len(batches))
+            total += float(loss.detach()) / len(batches)
+            for k, v in parts.items():
+                logged[k] = logged.get(k, 0.0) + v / len(batches)
+        loss_all = acc.reduce(torch.tensor([total], device=self.device), "mean").item()
+        if not math.isfinite(loss_all):
+            self._nan_stop(loss_all)
+        grad_norm = None
+        if cfg.optim.max_grad_norm > 0:
+            grad_norm = float(acc.clip_grad_norm_(self.params, cfg.optim.max_grad_norm))
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.params)
+        self.step += 1
+        out = {"loss": loss_all, **logged, "lr": self.lr_scheduler.get_last_lr()[0]}
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        return out
+
+    def _nan_stop(self, value: float) -> None:
+        path = self.save(debug=True)
+        raise TFT2VError(f"loss became {value} at step {self.step + 1}; stopped, debug checkpoint at {path}")
+
+    # -- checkpoints, validation, export ----------------------------------------------------------
+
+    def save(self, debug: bool = False) -> Path:
+        return ckpt_io.save_checkpoint(
+            self.run_dir / "checkpoints", self.step, accelerator=self.accelerator, model=self.model, unet=self.unet,
+            optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, loader_state=self.loader.state_dict(),
+            config_yaml=self.config_yaml, ema=self.ema, ema_params=self.params, scaler=self.accelerator.scaler,
+            keep_last=self.cfg.train.keep_last, debug=debug)
+
+    def validate(self) -> list[Path]:
+        from tft2v.train.validation import validation_videos
+
+        paths = []
+        if self.accelerator.is_main_process and self.cfg.train.validation_prompts:
+            with self.accelerator.autocast():
+                paths = validation_videos(self.unet, self.encoder, self.autoencoder, self.cfg, self.step,
+                                          self.run_dir / "validation")
+            self.log.message(f"validation step {self.step}: {len(paths)} videos in {paths[0].parent}")
+        self.accelerator.wait_for_everyone()
+        return paths
+
+    def export(self, checkpoint: Path) -> Path | None:
+        from tft2v.train.validation import export_model_folder
+
+        if not self.accelerator.is_main_process:
+            return None
+        if importlib.util.find_spec("tft2v.pipeline") is None:  # lands separately from the trainer
+            self.log.message("model folder not written: tft2v.pipeline is not available in this install")
+            return None
+        return export_model_folder(checkpoint, self.run_dir / "model")
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.accelerator.is_main_process:
+            (self.run_dir / "config.yaml").write_text(self.config_yaml)
+            self.log.message(f"resolved config (saved to {self.run_dir / 'config.yaml'}):\n{self.config_yaml}")
+            if self.resume_from is not None:
+                self.log.message(f"resumed from {self.resume_from} at step {self.step}")
+        start_step, start_time = self.step, time.time()
+        losses: list[float] = []
+        last_ckpt = None
+        self.model.train()
+        batches = iter(self.loader)
+        try:
+            while self.step < t.max_steps:
+                logs = self.train_step([next(batches) for _ in range(t.grad_accum)])
+                losses.append(logs["loss"])
+                self.log.advance(logs["loss"])
+                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                    logs["steps_per_sec"] = (self.step - start_step) / max(time.time() - start_time, 1e-9)
+                    self.log.log(self.step, logs)
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    last_ckpt = self.save()
+                if t.validate_every and self.step % t.validate_every == 0:
+                    self.validate()
+        except torch.cuda.OutOfMemoryError:
+            raise TFT2VError(f"out of GPU memory at step {self.step + 1}: {OOM_HINT}") from None
+        except RuntimeError as e:
+            if "out of memory" in str(e).lower():
+                raise TFT2VError(f"out of memory at step {self.step + 1}: {OOM_HINT}") from None
+            raise
+        if last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:08d}"):
+            last_ckpt = self.save()
+        videos = [] if t.validate_every and self.step % t.validate_every == 0 else self.validate()
+        model_dir = self.export(last_ckpt) if t.export else None
+        elapsed = time.time() - start_time
+        summary = _summary(losses, start_step, self.step, elapsed, last_ckpt, model_dir, videos)
+        if self.accelerator.is_main_process:
+            self.log.log(self.step, {"summary": summary})
+            self.log.message(_format_summary(summary))
+        self.log.close()
+        return summary
+
+
+def _summary(losses, start_step, step, elapsed, ckpt, model_dir, videos) -> dict:
+    k = max(1, len(losses) // 10)
+    return {
+        "steps": step, "steps_this_run": step - start_step, "seconds": round(elapsed, 2),
+        "steps_per_sec": round((step - start_step) / max(elapsed, 1e-9), 3),
+        "loss_first": round(float(np.mean(losses[:k])), 5) if losses else None,
+        "loss_last": round(float(np.mean(losses[-k:])), 5) if losses else None,
+        "checkpoint": str(ckpt), "model": str(model_dir) if model_dir else None,
+        "validation_videos": [str(p) for p in videos],
+    }
+
+
+def _format_summary(s: dict) -> str:
+    lines = [f"done: {s['steps']} steps ({s['steps_this_run']} this run) in {s['seconds']} s, "
+             f"{s['steps_per_sec']} steps/s"]
+    if s["loss_first"] is not None:
+        lines.append(f"loss (mean of first/last 10%): {s['loss_first']} -> {s['loss_last']}")
+    lines.append(f"checkpoint: {s['checkpoint']}")
+    if s["model"]:
+        lines.append(f"model folder: {s['model']}")
+    return "\n".join(lines)
+
+
+def train(cfg: Config, resume: str | None = None) -> dict:
+    """Train per ``cfg`` (optionally resuming: a run/checkpoint folder or "auto"); returns the summary."""
+    return Trainer(cfg, resume).run()
