@@ -244,13 +244,16 @@ class TFT2VPipeline:
         from tft2v.sampling import denoise
 
         d = self.defaults
+
+        def pick(value, key):
+            return d[key] if value is None else value
+
         # 1. Check inputs, fill defaults from the model folder.
         args = check_call(
-            self, prompt, negative_prompt if negative_prompt is not None else d["negative_prompt"],
-            num_frames or d["num_frames"], height or d["height"], width or d["width"],
-            num_inference_steps or d["num_inference_steps"],
-            d["guidance_scale"] if guidance_scale is None else guidance_scale, output_type,
-            num_videos_per_prompt, decode_chunk_size or self.vae_decode_chunk_size, generator,
+            self, prompt, pick(negative_prompt, "negative_prompt"), pick(num_frames, "num_frames"),
+            pick(height, "height"), pick(width, "width"), pick(num_inference_steps, "num_inference_steps"),
+            pick(guidance_scale, "guidance_scale"), output_type, num_videos_per_prompt,
+            self.vae_decode_chunk_size if decode_chunk_size is None else decode_chunk_size, generator,
         )
         device = self.execution_device
         use_cfg = args.guidance_scale != 1.0
