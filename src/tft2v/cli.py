@@ -34,6 +34,9 @@ def _mount() -> None:
     app.add_typer(data.app, name="data")
     app.command(name="serve")(serve.serve)
     app.command(name="eval")(eval_cmd.eval_command)
+    from tft2v.commands import generate
+
+    app.command(name="generate", epilog=generate.EXAMPLES)(generate.generate)
     from tft2v.commands import train as train_command
 
     app.command(name="train")(train_command.train)
