@@ -133,8 +133,9 @@ def test_handler_turns_user_errors_into_gradio_messages(pipe, tmp_path):
     from tft2v.webui import make_handler
 
     handler = make_handler(pipe, tmp_path, conditions=())
-    path = handler("a blue square", "", 2, 7.5, 4, 1, "dpmpp")
+    path, info = handler("a blue square", "", 2, 7.5, 4, 1, "dpmpp")
     assert decode(path).shape == (4, SIZE, SIZE, 3)
+    assert info.startswith("seed 1 · 4 frames · 2 dpmpp steps · guidance 7.5 · ")
     with pytest.raises(gr.Error, match="prompt is empty"):
         handler("", "", 2, 7.5, 4, 1, "ddim")
 

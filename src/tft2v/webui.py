@@ -16,6 +16,7 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import tempfile  # noqa: E402
+import time  # noqa: E402
 import uuid  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -113,7 +114,7 @@ def generate_video(pipe, params: GenerateParams, out_dir: str | Path,
 
 
 def make_handler(pipe, out_dir: Path, conditions: tuple[str, ...], depth_model=None) -> Callable:
-    """The Generate click handler: form values (+ one upload per condition) -> mp4 path; user errors
+    """The Generate click handler: form values (+ one upload per condition) -> (mp4 path, summary); user errors
     become ``gr.Error`` so the page shows them as a message instead of a stack trace."""
 
     def on_generate(prompt, negative_prompt, steps, guidance, frames, seed, scheduler, *uploads,
@@ -122,12 +123,16 @@ def make_handler(pipe, out_dir: Path, conditions: tuple[str, ...], depth_model=N
         params = GenerateParams(prompt, negative_prompt, int(steps), float(guidance), int(seed or 0),
                                 int(frames), scheduler, videos or None)
         progress(0, desc="starting")
+        start = time.perf_counter()
         try:
             path = generate_video(pipe, params, out_dir,
                                   lambda i, n: progress((i, n), desc="denoising", unit="steps"), depth_model)
         except TFT2VError as err:
             raise gr.Error(str(err)) from None
-        return str(path)
+        used = f" · {', '.join(videos)} from upload" if videos else ""
+        info = (f"seed {params.seed} · {params.num_frames} frames · {params.num_inference_steps} {params.scheduler} "
+                f"steps · guidance {params.guidance_scale:g}{used} · {time.perf_counter() - start:.1f} s")
+        return str(path), info
 
     return on_generate
 
@@ -171,11 +176,12 @@ def build_app(pipe, out_dir: str | Path | None = None, depth_model=None) -> gr.B
             with gr.Column(scale=1):
                 video = gr.Video(label="Result", interactive=False, autoplay=True, loop=True,
                                  elem_id="result")
+                info = gr.Markdown(elem_id="result-info")
 
         on_generate = make_handler(pipe, out_dir, conditions, depth_model)
         inputs = [prompt, negative, steps, guidance, frames, seed, scheduler, *uploads]
-        button.click(on_generate, inputs=inputs, outputs=video, api_name="generate")
-        prompt.submit(on_generate, inputs=inputs, outputs=video, api_name=False)
+        button.click(on_generate, inputs=inputs, outputs=[video, info], api_name="generate")
+        prompt.submit(on_generate, inputs=inputs, outputs=[video, info], api_name=False)
     # One model on one device: requests wait in line instead of running side by side.
     demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     return demo
