@@ -164,6 +164,7 @@ def build_app(pipe, out_dir: str | Path | None = None, depth_model=None) -> gr.B
                                      elem_id="seed")
                 scheduler = gr.Radio(list(SCHEDULERS), value="ddim", label="Scheduler", elem_id="scheduler",
                                      info="ddim: VGen's sampler; dpmpp: DPM-Solver++, good in ~20 steps")
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
                 uploads = []
                 if conditions:
                     with gr.Accordion("Conditions (optional)", open=False):
@@ -171,8 +172,7 @@ def build_app(pipe, out_dir: str | Path | None = None, depth_model=None) -> gr.B
                                     + " is extracted and guides the motion and layout.")
                         for name in conditions:
                             uploads.append(gr.Video(label=f"{name} source video", sources=["upload"],
-                                                    elem_id=f"condition-{name}"))
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
+                                                    height=200, elem_id=f"condition-{name}"))
             with gr.Column(scale=1):
                 video = gr.Video(label="Result", interactive=False, autoplay=True, loop=True,
                                  elem_id="result")
