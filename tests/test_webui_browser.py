@@ -109,7 +109,7 @@ def decode(url: str, path: Path) -> list:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
-def test_serve_generates_a_video_in_chromium(server, browser, tmp_path):
+def test_serve_generates_a_video_in_chromium(browser, server, tmp_path):
     from playwright.sync_api import expect
 
     url, network_log = server
@@ -125,10 +125,19 @@ def test_serve_generates_a_video_in_chromium(server, browser, tmp_path):
     page.get_by_text("the prompt is empty").first.wait_for(timeout=60_000)
     page.reload()
 
+    # Two users at once: the queue runs them one after the other and both get their video.
+    other = browser.new_page()
+    other.goto(url)
+    other.locator("#prompt textarea").fill("a blue square moving up")
+    other.locator("#seed input").fill("7")
     page.locator("#prompt textarea").fill("a red circle moving left")
     page.locator("#generate").click()
+    other.locator("#generate").click()
     video = page.locator("#result video[src]")
     video.wait_for(timeout=180_000)
+    other.get_by_text("seed 7 · 4 frames").wait_for(timeout=180_000)
+    assert other.locator("#result video").get_attribute("src") != video.get_attribute("src")
+    other.close()
     page.get_by_text("seed 0 · 4 frames").wait_for(timeout=10_000)
     page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
     src = video.get_attribute("src")
