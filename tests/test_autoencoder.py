@@ -96,3 +96,20 @@ def test_identity_autoencoder(tmp_path):
         build_autoencoder("none", tmp_path)
     with pytest.raises(TFT2VError, match=r"\(B, 3, F, H, W\)"):
         ae.encode(torch.zeros(1, 4, 1, 8, 8))
+
+
+def test_patch_autoencoder_is_lossless_and_reloads(tmp_path):
+    from tft2v.autoencoder import PatchAutoencoder, build_autoencoder, load_autoencoder
+
+    ae = build_autoencoder("patch", patch_size=2)
+    video = torch.rand(2, 3, 4, 8, 12) * 2 - 1
+    z = ae.encode(video)
+    assert z.shape == (2, 12, 4, 4, 6) and ae.latent_channels == 12 and ae.spatial_factor == 2
+    # channel (c, p, q) holds pixel (2h + p, 2w + q) of colour c
+    assert torch.equal(z[:, 0 * 4 + 0 * 2 + 1, :, 1, 2], video[:, 0, :, 2, 5])  # c=0, p=0, q=1
+    assert torch.equal(ae.decode(z), video)
+    ae.save_pretrained(tmp_path / "ae")
+    again = load_autoencoder(tmp_path / "ae")
+    assert isinstance(again, PatchAutoencoder) and again.patch_size == 2
+    with pytest.raises(TFT2VError, match="multiples of 2"):
+        ae.encode(torch.zeros(1, 3, 1, 7, 8))
