@@ -37,6 +37,9 @@ def _mount() -> None:
     from tft2v.commands import generate
 
     app.command(name="generate", epilog=generate.EXAMPLES)(generate.generate)
+    from tft2v.commands import convert
+
+    app.add_typer(convert.app, name="convert")
     from tft2v.commands import train as train_command
 
     app.command(name="train")(train_command.train)

@@ -1,0 +1,175 @@
+"""``tft2v convert vgen|sd21``: turn released checkpoints into a tft2v model folder.
+
+The folder (see :mod:`tft2v.pipeline_folder`) gets the converted UNet, a sampling scheduler and —
+when their paths are given — the text/image encoder and the autoencoder. Videos elsewhere are
+``(B, C, F, H, W)``; this module only moves weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tft2v.errors import ConfigError, TFT2VError
+
+app = typer.Typer(help="Convert released checkpoints (VGen TF-T2V, Stable Diffusion 2.1) into a tft2v model folder.",
+                  no_args_is_help=True)
+
+# VGen's T2V prompt suffix (facts §1.3), kept as the converted folder's positive_prompt default.
+VGEN_POSITIVE_PROMPT = ", cinematic, High Contrast, highly detailed, no blur, 4k render"
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"448x256"`` → (448, 256) as VGen's [W, H]."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or min(int(match[1]), int(match[2])) < 8:
+        raise TFT2VError(f"--resolution must look like WxH with sides >= 8 (e.g. 448x256), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def read_config_file(path: Path) -> dict:
+    """A VGen UNet constructor config as JSON or YAML (a mapping of VGen argument names)."""
+    if not path.is_file():
+        raise TFT2VError(f"config file {path} not found")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            config = yaml.safe_load(text)
+        else:
+            config = json.loads(text)
+    except Exception as err:  # noqa: BLE001 - JSON and YAML parsers raise their own error types
+        raise TFT2VError(f"cannot parse config {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise TFT2VError(f"config {path} must hold a mapping of VGen UNet arguments")
+    return config
+
+
+def _default_bpe() -> Path:
+    spec = importlib.util.find_spec("open_clip")
+    bpe = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz" if spec and spec.origin else None
+    if bpe is None or not bpe.is_file():
+        raise TFT2VError("--openclip needs --openclip-tokenizer PATH (bpe_simple_vocab_16e6.txt.gz); "
+                         "open-clip-torch, which ships it, is not installed")
+    return bpe
+
+
+def build_components(context_dim: int, openclip: Path | None, openclip_tokenizer: Path | None,
+                     encoder_dir: Path | None, toy_encoder: bool, vae: Path | None):
+    """(encoder or None, autoencoder or None) from the component options."""
+    from tft2v.autoencoder import build_autoencoder
+    from tft2v.encoders import build_encoder, load_encoder
+
+    chosen = [name for name, v in (("--openclip", openclip), ("--encoder", encoder_dir), ("--toy-encoder", toy_encoder)) if v]
+    if len(chosen) > 1:
+        raise TFT2VError(f"give only one of {', '.join(chosen)}")
+    encoder = None
+    if openclip is not None:
+        if not openclip.is_file():
+            raise TFT2VError(f"--openclip weights {openclip} not found")
+        encoder = build_encoder("openclip", weights=openclip, tokenizer=openclip_tokenizer or _default_bpe())
+    elif encoder_dir is not None:
+        encoder = load_encoder(encoder_dir)
+    elif toy_encoder:
+        # The shapes world's analytic encoder at the UNet's width: enough to run tiny converted models.
+        encoder = build_encoder("toy", text_dim=context_dim, image_dim=context_dim)
+    if encoder is not None and encoder.text_dim != context_dim:
+        raise TFT2VError(f"the encoder gives {encoder.text_dim}-d text tokens but the UNet expects {context_dim}")
+    autoencoder = None
+    if vae is not None:
+        if not vae.is_dir():
+            raise TFT2VError(f"--vae must be a diffusers AutoencoderKL folder; {vae} is not a folder")
+        autoencoder = build_autoencoder("kl", vae)
+    return encoder, autoencoder
+
+
+def write_folder(out_dir: Path, unet, scheduler, encoder, autoencoder, defaults: dict) -> None:
+    from tft2v.pipeline import TFT2VPipeline
+
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise TFT2VError(f"output folder {out_dir} exists and is not empty")
+    if autoencoder is not None and autoencoder.latent_channels != unet.config.in_channels:
+        raise TFT2VError(f"the VAE has {autoencoder.latent_channels} latent channels, the UNet expects "
+                         f"{unet.config.in_channels}")
+    TFT2VPipeline(unet, scheduler, encoder, autoencoder, defaults=defaults).save_pretrained(out_dir)
+    n = sum(p.numel() for p in unet.parameters())
+    typer.echo(f"wrote {out_dir}  (UNet {n / 1e6:.1f} M parameters)")
+    missing = [name for name, c in (("encoder", encoder), ("autoencoder", autoencoder)) if c is None]
+    if missing:
+        typer.echo(f"note: the folder has no {' or '.join(missing)} yet; add them before generating "
+                   f"(rerun with{' --openclip PATH' if encoder is None else ''}"
+                   f"{' --vae PATH' if autoencoder is None else ''}, or pass them to TFT2VPipeline.from_pretrained)")
+
+
+@app.command("vgen", epilog="Example:  tft2v convert vgen models/tft2v_t2v_non_ema_512000.pth models/tft2v "
+             "--openclip models/open_clip_pytorch_model.bin --vae models/sd21-vae")
+def convert_vgen(
+    src: Path = typer.Argument(..., help="VGen TF-T2V UNet checkpoint (.pth, raw or {'state_dict': ...})."),
+    out_dir: Path = typer.Argument(..., help="Model folder to create."),
+    config: Optional[Path] = typer.Option(None, help="VGen UNet constructor arguments (.json/.yaml); "
+                                          "default: inferred from the checkpoint's shapes."),
+    resolution: Optional[str] = typer.Option(None, help="Generation size WxH, VGen order (default 448x256)."),
+    head_dim: int = typer.Option(64, min=1, help="Attention head width (not recoverable from the weights)."),
+    openclip: Optional[Path] = typer.Option(None, help="OpenCLIP ViT-H/14 state dict → encoder/."),
+    openclip_tokenizer: Optional[Path] = typer.Option(None, help="OpenCLIP BPE merges file (default: open-clip-torch's)."),
+    encoder: Optional[Path] = typer.Option(None, "--encoder", help="A saved tft2v encoder folder → encoder/."),
+    toy_encoder: bool = typer.Option(False, "--toy-encoder", help="Built-in toy encoder (tiny tests only)."),
+    vae: Optional[Path] = typer.Option(None, help="diffusers AutoencoderKL folder (SD 2.1 VAE) → autoencoder/."),
+    frames: int = typer.Option(16, min=1, help="Default number of frames."),
+) -> None:
+    """Convert a VGen TF-T2V UNet checkpoint into a tft2v model folder (scheduler: VGen's DDIM)."""
+    from tft2v.convert import infer_vgen_config, load_state_dict_file, load_vgen_unet
+    from tft2v.pipeline import VGEN_NEGATIVE_PROMPT
+    from tft2v.sampling import build_scheduler
+
+    state = load_state_dict_file(src)
+    cfg = read_config_file(config) if config is not None else infer_vgen_config(state, head_dim=head_dim)
+    if resolution is not None:
+        cfg["resolution"] = list(parse_resolution(resolution))
+    width, height = cfg.get("resolution", [448, 256])
+    unet = load_vgen_unet(state, cfg)
+    enc, ae = build_components(unet.config.context_dim, openclip, openclip_tokenizer, encoder, toy_encoder, vae)
+    stride = (ae.spatial_factor if ae is not None else 8) * 2 ** (len(unet.config.channel_mult) - 1)
+    if height % stride or width % stride:
+        raise ConfigError(f"resolution {width}x{height} is not a multiple of the model's stride {stride}")
+    defaults = {"num_frames": frames, "height": int(height), "width": int(width), "fps": 8,
+                "negative_prompt": VGEN_NEGATIVE_PROMPT, "positive_prompt": VGEN_POSITIVE_PROMPT,
+                "guidance_scale": 9.0, "num_inference_steps": 50}
+    write_folder(out_dir, unet, build_scheduler("ddim"), enc, ae, defaults)
+
+
+@app.command("sd21", epilog="Example:  tft2v convert sd21 models/stable-diffusion-2-1 models/tft2v-init")
+def convert_sd21(
+    src: Path = typer.Argument(..., help="SD 2.1 UNet: LDM checkpoint (.ckpt/.safetensors) or diffusers folder."),
+    out_dir: Path = typer.Argument(..., help="Model folder to create."),
+    prediction_type: str = typer.Option("v_prediction", help="v_prediction (SD 2.1 768) or epsilon (SD 2.1 base)."),
+    resolution: str = typer.Option("448x256", help="Default generation size WxH."),
+    openclip: Optional[Path] = typer.Option(None, help="OpenCLIP ViT-H/14 state dict → encoder/."),
+    openclip_tokenizer: Optional[Path] = typer.Option(None, help="OpenCLIP BPE merges file."),
+    encoder: Optional[Path] = typer.Option(None, "--encoder", help="A saved tft2v encoder folder → encoder/."),
+    toy_encoder: bool = typer.Option(False, "--toy-encoder", help="Built-in toy encoder (tiny tests only)."),
+    vae: Optional[Path] = typer.Option(None, help="diffusers AutoencoderKL folder (default: SRC/vae when present)."),
+) -> None:
+    """Inflate a Stable Diffusion 2.1 UNet into the video UNet (temporal layers start as identity)."""
+    from tft2v.convert import inflate_sd21
+    from tft2v.diffusion import PREDICTION_TYPES, ScheduleConfig
+    from tft2v.sampling import build_scheduler
+
+    if prediction_type not in PREDICTION_TYPES:
+        raise TFT2VError(f"--prediction-type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    width, height = parse_resolution(resolution)
+    if not src.exists():
+        raise TFT2VError(f"SD 2.1 checkpoint {src} not found")
+    unet = inflate_sd21(src)
+    if vae is None and src.is_dir() and (src / "vae").is_dir():
+        vae = src / "vae"
+    enc, ae = build_components(unet.config.context_dim, openclip, openclip_tokenizer, encoder, toy_encoder, vae)
+    # SD 2.1 was trained without zero terminal SNR; fine-tuning with tft2v train switches it on.
+    scheduler = build_scheduler("ddim", ScheduleConfig(zero_terminal_snr=False, prediction_type=prediction_type))
+    write_folder(out_dir, unet, scheduler, enc, ae, {"height": height, "width": width})
