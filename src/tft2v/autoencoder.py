@@ -71,10 +71,15 @@ class VideoAutoencoder(torch.nn.Module):
         ``sample=True`` draws the posterior sample (VGen) with ``generator``; the noise is drawn once for
         the whole video, so results do not depend on ``chunk_size``. ``sample=False`` gives the mean.
         """
+        mean, std = self.posterior(video, chunk_size)
+        return self.sample_posterior(mean, std if sample else None, generator)
+
+    @torch.no_grad()
+    def posterior(self, video: torch.Tensor, chunk_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """video (B, 3, F, H, W) in [-1, 1] -> the posterior's (mean, std), each (B, C_lat, F, h, w),
+        unscaled, in the VAE's dtype (what a latent cache stores, see tft2v.data.cache)."""
         _check_video(video, 3, self.spatial_factor, "video")
         _check_chunk(chunk_size)
-        from diffusers.utils.torch_utils import randn_tensor
-
         batch = video.shape[0]
         param = next(self.vae.parameters())
         frames = rearrange(video, "b c f h w -> (b f) c h w").to(param.device, param.dtype)
@@ -83,10 +88,23 @@ class VideoAutoencoder(torch.nn.Module):
             posterior = self.vae.encode(chunk).latent_dist
             means.append(posterior.mean)
             stds.append(posterior.std)
-        z = torch.cat(means)  # (B*F, C_lat, h, w)
-        if sample:
-            z = z + torch.cat(stds) * randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        z = rearrange(z, "(b f) c h w -> b c f h w", b=batch)
+        mean, std = (rearrange(torch.cat(x), "(b f) c h w -> b c f h w", b=batch) for x in (means, stds))
+        return mean, std
+
+    def sample_posterior(self, mean: torch.Tensor, std: torch.Tensor | None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """(mean + std·ε) x scaling_factor as float32, (B, C_lat, F, h, w); ``std=None`` gives the mean.
+
+        ε is drawn in (B·F, C, h, w) order, frame-wise as the 2-D VAE would, so a cached posterior
+        and a fresh ``encode`` give the same latents for the same generator state.
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
+        z = mean
+        if std is not None:
+            b, c, f, h, w = mean.shape
+            eps = randn_tensor((b * f, c, h, w), generator=generator, device=mean.device, dtype=mean.dtype)
+            z = mean + std * rearrange(eps, "(b f) c h w -> b c f h w", b=b)
         return z.float() * self.scaling_factor
 
     @torch.no_grad()
@@ -125,6 +143,16 @@ class IdentityAutoencoder(torch.nn.Module):
         """video (B, 3, F, H, W) -> the same values as float32 (generator, sample, chunk_size unused)."""
         _check_video(video, 3, 1, "video")
         return video.float()
+
+    def posterior(self, video: torch.Tensor, chunk_size: int = 8) -> tuple[torch.Tensor, None]:
+        """video (B, 3, F, H, W) -> (the pixels as float32, None): a point mass, nothing to sample."""
+        _check_video(video, 3, 1, "video")
+        return video.float(), None
+
+    def sample_posterior(self, mean: torch.Tensor, std: None = None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """The pixels (B, 3, F, H, W) as float32; draws nothing from ``generator``."""
+        return mean.float()
 
     def decode(self, latents: torch.Tensor, chunk_size: int = 2) -> torch.Tensor:
         """latents (B, 3, F, H, W) -> the same values as float32."""
