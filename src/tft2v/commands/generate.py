@@ -43,9 +43,10 @@ def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
             lines = prompts_file.read_text().splitlines()
         except UnicodeDecodeError:
             raise TFT2VError(f"prompts file {prompts_file} is not UTF-8 text") from None
-        prompts += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        if not prompts:
+        from_file = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not from_file:
             raise TFT2VError(f"prompts file {prompts_file} holds no prompts")
+        prompts += from_file
     if not prompts:
         raise TFT2VError("give a prompt, e.g. tft2v generate --model DIR \"a red circle\", or --prompts FILE")
     return prompts
