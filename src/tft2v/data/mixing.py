@@ -13,7 +13,8 @@ is given, otherwise from the video stream with its own caption kept.
 
 Streams are any iterables of SAMPLE dicts (``pixels`` (3, F, H, W) in [-1, 1], ``caption``,
 ``has_text``, ``cond_frame`` (3, H, W), ``key``, ``meta``), e.g. the sources' datasets, a
-``DataLoader(ds, batch_size=None, num_workers=k)`` around one, or a toy ``ToySet.stream()``. A finite
+``DataLoader(ds, batch_size=None, num_workers=k)`` around one, or a toy ``ToySet.stream()`` — or a
+latent cache's ``CachedSource`` streams with ``collate_fn=tft2v.data.cache.collate_cached``. A finite
 stream is restarted when it ends. Collated batches are ``(B, C, F, H, W)``. The loader itself has no
 randomness: shuffling and seeds live in the streams, so the whole sequence is a function of the
 streams' seeds. ``state_dict()`` records how many samples each stream gave; ``load_state_dict()``
@@ -24,7 +25,7 @@ by reading and dropping ``n`` samples).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -126,6 +127,7 @@ class MixedLoader:
         videos: Iterable[dict] | None,
         config: MixConfig = MixConfig(),
         captioned_videos: Iterable[dict] | None = None,
+        collate_fn: Callable[[list[dict]], dict] = collate,
     ) -> None:
         a, b = config.ratio
         if a > 0 and images is None:
@@ -134,7 +136,7 @@ class MixedLoader:
             raise TFT2VError(f"ratio {config.ratio} asks for video batches but no video stream was given")
         if videos is None and config.labelled_ratio < 1.0 and b > 0:
             raise TFT2VError("text-free video slots need a video stream (or set labelled_ratio to 1)")
-        self.config = config
+        self.config, self.collate_fn = config, collate_fn
         self.streams = {"images": images, "videos": videos, "captioned_videos": captioned_videos}
         self._state = {"step": 0, "video_slots": 0, "consumed": dict.fromkeys(STREAMS, 0)}
 
@@ -164,9 +166,9 @@ class MixedLoader:
             want_image, want_video = cfg.branches_at(step)
             out = {"step": step, "image": None, "video": None}
             if want_image:
-                out["image"] = collate([self._image(cursors["images"]) for _ in range(cfg.image_batch_size)])
+                out["image"] = self.collate_fn([self._image(cursors["images"]) for _ in range(cfg.image_batch_size)])
             if want_video:
-                out["video"] = collate([self._video(cursors) for _ in range(cfg.video_batch_size)])
+                out["video"] = self.collate_fn([self._video(cursors) for _ in range(cfg.video_batch_size)])
             self._state["step"] = step + 1
             self._state["consumed"].update({k: c.consumed for k, c in cursors.items()})
             yield out
@@ -174,8 +176,10 @@ class MixedLoader:
     @staticmethod
     def _image(cursor: _Cursor) -> dict:
         sample = cursor.take()
-        if sample["pixels"].shape[1] != 1:
-            raise TFT2VError(f"image stream gave {sample['key']!r} with {sample['pixels'].shape[1]} frames")
+        # Raw samples carry pixels, cached ones (tft2v.data.cache) the VAE posterior mean.
+        frames = (sample["pixels"] if "pixels" in sample else sample["latent_mean"]).shape[1]
+        if frames != 1:
+            raise TFT2VError(f"image stream gave {sample['key']!r} with {frames} frames")
         return {**sample, "has_text": sample["caption"] != ""}
 
     def _video(self, cursors: dict[str, _Cursor]) -> dict:
