@@ -43,6 +43,9 @@ def _mount() -> None:
     from tft2v.commands import train as train_command
 
     app.command(name="train")(train_command.train)
+    from tft2v.commands import precompute
+
+    app.command(name="precompute")(precompute.precompute)
 
 
 _mount()
