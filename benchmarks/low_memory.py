@@ -1,0 +1,125 @@
+"""Peak memory of TFT2VPipeline generation with each memory switch (see tft2v.pipeline's docstring).
+
+Each setting runs in a fresh child process so that peaks do not leak between settings. On CPU the
+peak is the process RSS (polled every 2 ms) during ``pipe(...)`` minus the RSS just before it, i.e.
+what generation itself adds on top of the loaded weights; with CUDA it is
+``torch.cuda.max_memory_allocated`` over the call (weights included, as a GPU user sees it).
+Model: a mid-size random TFT2VUNet + an 8× AutoencoderKL, 16 frames at 128×224 (latent 4×16×16×28),
+CFG on. Prints one JSON line. Usage: ``python benchmarks/low_memory.py [--frames 16 --size 128x224]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+SETTINGS = {
+    "baseline fp32": {},
+    "vae decode chunk 2": {"decode_chunk": 2},
+    "unet batch chunk 1 (sequential CFG)": {"unet_chunk": 1},
+    "bf16": {"dtype": "bfloat16"},
+    "all switches": {"dtype": "bfloat16", "decode_chunk": 2, "unet_chunk": 1, "offload": True},
+}
+
+
+def build_pipeline():
+    import torch
+    from diffusers import AutoencoderKL
+
+    from tft2v.autoencoder import VideoAutoencoder
+    from tft2v.encoders import build_encoder
+    from tft2v.models import TFT2VUNet
+    from tft2v.pipeline import TFT2VPipeline
+    from tft2v.sampling import build_scheduler
+
+    torch.manual_seed(0)
+    unet = TFT2VUNet(in_channels=4, out_channels=4, model_channels=64, channel_mult=(1, 2, 4), num_res_blocks=1,
+                     attention_scales=(1.0, 0.5, 0.25), head_dim=32, init_temporal_heads=2, context_dim=64,
+                     image_embed_dim=64, norm_num_groups=32, condition_channels=0).eval()
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(32, 64, 64, 64), layers_per_block=1, latent_channels=4,
+                        norm_num_groups=32).eval()
+    encoder = build_encoder("toy", text_dim=64, image_dim=64)
+    pipe = TFT2VPipeline(unet, build_scheduler("ddim"), encoder, VideoAutoencoder(vae))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_setting(setting: dict, frames: int, height: int, width: int, steps: int) -> dict:
+    """Child process: build, switch, generate once, report the peak."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    pipe = build_pipeline()
+    if "dtype" in setting:
+        pipe.to(getattr(torch, setting["dtype"]))
+    if setting.get("unet_chunk"):
+        pipe.enable_unet_batch_chunking(setting["unet_chunk"])
+    if setting.get("offload") and cuda:
+        pipe.enable_model_cpu_offload(device)
+    else:
+        pipe.to(device)
+    kwargs = dict(num_frames=frames, height=height, width=width, num_inference_steps=steps,
+                  generator=torch.Generator().manual_seed(0), output_type="uint8",
+                  decode_chunk_size=setting.get("decode_chunk", frames))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before, peak, done = rss_bytes(), [0], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    start = time.perf_counter()
+    pipe("a red circle moving left", **kwargs)
+    seconds = time.perf_counter() - start
+    done.set()
+    watcher.join()
+    result = {"seconds": round(seconds, 2), "offload": bool(setting.get("offload") and cuda)}
+    if cuda:
+        result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    else:
+        result["peak_rss_added_mib"] = round(max(0, peak[0] - before) / 2**20, 1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", default="128x224", help="HxW")
+    parser.add_argument("--steps", type=int, default=2, help="peak memory does not grow with steps")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    height, width = (int(v) for v in args.size.lower().split("x"))
+    if args.child:
+        print(json.dumps(run_setting(SETTINGS[args.child], args.frames, height, width, args.steps)))
+        return
+    import torch
+
+    results = {}
+    for name in SETTINGS:
+        out = subprocess.run([sys.executable, __file__, "--child", name, "--frames", str(args.frames),
+                              "--size", args.size, "--steps", str(args.steps)],
+                             capture_output=True, text=True, check=True)
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps({"benchmark": "low_memory", "device": "cuda" if torch.cuda.is_available() else "cpu",
+                      "torch": torch.__version__, "frames": args.frames, "size": [height, width],
+                      "steps": args.steps, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
