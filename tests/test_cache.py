@@ -1,0 +1,174 @@
+"""Tests for tft2v.data.cache and ``tft2v precompute``: a tiny AutoencoderKL + toy encoder cache built
+from real files (toy world written as PNG / mp4 folders) reads back equal to direct encoding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tft2v.autoencoder import IdentityAutoencoder, VideoAutoencoder
+from tft2v.config import load_config
+from tft2v.data.cache import (
+    CacheWriter,
+    CachedSource,
+    check_manifest,
+    collate_cached,
+    read_manifest,
+    weights_fingerprint,
+)
+from tft2v.data.sources import build_source
+from tft2v.encoders import build_encoder
+from tft2v.errors import TFT2VError
+
+ENCODER_ARGS = {"text_dim": 16, "image_dim": 32, "max_length": 4}
+GEOMETRY = {"height": 32, "width": 32, "num_frames": 4, "fps": 8.0}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A written toy data set (with one corrupt video), a tiny VAE folder and the config using both."""
+    from diffusers import AutoencoderKL
+
+    from tft2v.data.toy import ToyWorld
+    from tft2v.data.toy_files import write_toy_dataset
+
+    root = tmp_path_factory.mktemp("cache")
+    write_toy_dataset(root / "toy", num_images=5, num_videos=3, num_captioned=2,
+                      world=ToyWorld(size=32, frames=4))
+    (root / "toy" / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+                  norm_num_groups=4).save_pretrained(root / "vae")
+    sets = {"data.kind": "sources", "data.images": root / "toy" / "images", "data.videos": root / "toy" / "videos",
+            "data.captioned_videos": root / "toy" / "captioned_videos", "data.height": 32, "data.width": 32,
+            "data.num_frames": 4, "data.fps": 8.0, "encoder.args": json.dumps(ENCODER_ARGS),
+            "autoencoder.kind": "kl", "autoencoder.path": root / "vae"}
+    cfg = load_config(None, [f"{k}={v}" for k, v in sets.items()])
+    from tft2v.commands.precompute import precompute_cache
+
+    manifest = precompute_cache(cfg, root / "cache", shard_size=2, batch_size=3, progress=False)
+    return {"root": root, "cfg": cfg, "cache": root / "cache", "manifest": manifest}
+
+
+def _raw(world, name, kind):
+    d = world["cfg"].data
+    return list(build_source(getattr(d, name), kind=kind, num_frames=4, fps=8.0, size=(32, 32), shuffle=False,
+                             rank=0, world_size=1))
+
+
+def test_manifest_counts_skips_and_identity(world):
+    m = read_manifest(world["cache"])
+    assert {k: v["count"] for k, v in m["streams"].items()} == {"images": 5, "videos": 3, "captioned_videos": 2}
+    assert m["streams"]["videos"]["skipped"] == 1 and m["skips"]["videos"] == {"corrupt": 1}
+    assert [s["count"] for s in m["streams"]["images"]["shards"]] == [2, 2, 1]
+    assert m["streams"]["images"]["frames"] == 1 and m["streams"]["videos"]["frames"] == 4
+    assert m["geometry"] == GEOMETRY and m["autoencoder"]["scaling_factor"] == pytest.approx(0.18215)
+    assert m["encoder"]["fingerprint"] == weights_fingerprint(build_encoder("toy", **ENCODER_ARGS))
+
+
+@pytest.mark.parametrize("name,kind", [("images", "image"), ("videos", "video"), ("captioned_videos", "video")])
+def test_read_back_equals_direct_encoding(world, name, kind):
+    ae = VideoAutoencoder.from_pretrained(world["root"] / "vae")
+    enc = build_encoder("toy", **ENCODER_ARGS)
+    raw = _raw(world, name, kind)
+    cached = list(CachedSource(world["cache"], name, shuffle=False))
+    assert [c["key"] for c in cached] == [r["key"] for r in raw]
+    for r, c in zip(raw, cached):
+        mean, std = ae.posterior(r["pixels"][None])
+        torch.testing.assert_close(c["latent_mean"], mean[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(c["latent_std"], std[0], atol=1e-5, rtol=1e-5)
+        assert c["caption"] == r["caption"] and c["has_text"] == bool(r["caption"])
+        torch.testing.assert_close(c["text_tokens"], enc.encode_text([r["caption"]])[0])
+        frame = r["cond_frame"] if kind == "video" else r["pixels"][:, 0]
+        torch.testing.assert_close(c["image_embed"], enc.encode_image(frame[None])[0], atol=1e-5, rtol=1e-5)
+    # A fresh posterior sample from the cache is the one encode() draws from the same generator state.
+    batch = collate_cached(cached)
+    z_cache = ae.sample_posterior(batch["latent_mean"], batch["latent_std"], torch.Generator().manual_seed(3))
+    z_raw = ae.encode(torch.stack([r["pixels"] for r in raw]), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(z_cache, z_raw, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(z_cache, ae.sample_posterior(batch["latent_mean"], batch["latent_std"],
+                                                        torch.Generator().manual_seed(4)))
+
+
+def test_identity_autoencoder_stores_pixels(tmp_path, world):
+    enc = build_encoder("toy", **ENCODER_ARGS, seed=1)
+    raw = _raw(world, "images", "image")
+    writer = CacheWriter(tmp_path / "c", enc, IdentityAutoencoder(), GEOMETRY, shard_size=4)
+    writer.write_stream("images", raw + [None])
+    assert writer.finish()["streams"]["images"]["skipped"] == 1
+    cached = list(CachedSource(tmp_path / "c", "images", shuffle=False))
+    assert all("latent_std" not in c for c in cached)
+    assert all(torch.equal(c["latent_mean"], r["pixels"]) for c, r in zip(cached, raw))
+
+
+def test_shuffle_is_seeded_and_shards_are_disjoint(world):
+    def keys(**kw):
+        return [s["key"] for s in CachedSource(world["cache"], "images", **kw)]
+
+    everything = keys(shuffle=False)
+    assert keys(seed=1) == keys(seed=1) != keys(seed=2)
+    assert sorted(keys(seed=1)) == sorted(everything)
+    parts = [keys(seed=1, rank=r, world_size=2) for r in range(2)]
+    assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == sorted(everything)
+    source = CachedSource(world["cache"], "images", seed=1)
+    epoch0 = [s["key"] for s in source]
+    source.set_epoch(1)
+    assert sorted(s["key"] for s in source) == sorted(epoch0)
+    # iter_from is endless across epochs and resumes at any position.
+    source.set_epoch(0)
+    long = [s["key"] for _, s in zip(range(12), source.iter_from(0))]
+    assert long[:5] == epoch0 and [s["key"] for _, s in zip(range(5), source.iter_from(7))] == long[7:12]
+    with pytest.raises(TFT2VError, match="fewer than its 8 readers"):
+        next(iter(CachedSource(world["cache"], "images", rank=7, world_size=8)))
+
+
+def test_dataloader_workers_split_the_stream(world):
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(CachedSource(world["cache"], "images", seed=3), batch_size=None, num_workers=2)
+    assert sorted(s["key"] for s in loader) == sorted(s["key"] for s in CachedSource(world["cache"], "images"))
+
+
+def test_mixed_loader_reads_cached_streams(world):
+    from tft2v.data.mixing import MixConfig, MixedLoader
+
+    streams = {n: CachedSource(world["cache"], n, seed=0) for n in ("images", "videos", "captioned_videos")}
+    loader = MixedLoader(streams["images"], streams["videos"], MixConfig(2, 2, (1, 1), 0.5),
+                         captioned_videos=streams["captioned_videos"], collate_fn=collate_cached)
+    step = next(iter(loader))
+    image, video = step["image"], step["video"]
+    assert image["latent_mean"].shape == (2, 4, 1, 16, 16) and image["text_tokens"].shape == (2, 4, 16)
+    assert video["latent_std"].shape == (2, 4, 4, 16, 16) and video["image_embed"].shape == (2, 32)
+    assert video["has_text"].tolist() == [False, True]
+
+
+def test_mismatched_cache_is_rejected_in_one_line(world, tmp_path):
+    m = read_manifest(world["cache"])
+    ae = VideoAutoencoder.from_pretrained(world["root"] / "vae")
+    check_manifest(m, build_encoder("toy", **ENCODER_ARGS), ae, GEOMETRY)
+    with pytest.raises(TFT2VError, match="encoder fingerprint") as err:
+        check_manifest(m, build_encoder("toy", **ENCODER_ARGS, seed=5), ae)
+    assert "\n" not in str(err.value)
+    with pytest.raises(TFT2VError, match="autoencoder kind 'kl', this run uses 'none'"):
+        check_manifest(m, build_encoder("toy", **ENCODER_ARGS), IdentityAutoencoder())
+    with pytest.raises(TFT2VError, match="data.num_frames 4, this run uses 16"):
+        check_manifest(m, geometry={**GEOMETRY, "num_frames": 16})
+    with pytest.raises(TFT2VError, match="no manifest.json"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({**m, "version": 99}))
+    with pytest.raises(TFT2VError, match="cache version 99"):
+        read_manifest(tmp_path)
+    with pytest.raises(TFT2VError, match="no 'depth' stream"):
+        CachedSource(world["cache"], "depth")
+
+
+def test_cli_refuses_to_overwrite(world, capsys):
+    from tft2v.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["precompute", "--out", str(world["cache"])])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {world['cache']} already holds a cache; write to a new folder"
