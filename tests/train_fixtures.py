@@ -10,6 +10,7 @@ def tiny_overrides(out_dir, **extra) -> list[str]:
     sets = {
         "out_dir": str(out_dir),
         "data.toy_images": 16, "data.toy_videos": 16, "data.toy_captioned_videos": 8,
+        "data.toy_object_size": "[3, 6]",
         "data.height": 16, "data.width": 16, "data.num_frames": 4,
         "data.image_batch_size": 2, "data.video_batch_size": 2,
         "model.unet": "{model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, attention_scales: [0.5],"

@@ -37,6 +37,7 @@ class DataConfig:
     toy_images: int = 2000
     toy_videos: int = 2000
     toy_captioned_videos: int = 200
+    toy_object_size: tuple[int, int] = (6, 12)  # px; smaller for frames under 32 px
     # sources: any spec tft2v.data.sources.build_source accepts ('' = not used)
     images: str = ""
     videos: str = ""

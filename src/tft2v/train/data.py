@@ -44,7 +44,7 @@ def _toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: 
     d = cfg.data
     if d.height != d.width:
         raise ConfigError(f"the shapes world has square frames; got data.height {d.height} != data.width {d.width}")
-    world = ToyWorld(size=d.height, frames=d.num_frames)
+    world = ToyWorld(size=d.height, frames=d.num_frames, size_range=tuple(d.toy_object_size))
     wanted = {"images": (images, d.toy_images), "videos": (videos, d.toy_videos),
               "captioned_videos": (captioned, d.toy_captioned_videos)}
     out = {}

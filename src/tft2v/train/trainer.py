@@ -183,8 +183,10 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self) -> dict:
+    def run(self, stop_at: int | None = None) -> dict:
+        """Train to ``train.max_steps`` (or stop early after step ``stop_at``, schedule unchanged)."""
         cfg, t = self.cfg, self.cfg.train
+        end = t.max_steps if stop_at is None else min(stop_at, t.max_steps)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.accelerator.is_main_process:
             (self.run_dir / "config.yaml").write_text(self.config_yaml)
@@ -197,11 +199,11 @@ class Trainer:
         self.model.train()
         batches = iter(self.loader)
         try:
-            while self.step < t.max_steps:
+            while self.step < end:
                 logs = self.train_step([next(batches) for _ in range(t.grad_accum)])
                 losses.append(logs["loss"])
                 self.log.advance(logs["loss"])
-                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                if self.step % t.log_every == 0 or self.step == end:
                     logs["steps_per_sec"] = (self.step - start_step) / max(time.time() - start_time, 1e-9)
                     self.log.log(self.step, logs)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:

@@ -1,0 +1,120 @@
+"""The training loop: logs, checkpoints, exact resume (in process and after SIGKILL), NaN stop, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tft2v.errors import TFT2VError
+from tft2v.train import Trainer, train
+from tft2v.train.checkpoint import list_checkpoints
+from train_fixtures import tiny_config, tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def test_run_logs_per_branch_and_saves_config_and_checkpoint(tmp_path):
+    summary = train(tiny_config(tmp_path / "run", **{"train.max_steps": 2}))
+    run = tmp_path / "run"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert {"image/loss", "video/loss", "video/coherence", "lr", "grad_norm"} <= set(records[0])
+    assert summary["steps"] == 2 and summary["loss_first"] is not None
+    ckpts = list_checkpoints(run / "checkpoints")
+    assert [c.name for c in ckpts] == ["step-00000002"]
+    assert (run / "config.yaml").read_text() == (ckpts[0] / "config.yaml").read_text()
+    assert "coherence_weight" in (run / "config.yaml").read_text()
+
+
+def test_resume_in_process_is_exact(tmp_path):
+    extra = {"train.max_steps": 4, "train.checkpoint_every": 1, "optim.ema_decay": 0.9,
+             "data.labelled_ratio": 0.5, "recipe.text_dropout": 0.5}
+    train(tiny_config(tmp_path / "full", **extra))
+    Trainer(tiny_config(tmp_path / "part", **extra)).run(stop_at=2)
+    train(tiny_config(tmp_path / "part", **extra), resume="auto")
+    assert losses(tmp_path / "full") == losses(tmp_path / "part")
+    a = torch.load(tmp_path / "full/checkpoints/step-00000004/ema.pt", weights_only=True)
+    b = torch.load(tmp_path / "part/checkpoints/step-00000004/ema.pt", weights_only=True)
+    assert all(torch.equal(x, y) for x, y in zip(a["shadow_params"], b["shadow_params"]))
+
+
+def test_keep_last(tmp_path):
+    train(tiny_config(tmp_path / "r", **{"train.max_steps": 4, "train.checkpoint_every": 1, "train.keep_last": 2}))
+    assert [c.name for c in list_checkpoints(tmp_path / "r/checkpoints")] == ["step-00000003", "step-00000004"]
+
+
+def test_nan_loss_stops_with_step_and_debug_checkpoint(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path / "nan", **{"train.max_steps": 3}))
+    real = trainer.recipe.branch_loss
+
+    def poisoned(*args, **kw):
+        loss, parts = real(*args, **kw)
+        return loss * float("nan") if trainer.step == 1 else loss, parts
+
+    trainer.recipe.branch_loss = poisoned
+    with pytest.raises(TFT2VError, match="at step 2"):
+        trainer.run()
+    assert (tmp_path / "nan/checkpoints/debug-step-00000001/unet").is_dir()
+
+
+def _cli(args, **kw):
+    return subprocess.run([sys.executable, "-m", "tft2v.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {kind: sources, videos: /no/such/folder}\n")
+    r = _cli(["train", str(cfg)])
+    assert r.returncode == 2 and r.stderr.strip() == "error: data.videos: path not found: /no/such/folder"
+    r = _cli(["train", str(cfg), "--set", "recipe.lamda=0.1"])
+    assert r.returncode == 2 and "recipe.lamda" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path):
+    """Kill -9 a training process mid-run; the resumed loss sequence equals an uninterrupted run's."""
+    steps = 8
+    extra = {"train.max_steps": steps, "train.checkpoint_every": 1, "data.labelled_ratio": 0.5,
+             "recipe.text_dropout": 0.5, "optim.ema_decay": 0.9}
+    args = ["train", "-", *sum((["--set", s] for s in tiny_overrides(tmp_path / "full", **extra)), [])]
+    full = _cli([a if a != "-" else str(REPO / "configs/toy.yaml") for a in args], timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tft2v.cli", "train", str(REPO / "configs/toy.yaml"),
+           *sum((["--set", s] for s in tiny_overrides(run, **extra)), [])]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list_checkpoints(run / "checkpoints")) < 1:
+        time.sleep(0.05)
+    while time.time() < deadline and list_checkpoints(run / "checkpoints")[-1].name < "step-00000003":
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = list_checkpoints(run / "checkpoints")[-1].name
+    assert killed_at < f"step-{steps:08d}", "the run finished before it was killed"
+    resumed = _cli(["train", str(REPO / "configs/toy.yaml"),
+                    *sum((["--set", s] for s in tiny_overrides(run, **extra)), []), "--resume", "auto"], timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from" in resumed.stderr
+    assert losses(run) == losses(tmp_path / "full")
+    assert sorted(losses(run)) == list(range(1, steps + 1))
