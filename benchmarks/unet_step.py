@@ -33,11 +33,12 @@ def build(model_name: str):
         return TFT2VUNet(**MID)
     from diffusers import UNet3DConditionModel
 
-    # "attention_head_dim" in UNet3D is the head COUNT; these give 32-wide heads as in MID.
+    # "attention_head_dim" in UNet3D is the head COUNT and must be one int (its temporal input
+    # transformer takes it as-is): 4 heads give 32/64/128-wide heads at the three levels.
     return UNet3DConditionModel(
         block_out_channels=(128, 256, 512), layers_per_block=2, cross_attention_dim=1024,
         down_block_types=("CrossAttnDownBlock3D",) * 3, up_block_types=("CrossAttnUpBlock3D",) * 3,
-        attention_head_dim=(4, 8, 16),
+        attention_head_dim=4,
     )
 
 
