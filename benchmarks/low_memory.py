@@ -5,7 +5,8 @@ peak is the process RSS (polled every 2 ms) during ``pipe(...)`` minus the RSS j
 what generation itself adds on top of the loaded weights; with CUDA it is
 ``torch.cuda.max_memory_allocated`` over the call (weights included, as a GPU user sees it).
 Model: a mid-size random TFT2VUNet + an 8× AutoencoderKL, 16 frames at 128×224 (latent 4×16×16×28),
-CFG on. Prints one JSON line. Usage: ``python benchmarks/low_memory.py [--frames 16 --size 128x224]``.
+CFG on. Prints one JSON line. Usage: ``python benchmarks/low_memory.py [--frames 16 --size 128x224]``;
+``--vgen-unet --size 256x448`` measures one bf16 forward of the VGen-size UNet instead.
 """
 
 from __future__ import annotations
@@ -97,14 +98,59 @@ def run_setting(setting: dict, frames: int, height: int, width: int, steps: int)
     return result
 
 
+def vgen_unet_forward(frames: int, height: int, width: int) -> dict:
+    """VGen-size UNet (1.4 B parameters, default TFT2VUNet config) in bf16: one forward at batch 1 — what
+    the GPU holds while denoising with CPU offload + sequential CFG (encoder and VAE are off the device)."""
+    import torch
+
+    from tft2v.models import TFT2VUNet
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    unet = TFT2VUNet().eval().to(device=device, dtype=torch.bfloat16)
+    weights = sum(p.numel() * p.element_size() for p in unet.parameters())
+    x = torch.randn(1, 4, frames, height // 8, width // 8, device=device)
+    text = torch.randn(1, 77, 1024, device=device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before, peak, done = rss_bytes(), [0], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    start = time.perf_counter()
+    with torch.no_grad():
+        unet(x, torch.tensor([981], device=device), text)
+    seconds = time.perf_counter() - start
+    done.set()
+    watcher.join()
+    out = {"parameters_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
+           "weights_mib": round(weights / 2**20, 1), "seconds": round(seconds, 1)}
+    if cuda:
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    else:
+        out["forward_rss_added_mib"] = round(max(0, peak[0] - before) / 2**20, 1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", default="128x224", help="HxW")
     parser.add_argument("--steps", type=int, default=2, help="peak memory does not grow with steps")
+    parser.add_argument("--vgen-unet", action="store_true",
+                        help="instead: one bf16 forward of the VGen-size UNet (use --size 256x448)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     height, width = (int(v) for v in args.size.lower().split("x"))
+    if args.vgen_unet:
+        print(json.dumps({"benchmark": "low_memory_vgen_unet", "frames": args.frames, "size": [height, width],
+                          **vgen_unet_forward(args.frames, height, width)}))
+        return
     if args.child:
         print(json.dumps(run_setting(SETTINGS[args.child], args.frames, height, width, args.steps)))
         return

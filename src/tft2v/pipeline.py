@@ -26,9 +26,13 @@ import contextlib
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from tft2v.errors import ConfigError, TFT2VError
+from tft2v.pipeline_inputs import (check_call, encode_image, encode_prompts, postprocess, prepare_conditions,
+                                   prepare_latents)
 from tft2v.pipeline_folder import COMPONENTS, component_dir, load_scheduler, load_unet, read_index, write_index
+from tft2v.sampling import denoise
 
 VGEN_NEGATIVE_PROMPT = (
     "Distorted, discontinuous, Ugly, blurry, low resolution, motionless, static, disfigured, "
@@ -91,7 +95,7 @@ class TFT2VPipeline:
         if unknown:
             raise ConfigError(f"unknown pipeline component(s) {unknown}; known: {list(COMPONENTS)}")
         index = read_index(directory)
-        loaders = {"unet": lambda p: load_unet(p), "scheduler": load_scheduler,
+        loaders = {"unet": load_unet, "scheduler": load_scheduler,
                    "encoder": load_encoder, "autoencoder": load_autoencoder}
         loaded = {name: components[name] if name in components else loaders[name](component_dir(directory, index, name))
                   for name in COMPONENTS}
@@ -239,10 +243,6 @@ class TFT2VPipeline:
         callback(i, n, latents) after each step. Returns ``"np"`` float (B, F, H, W, 3) in [0, 1],
         ``"uint8"`` (B, F, H, W, 3), or ``"pt"`` (B, 3, F, H, W) in [-1, 1].
         """
-        from tft2v.pipeline_inputs import (check_call, encode_image, encode_prompts, prepare_conditions,
-                                           prepare_latents, postprocess)
-        from tft2v.sampling import denoise
-
         d = self.defaults
 
         def pick(value, key):
@@ -275,8 +275,6 @@ class TFT2VPipeline:
         # 3. Prepare the initial noise.
         x_T = prepare_latents(self, args, generator, latents, device)
         # 4. Denoise with classifier-free guidance (cond/uncond batched in one forward).
-        from tqdm.auto import tqdm
-
         with self._placed(self.unet), tqdm(total=args.steps, **{"desc": "denoising", **self._progress_kwargs}) as bar:
             def on_step(i, n, x):
                 bar.update(1)

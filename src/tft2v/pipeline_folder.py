@@ -67,13 +67,12 @@ def component_dir(directory: str | Path, index: dict, name: str) -> Path:
     return sub
 
 
-def load_unet(path: Path, dtype=None):
+def load_unet(path: Path):
     from tft2v.models import TFT2VUNet
 
     try:
-        kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-        return TFT2VUNet.from_pretrained(str(path), local_files_only=True, **kwargs).eval()
-    except (OSError, ValueError, RuntimeError, TypeError, EnvironmentError) as err:
+        return TFT2VUNet.from_pretrained(str(path), local_files_only=True).eval()
+    except (OSError, ValueError, RuntimeError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot load the UNet from {path}: {first}") from None
 
