@@ -22,7 +22,7 @@ from tft2v.diffusion import ScheduleConfig
 from tft2v.errors import ConfigError
 
 DATA_KINDS = ("toy", "sources")
-INIT_KINDS = ("scratch", "sd21", "vgen")
+INIT_KINDS = ("scratch", "sd21", "vgen", "pretrained")
 DROPOUT_TARGETS = ("empty", "negative")
 TRAINABLE = ("all", "condition_encoders")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -89,10 +89,12 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
-    """``none`` = pixel space (toy world); ``kl`` = a local diffusers AutoencoderKL folder."""
+    """``none`` = pixel space (toy world); ``patch`` = pixel space folded ``patch_size``² into channels
+    (lossless, p² fewer UNet positions); ``kl`` = a local diffusers AutoencoderKL folder."""
 
     kind: str = "none"
     path: str = ""
+    patch_size: int = 2
 
 
 @dataclass(frozen=True)

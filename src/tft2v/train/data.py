@@ -91,7 +91,7 @@ def build_autoencoder_from_config(cfg: Config):
     """Pixel space ('none') or a local AutoencoderKL folder ('kl')."""
     from tft2v.autoencoder import build_autoencoder
 
-    return build_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path or None)
+    return build_autoencoder(cfg.autoencoder.kind, cfg.autoencoder.path or None, cfg.autoencoder.patch_size)
 
 
 def build_unet(cfg: Config, encoder, autoencoder):
@@ -123,8 +123,29 @@ def build_unet(cfg: Config, encoder, autoencoder):
 
     if cfg.model.init == "sd21":
         return inflate_sd21(cfg.model.init_path, **kwargs)
+    if cfg.model.init == "pretrained":
+        return _load_pretrained(cfg.model.init_path, kwargs)
     vgen_config = dict(cfg.model.vgen_config) or infer_vgen_config(load_state_dict_file(cfg.model.init_path))
     return load_vgen_unet(cfg.model.init_path, vgen_config)
+
+
+def _load_pretrained(path: str, kwargs: dict):
+    """A TFT2VUNet saved by us: a model folder (its ``unet/``), a checkpoint folder or a UNet folder.
+    Its saved config wins; any ``model.unet`` value that contradicts it is an error naming the key."""
+    from pathlib import Path
+
+    from tft2v.models import TFT2VUNet
+
+    folder = Path(path)
+    folder = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    if not (folder / "config.json").is_file():
+        raise TFT2VError(f"model.init_path {path}: no TFT2VUNet found (expected config.json or unet/config.json)")
+    unet = TFT2VUNet.from_pretrained(folder)
+    for key, value in kwargs.items():
+        saved = unet.config[key]
+        if (tuple(saved) if isinstance(saved, list) else saved) != value:
+            raise ConfigError(f"model.unet.{key}={value!r} contradicts the pretrained model's {saved!r} ({folder})")
+    return unet
 
 
 def _check_model_matches(cfg: Config, kwargs: dict, encoder, channels: int) -> None:
