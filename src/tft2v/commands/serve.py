@@ -53,5 +53,7 @@ def serve(
     from tft2v.webui import build_app, launch_kwargs
 
     demo = build_app(pipe, depth_model=depth_model)
-    print(f"tft2v serve: {model} on {pipe.device}; press Ctrl+C to stop", flush=True)
-    demo.launch(**launch_kwargs(host, port, quiet=False))
+    # Quiet launch: Gradio's own banner suggests share=True, which this command deliberately refuses.
+    _, url, _ = demo.launch(**launch_kwargs(host, port), prevent_thread_lock=True)
+    print(f"tft2v serve: {model} on {pipe.device} at {url} (Ctrl+C to stop)", flush=True)
+    demo.block_thread()
