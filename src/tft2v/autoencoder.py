@@ -203,6 +203,15 @@ class PatchAutoencoder(torch.nn.Module):
         p = self.patch_size
         return rearrange(video.float(), "b c f (h p) (w q) -> b (c p q) f h w", p=p, q=p)
 
+    def posterior(self, video: torch.Tensor, chunk_size: int = 8) -> tuple[torch.Tensor, None]:
+        """video (B, 3, F, H, W) -> (its patches (B, 3·p², F, H/p, W/p), None): a point mass."""
+        return self.encode(video), None
+
+    def sample_posterior(self, mean: torch.Tensor, std: None = None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """The patches as float32; draws nothing from ``generator``."""
+        return mean.float()
+
     def decode(self, latents: torch.Tensor, chunk_size: int = 2) -> torch.Tensor:
         """latents (B, 3·p², F, h, w) -> video (B, 3, F, h·p, w·p) float32."""
         _check_video(latents, self.latent_channels, 1, "latents")
