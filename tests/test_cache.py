@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tft2v.autoencoder import IdentityAutoencoder, VideoAutoencoder
+from tft2v.autoencoder import IdentityAutoencoder, PatchAutoencoder, VideoAutoencoder
 from tft2v.config import load_config
 from tft2v.data.cache import (
     CacheWriter,
@@ -93,15 +93,20 @@ def test_read_back_equals_direct_encoding(world, name, kind):
                                                         torch.Generator().manual_seed(4)))
 
 
-def test_identity_autoencoder_stores_pixels(tmp_path, world):
+@pytest.mark.parametrize("ae", [IdentityAutoencoder(), PatchAutoencoder(2)], ids=["none", "patch"])
+def test_pixel_space_autoencoders_store_their_exact_latents(tmp_path, world, ae):
     enc = build_encoder("toy", **ENCODER_ARGS, seed=1)
     raw = _raw(world, "images", "image")
-    writer = CacheWriter(tmp_path / "c", enc, IdentityAutoencoder(), GEOMETRY, shard_size=4)
+    writer = CacheWriter(tmp_path / "c", enc, ae, GEOMETRY, shard_size=4)
     writer.write_stream("images", raw + [None])
     assert writer.finish()["streams"]["images"]["skipped"] == 1
     cached = list(CachedSource(tmp_path / "c", "images", shuffle=False))
     assert all("latent_std" not in c for c in cached)
-    assert all(torch.equal(c["latent_mean"], r["pixels"]) for c, r in zip(cached, raw))
+    assert all(torch.equal(c["latent_mean"], ae.encode(r["pixels"][None])[0]) for c, r in zip(cached, raw))
+    g = torch.Generator().manual_seed(0)
+    batch = collate_cached(cached)
+    assert torch.equal(ae.sample_posterior(batch["latent_mean"], None, g), batch["latent_mean"])
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())  # draws nothing
 
 
 def test_shuffle_is_seeded_and_shards_are_disjoint(world):
@@ -172,3 +177,77 @@ def test_cli_refuses_to_overwrite(world, capsys):
         main(["precompute", "--out", str(world["cache"])])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {world['cache']} already holds a cache; write to a new folder"
+
+
+def _tiny_unet(in_channels: int):
+    from tft2v.models import TFT2VUNet
+
+    torch.manual_seed(0)
+    unet = TFT2VUNet(in_channels=in_channels, out_channels=in_channels, model_channels=8, channel_mult=(1, 2),
+                     num_res_blocks=1, attention_scales=(0.5,), head_dim=8, init_temporal_heads=1, context_dim=16,
+                     image_embed_dim=32, norm_num_groups=4, dropout=0.0, temporal_conv_dropout=0.0,
+                     condition_channels=0)
+    with torch.no_grad():  # non-zero output layers so every input reaches the loss
+        for p in unet.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return unet
+
+
+@pytest.mark.parametrize("branch,name,kind", [("image", "images", "image"), ("video", "captioned_videos", "video")])
+def test_training_step_from_cache_equals_step_from_pixels(world, branch, name, kind):
+    from tft2v.config import RecipeConfig
+    from tft2v.data.mixing import collate
+    from tft2v.diffusion import ScheduleConfig, build_training_scheduler
+    from tft2v.train.recipe import Recipe, step_generator
+
+    ae = VideoAutoencoder.from_pretrained(world["root"] / "vae")
+    enc = build_encoder("toy", **ENCODER_ARGS)
+    unet = _tiny_unet(4)
+    # No text dropout: it could hide a wrong text embedding behind the empty one.
+    cfg = RecipeConfig(image_tokens_on_images=True, text_dropout=0.0, image_token_dropout=0.5)
+    recipe = Recipe(cfg, ScheduleConfig(), enc, ae, build_training_scheduler(ScheduleConfig()))
+    text_free = {"caption": "", "has_text": False}  # what the mixing loader does to a text-free slot
+    raw, cached = _raw(world, name, kind)[:2], list(CachedSource(world["cache"], name, shuffle=False))[:2]
+    if branch == "video":
+        raw[0], cached[0] = {**raw[0], **text_free}, {**cached[0], **text_free}
+    grads = []
+    for batch in (collate(raw), collate_cached(cached)):
+        unet.zero_grad()
+        loss, logged = recipe.branch_loss(unet, unet, batch, branch, step_generator(5, 3, 0), "cpu")
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in unet.parameters() if p.grad is not None]))
+    assert float(grads[0][0]) > 0
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=1e-5)
+    assert len(grads[0][1]) == len(grads[1][1])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+TRAIN_SETS = {
+    "data.toy_images": 6, "data.toy_videos": 4, "data.toy_captioned_videos": 2, "data.labelled_ratio": 0.5,
+    "data.height": 32, "data.width": 32, "data.num_frames": 4, "data.image_batch_size": 2,
+    "data.video_batch_size": 2, "encoder.args": json.dumps(ENCODER_ARGS),
+    "model.unet": "{model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, attention_scales: [0.5],"
+                  " head_dim: 8, init_temporal_heads: 1, norm_num_groups: 4, condition_channels: 0, dropout: 0.0}",
+    "train.max_steps": 2, "train.checkpoint_every": 0, "train.progress": False, "train.tensorboard": False,
+    "train.export": False,
+}
+
+
+@pytest.mark.slow
+def test_trainer_trains_from_a_precomputed_cache(tmp_path):
+    from tft2v.commands.precompute import precompute_cache
+    from tft2v.train import Trainer
+
+    sets = [f"{k}={v}" for k, v in TRAIN_SETS.items()]
+    precompute_cache(load_config(None, sets), tmp_path / "cache", progress=False)
+    cfg = load_config(None, sets + [f"data.cache={tmp_path / 'cache'}", f"out_dir={tmp_path / 'run'}"])
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.loader.streams["videos"], CachedSource)
+    summary = trainer.run()
+    assert summary["steps"] == 2 and torch.isfinite(torch.tensor(summary["loss_last"]))
+    other = load_config(None, sets + [f"data.cache={tmp_path / 'cache'}", f"out_dir={tmp_path / 'run2'}",
+                                      'encoder.args={text_dim: 16, image_dim: 32, max_length: 4, seed: 9}'])
+    with pytest.raises(TFT2VError, match="was built with encoder fingerprint"):
+        Trainer(other)

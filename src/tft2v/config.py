@@ -43,6 +43,8 @@ class DataConfig:
     videos: str = ""
     captioned_videos: str = ""
     data_dir: str = ""
+    # a `tft2v precompute` folder: train from its VAE posteriors and embeddings ('' = encode every step)
+    cache: str = ""
     height: int = 32
     width: int = 32
     num_frames: int = 16

@@ -25,9 +25,15 @@ def mix_config(cfg: Config) -> MixConfig:
     return MixConfig(d.image_batch_size, d.video_batch_size, ratio, d.labelled_ratio)
 
 
-def build_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> MixedLoader:
-    """The endless image/video step iterator for this rank."""
+def build_loader(cfg: Config, rank: int = 0, world_size: int = 1, encoder=None, autoencoder=None) -> MixedLoader:
+    """The endless image/video step iterator for this rank.
+
+    With ``data.cache`` the streams are the cache's; ``encoder`` and ``autoencoder`` (when given) must
+    be the ones it was built with.
+    """
     mix = mix_config(cfg)
+    if cfg.data.cache:
+        return _cached_loader(cfg, mix, rank, world_size, encoder, autoencoder)
     want_images, want_videos = mix.ratio[0] > 0, mix.ratio[1] > 0
     want_captioned = want_videos and mix.labelled_ratio > 0
     want_free = want_videos and mix.labelled_ratio < 1
@@ -36,6 +42,31 @@ def build_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> MixedLoader
     else:
         streams = _source_streams(cfg, rank, world_size, want_images, want_free, want_captioned)
     return MixedLoader(streams["images"], streams["videos"], mix, captioned_videos=streams["captioned_videos"])
+
+
+def _cached_loader(cfg: Config, mix: MixConfig, rank: int, world_size: int, encoder, autoencoder) -> MixedLoader:
+    """Streams of a ``tft2v precompute`` folder: latents and embeddings instead of pixels (tft2v.data.cache)."""
+    from tft2v.data.cache import CachedSource, check_manifest, collate_cached, read_manifest
+
+    d = cfg.data
+    if cfg.recipe.conditions:
+        raise ConfigError("recipe.conditions are extracted from pixels; they cannot train from data.cache")
+    manifest = read_manifest(d.cache)
+    geometry = {"height": d.height, "width": d.width, "num_frames": d.num_frames, "fps": d.fps}
+    check_manifest(manifest, encoder, autoencoder, geometry, where=f"data.cache {d.cache}")
+    have = manifest["streams"]
+    want_videos = mix.ratio[1] > 0
+    # Labelled slots read the captioned stream when the cache has one, else the videos' own captions.
+    captioned = want_videos and mix.labelled_ratio > 0 and "captioned_videos" in have
+    wanted = {"images": mix.ratio[0] > 0, "videos": want_videos and (mix.labelled_ratio < 1 or not captioned),
+              "captioned_videos": captioned}
+    streams = {}
+    for name, use in wanted.items():
+        if use and name not in have:
+            raise ConfigError(f"data.cache {d.cache} has no {name!r} stream, which this recipe needs")
+        streams[name] = CachedSource(d.cache, name, seed=cfg.seed, rank=rank, world_size=world_size) if use else None
+    return MixedLoader(streams["images"], streams["videos"], mix, captioned_videos=streams["captioned_videos"],
+                       collate_fn=collate_cached)
 
 
 def _toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: bool) -> dict:
@@ -166,7 +197,7 @@ def check_data_paths(cfg: Config) -> None:
     """Fail early, in one line, on a data path that does not exist (before any model is built)."""
     from pathlib import Path
 
-    if cfg.data.kind != "sources":
+    if cfg.data.kind != "sources" or cfg.data.cache:  # a cache replaces the sources
         return
     for name in ("images", "videos", "captioned_videos"):
         spec = getattr(cfg.data, name)

@@ -2,6 +2,9 @@
 
 Batches come from :class:`tft2v.data.mixing.MixedLoader`: ``pixels`` (B, 3, F, H, W) in [-1, 1]
 (an image batch has F = 1), ``cond_frame`` (B, 3, H, W), ``caption`` list, ``has_text`` (B,) bool.
+Batches from a latent cache (``data.cache``, tft2v.data.cache) carry ``latent_mean``/``latent_std``,
+``text_tokens`` and ``image_embed`` instead of pixels: the step then draws the posterior sample and
+picks the embeddings exactly as it would have computed them, drawing the same randomness.
 
 * content branch — an image micro-batch as 1-frame videos, conditioned on its caption tokens
   (+ optionally the image tokens of the image itself);
@@ -25,6 +28,7 @@ import torch
 
 from tft2v.config import RecipeConfig
 from tft2v.diffusion import ScheduleConfig, noisy_inputs
+from tft2v.errors import TFT2VError
 from tft2v.losses import diffusion_loss, temporal_coherence_loss
 
 BRANCHES = ("image", "video")
@@ -53,7 +57,7 @@ class Recipe:
     def sample_weights(self, batch: dict, branch: str) -> torch.Tensor:
         """(B,) float weights of the samples in the loss: with ``text_free_videos`` off, text-free videos
         get weight 0. Masking (not dropping) keeps every rank's graph the same shape under DDP."""
-        b = batch["pixels"].shape[0]
+        b = len(batch["has_text"])
         if branch == "video" and not self.cfg.text_free_videos:
             return batch["has_text"].float()
         return torch.ones(b)
@@ -67,31 +71,50 @@ class Recipe:
         ``conditions`` {name: (B, c, F, H, W)} | None and ``dropout_masks`` {name: (B,) bool}.
         """
         cfg = self.cfg
-        pixels = batch["pixels"].to(device)  # (B, 3, F, H, W)
-        b = pixels.shape[0]
-        x0 = self.autoencoder.encode(pixels, generator=generator).float()
+        cached = "latent_mean" in batch
+        if cached:
+            std = batch.get("latent_std")
+            x0 = self.autoencoder.sample_posterior(batch["latent_mean"].to(device),
+                                                   None if std is None else std.to(device), generator)
+        else:
+            pixels = batch["pixels"].to(device)  # (B, 3, F, H, W)
+            x0 = self.autoencoder.encode(pixels, generator=generator).float()
+        b = x0.shape[0]
         x_t, t, target = noisy_inputs(self.noise_scheduler, x0, self.schedule, generator)
 
-        captions = list(batch["caption"])  # B strings
-        if branch == "video":
-            # Text-free videos see the empty caption; labelled ones keep theirs (semi-supervised).
-            captions = [c if bool(h) else "" for c, h in zip(captions, batch["has_text"])]
-        text = self.encoder.encode_text(captions).float().to(device)  # (B, L, D)
+        if cached:
+            # Cached tokens are the caption's; text-free samples get the empty-string embedding.
+            tokens = batch["text_tokens"].to(device)  # (B, L, D)
+            keep = batch["has_text"].to(device).view(b, 1, 1)
+            text = torch.where(keep, tokens, self._fixed_text("", device).expand_as(tokens))
+        else:
+            captions = list(batch["caption"])  # B strings
+            if branch == "video":
+                # Text-free videos see the empty caption; labelled ones keep theirs (semi-supervised).
+                captions = [c if bool(h) else "" for c, h in zip(captions, batch["has_text"])]
+            text = self.encoder.encode_text(captions).float().to(device)  # (B, L, D)
         drop = torch.rand(b, generator=generator, device=device) < cfg.text_dropout
         uncond = self._fixed_text(cfg.negative_prompt if cfg.text_dropout_to == "negative" else "", device)
         text = torch.where(drop.view(b, 1, 1), uncond.expand_as(text), text)
 
         image_embeds, masks = None, {}
         wants_image = cfg.image_tokens_on_videos if branch == "video" else cfg.image_tokens_on_images
-        if wants_image:
+        if wants_image and cached:
+            if "image_embed" not in batch:
+                raise TFT2VError("data.cache has no image embeddings (built with an encoder without an image tower)")
+            image_embeds = batch["image_embed"].to(device)  # (B, D_img): cond frame / the image itself
+        elif wants_image:
             frame = batch["cond_frame"] if branch == "video" else batch["pixels"][:, :, 0]  # (B, 3, H, W)
             image_embeds = self.encoder.encode_image(frame.to(device)).float().to(device)
+        if wants_image:
             masks["image"] = torch.rand(b, generator=generator, device=device) >= cfg.image_token_dropout
 
         conditions = None
         if cfg.conditions:
             from tft2v.data.conditions import extract_conditions
 
+            if cached:
+                raise TFT2VError("recipe.conditions are extracted from pixels; a data.cache holds latents only")
             conditions = extract_conditions(pixels, list(cfg.conditions), generator=generator,
                                             depth_model=self.depth_model or None)
         return {"x_t": x_t, "t": t, "target": target, "encoder_hidden_states": text,

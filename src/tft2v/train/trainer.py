@@ -98,7 +98,7 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(self.unet, optimizer)
         if cfg.model.compile:
             self.model = torch.compile(self.model)
-        self.loader = build_loader(cfg, self.rank, acc.num_processes)
+        self.loader = build_loader(cfg, self.rank, acc.num_processes, self.encoder, self.autoencoder)
         self.step = 0
         if self.resume_from is not None:
             state = ckpt_io.load_training_state(self.resume_from, accelerator=acc, optimizer=self.optimizer,
