@@ -151,7 +151,10 @@ def load_unet_weights(path: str | Path, unet, ema: bool = False) -> None:
     if not f.is_file():
         raise CheckpointError(f"checkpoint {path} has no {f.parent.name}/{WEIGHTS_NAME}")
     state = safetensors.torch.load_file(f)
-    missing, unexpected = unet.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = unet.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # same keys, different shapes
+        raise CheckpointError(f"checkpoint {path} does not match the model: {str(e).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not match the model: missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}")

@@ -45,7 +45,9 @@ def _build_accelerator(cfg: Config):
     # Steps alternate branches (and image tokens / conditions may be absent), so not every parameter
     # receives a gradient in every backward.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp])
+    # cpu=True on GPU-less machines lets torchrun-launched processes form a gloo group (MULTI_CPU).
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp],
+                       cpu=not torch.cuda.is_available())
 
 
 def _seed_globals(seed: int, rank: int) -> None:
