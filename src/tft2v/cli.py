@@ -27,25 +27,18 @@ def version() -> None:
 
 
 def _mount() -> None:
-    # One line per command group; each module owns its commands.
-    from tft2v.commands import data, serve
+    # One line per command; each module owns its commands and keeps heavy imports inside them.
+    from tft2v.commands import convert, data, generate, precompute, quickstart, serve, train
     from tft2v.commands import eval as eval_cmd
 
-    app.add_typer(data.app, name="data")
-    app.command(name="serve")(serve.serve)
-    app.command(name="eval")(eval_cmd.eval_command)
-    from tft2v.commands import generate
-
+    app.command(name="quickstart")(quickstart.quickstart)
+    app.command(name="train")(train.train)
     app.command(name="generate", epilog=generate.EXAMPLES)(generate.generate)
-    from tft2v.commands import convert
-
-    app.add_typer(convert.app, name="convert")
-    from tft2v.commands import train as train_command
-
-    app.command(name="train")(train_command.train)
-    from tft2v.commands import precompute
-
+    app.command(name="eval")(eval_cmd.eval_command)
+    app.command(name="serve")(serve.serve)
     app.command(name="precompute")(precompute.precompute)
+    app.add_typer(data.app, name="data")
+    app.add_typer(convert.app, name="convert")
 
 
 _mount()

@@ -1,0 +1,226 @@
+"""``tft2v quickstart``: the TF-T2V recipe end to end on the shapes world, offline, on a CPU.
+
+One shared content stage (image–text pairs only) is trained first; four variants then continue from
+it for the same number of steps each, so the comparisons differ only in what the paper varies:
+
+* ``images_only``      — image–text pairs only (no videos ever);
+* ``text_free``        — + text-free videos, no coherence loss (λ = 0);
+* ``tft2v``            — + text-free videos + temporal coherence loss (λ = 0.1): TF-T2V;
+* ``semi_supervised``  — TF-T2V + a few captioned videos (semi-supervised).
+
+Each is sampled on the same prompts and seeds and scored with the analytic shapes-world evaluators
+(tft2v.metrics.toy). The step counts are fitted to the time budget from a measured calibration, and
+the report says how the minutes were spent. Videos are (B, 3, F, H, W) in [-1, 1] throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tft2v.data import shapes_spec as spec
+
+# The toy model: a space-to-depth "latent" (32×32×3 → 16×16×12) and a small UNet with the full
+# TF-T2V anatomy (temporal convs, spatial + temporal transformers, image tokens).
+BASE_CONFIG = {
+    "data": {"kind": "toy", "toy_images": 4000, "toy_videos": 2000, "toy_captioned_videos": 400,
+             "height": spec.FRAME_SIZE, "width": spec.FRAME_SIZE, "num_frames": spec.NUM_FRAMES, "fps": 8,
+             "image_batch_size": 24, "video_batch_size": 3},
+    "model": {"unet": {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
+                       "attention_scales": [1.0, 0.5], "head_dim": 16, "init_temporal_heads": 2,
+                       "norm_num_groups": 8, "condition_channels": 0, "dropout": 0.0, "temporal_conv_dropout": 0.0}},
+    "encoder": {"kind": "toy", "args": {"text_dim": 64, "image_dim": 64, "max_length": 8}},
+    "autoencoder": {"kind": "patch", "patch_size": 2},
+    "schedule": {"prediction_type": "v_prediction", "offset_noise": 0.1},
+    "recipe": {"text_dropout": 0.1, "image_token_dropout": 0.1},
+    "optim": {"lr": 1e-3, "warmup_steps": 20, "max_grad_norm": 1.0, "ema_decay": 0.0},
+    "train": {"log_every": 10, "checkpoint_every": 0, "keep_last": 1, "progress": False, "tensorboard": False,
+              "guidance_scale": 3.0},
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    title: str
+    overrides: dict = field(default_factory=dict)
+
+
+VARIANTS = (
+    Variant("images_only", "image–text only", {"data": {"ratio": [1, 0]}, "recipe": {"coherence_weight": 0.0}}),
+    Variant("text_free", "+ text-free videos (λ=0)", {"recipe": {"coherence_weight": 0.0}}),
+    Variant("tft2v", "+ text-free videos + coherence loss (λ=0.1)", {"recipe": {"coherence_weight": 0.1}}),
+    Variant("semi_supervised", "TF-T2V + captioned videos (semi-supervised)",
+            {"recipe": {"coherence_weight": 0.1}, "data": {"labelled_ratio": 0.34}}),
+)
+
+# Evaluation prompts: every colour×shape (held-out combos included), and directional prompts.
+DIRECTIONS = spec.MOTIONS
+DIRECTION_COMBOS = (("red", "circle"), ("blue", "square"), ("yellow", "triangle"), ("red", "triangle"),
+                    ("green", "circle"), ("magenta", "square"))
+
+
+def appearance_prompts() -> list[str]:
+    return [spec.caption(c, s) for c in spec.COLOURS for s in spec.SHAPES]
+
+
+def direction_prompts() -> list[str]:
+    return [spec.caption(c, s, d) for c, s in DIRECTION_COMBOS for d in DIRECTIONS]
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for k, v in extra.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@dataclass
+class Budget:
+    """Seconds per phase, fitted from the measured cost of one step of each kind."""
+
+    total_s: float
+    image_step_s: float = 0.0
+    mixed_step_s: float = 0.0
+    sample_s_per_clip_step: float = 0.0
+    content_steps: int = 0
+    variant_steps: int = 0
+    sample_steps: int = 20
+    spent: dict = field(default_factory=dict)
+
+    def fit(self, n_clips: int) -> None:
+        """Split the budget: ~62 % training (¼ content stage, ¾ the four variants), ~30 % sampling."""
+        sampling = 0.30 * self.total_s
+        self.sample_steps = int(max(10, min(25, sampling / max(1e-6, 4 * n_clips * self.sample_s_per_clip_step))))
+        train = 0.62 * self.total_s
+        self.content_steps = max(20, int(0.25 * train / self.image_step_s))
+        # images_only variant steps cost an image step; the three video variants a mixed step.
+        per_variant_step = self.image_step_s + 3 * self.mixed_step_s
+        self.variant_steps = max(20, int(0.75 * train / per_variant_step))
+
+
+def _load(data: dict):
+    from tft2v.config import config_from_dict
+
+    return config_from_dict(data)
+
+
+def _calibrate(out: Path, seed: int, log) -> tuple[float, float, float]:
+    """Measured seconds per image-only step, per mixed step and per sampled clip-step (CFG batched)."""
+    from tft2v.train.trainer import Trainer
+
+    times = {}
+    for name, extra in (("image", {"data": {"ratio": [1, 0]}}), ("mixed", {})):
+        cfg = _load(_merge(BASE_CONFIG, _merge(extra, {"seed": seed, "out_dir": str(out / f"calib_{name}"),
+                                                       "train": {"max_steps": 4, "export": False}})))
+        trainer = Trainer(cfg)
+        batches = iter(trainer.loader)
+        trainer.model.train()
+        trainer.train_step([next(batches)])  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(2):
+            trainer.train_step([next(batches)])
+        times[name] = (time.perf_counter() - t0) / 2
+        unet = trainer.unet
+    from tft2v.sampling import guided_prediction
+
+    x = torch.randn(8, 12, spec.NUM_FRAMES, spec.FRAME_SIZE // 2, spec.FRAME_SIZE // 2)
+    ctx = {"encoder_hidden_states": torch.randn(8, 8, 64)}
+    unet.eval()
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        guided_prediction(unet, x, torch.tensor([500]), ctx, {"encoder_hidden_states": torch.randn(8, 8, 64)}, 3.0)
+        per_clip_step = (time.perf_counter() - t0) / 8
+    log(f"calibration: image step {times['image']:.2f} s, mixed step {times['mixed']:.2f} s, "
+        f"sampling {per_clip_step * 1000:.0f} ms per clip-step")
+    return times["image"], times["mixed"], per_clip_step
+
+
+def _train(cfg_dict: dict, log) -> dict:
+    from tft2v.train.trainer import train
+
+    t0 = time.perf_counter()
+    summary = train(_load(cfg_dict))
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    log(f"  {Path(cfg_dict['out_dir']).name}: {summary['steps']} steps in {summary['wall_s']} s, "
+        f"loss {summary['loss_first']} -> {summary['loss_last']}")
+    return summary
+
+
+def _sample(model_dir: Path, prompts: list[str], steps: int, seed: int, batch: int = 12) -> torch.Tensor:
+    """(N, 3, F, H, W) in [-1, 1]; clip i uses generator seed ``seed + i`` whatever the batching."""
+    from tft2v.pipeline import TFT2VPipeline
+
+    pipe = TFT2VPipeline.from_pretrained(model_dir)
+    pipe.set_scheduler("dpmpp")
+    pipe.set_progress_bar_config(disable=True)
+    out = []
+    for start in range(0, len(prompts), batch):
+        part = prompts[start:start + batch]
+        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(part))]
+        out.append(pipe(part, negative_prompt="", num_frames=spec.NUM_FRAMES, num_inference_steps=steps,
+                        guidance_scale=3.0, generator=gens, output_type="pt"))
+    return torch.cat(out)
+
+
+def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float = 10.0, seed: int = 0, log=print) -> Path:
+    """Train, sample, evaluate and write ``out_dir/report.md``; returns the report path."""
+    from tft2v.metrics.toy import evaluate_toy
+    from tft2v.quickstart_report import write_report
+
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    n_clips = len(appearance_prompts()) + len(direction_prompts())
+    budget = Budget(total_s=minutes * 60)
+    t0 = time.perf_counter()
+    budget.image_step_s, budget.mixed_step_s, budget.sample_s_per_clip_step = _calibrate(out / "runs", seed, log)
+    budget.fit(n_clips)
+    budget.spent["calibration"] = time.perf_counter() - t0
+    log(f"plan: content stage {budget.content_steps} steps, {budget.variant_steps} steps per variant, "
+        f"{budget.sample_steps} DPM-Solver++ steps per clip, {n_clips} clips per variant")
+
+    runs = out / "runs"
+    t0 = time.perf_counter()
+    log("training the shared content stage (image–text pairs only)")
+    content = _train(_merge(BASE_CONFIG, {"seed": seed, "out_dir": str(runs / "content"), "data": {"ratio": [1, 0]},
+                                          "recipe": {"coherence_weight": 0.0},
+                                          "train": {"max_steps": budget.content_steps}}), log)
+    budget.spent["train: content stage"] = time.perf_counter() - t0
+
+    results = {}
+    for v in VARIANTS:
+        t0 = time.perf_counter()
+        log(f"training variant {v.name}: {v.title}")
+        cfg = _merge(_merge(BASE_CONFIG, v.overrides), {
+            "seed": seed + 1, "out_dir": str(runs / v.name),
+            "model": {"init": "pretrained", "init_path": content["model"]},
+            "optim": {"warmup_steps": 0}, "train": {"max_steps": budget.variant_steps}})
+        summary = _train(cfg, log)
+        budget.spent[f"train: {v.name}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prompts = appearance_prompts() + direction_prompts()
+        clips = _sample(Path(summary["model"]), prompts, budget.sample_steps, seed=1000 * (seed + 1))
+        budget.spent[f"sample: {v.name}"] = time.perf_counter() - t0
+        n_app = len(appearance_prompts())
+        results[v.name] = {
+            "variant": v, "train": summary, "clips": clips, "prompts": prompts,
+            "appearance": evaluate_toy(clips[:n_app], prompts[:n_app]),
+            "direction": evaluate_toy(clips[n_app:], prompts[n_app:]),
+        }
+        a = results[v.name]["appearance"]
+        log(f"  {v.name}: colour {a['colour_accuracy']:.2f}, shape {a['shape_accuracy']:.2f}, "
+            f"coherent {a['coherent_fraction']:.2f}, direction {results[v.name]['direction']['direction_accuracy']:.2f}")
+
+    t0 = time.perf_counter()
+    budget.spent["total"] = time.perf_counter() - t_start
+    report = write_report(out, results, budget, content, seed=seed, minutes=minutes)
+    budget.spent["report"] = time.perf_counter() - t0
+    (out / "timing.json").write_text(json.dumps({k: round(v, 1) for k, v in budget.spent.items()}, indent=2))
+    log(f"report: {report}")
+    return report
