@@ -118,3 +118,30 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path):
     assert f"resumed from" in resumed.stderr
     assert losses(run) == losses(tmp_path / "full")
     assert sorted(losses(run)) == list(range(1, steps + 1))
+
+
+def test_example_configs_load_and_real_paths_fail_clearly(tmp_path):
+    from tft2v.config import load_config
+
+    toy = load_config(REPO / "configs/toy.yaml")
+    assert toy.data.kind == "toy" and toy.autoencoder.kind == "none" and toy.recipe.coherence_weight == 0.1
+    real = load_config(REPO / "configs/tft2v_256x448.yaml", [f"out_dir={tmp_path / 'real'}"])
+    assert (real.data.height, real.data.width, real.data.num_frames) == (256, 448, 16)
+    with pytest.raises(TFT2VError, match="path not found: /path/to/laion_image_text"):
+        Trainer(real)
+    comp = load_config(REPO / "configs/compositional.yaml")
+    assert set(comp.recipe.conditions) == {"sketch", "depth", "motion", "masked", "local_image"}
+
+
+def test_compositional_stage_trains_only_condition_encoders(tmp_path):
+    extra = {"recipe.conditions": "[sketch, masked]", "data.height": 32, "data.width": 32,
+             "data.toy_object_size": "[6, 12]", "data.num_frames": 2, "train.max_steps": 1,
+             "model.unet.condition_channels": 4, "model.unet.condition_pixel_size": "[256, 256]",
+             "recipe.trainable": "condition_encoders", "optim.warmup_steps": 0}
+    trainer = Trainer(tiny_config(tmp_path / "comp", **extra))
+    with torch.no_grad():  # a scratch UNet's zero output conv would block every gradient; act pretrained
+        trainer.unet.out[-1].weight.normal_(0, 0.05)
+    before = {k: v.clone() for k, v in trainer.unet.state_dict().items()}
+    trainer.run()
+    moved = {k for k, v in trainer.unet.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("condition_encoders.") for k in moved)
