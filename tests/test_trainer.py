@@ -115,7 +115,7 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path):
     resumed = _cli(["train", str(REPO / "configs/toy.yaml"),
                     *sum((["--set", s] for s in tiny_overrides(run, **extra)), []), "--resume", "auto"], timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed from" in resumed.stderr
+    assert "resumed from" in resumed.stderr
     assert losses(run) == losses(tmp_path / "full")
     assert sorted(losses(run)) == list(range(1, steps + 1))
 
@@ -145,3 +145,21 @@ def test_compositional_stage_trains_only_condition_encoders(tmp_path):
     trainer.run()
     moved = {k for k, v in trainer.unet.state_dict().items() if not torch.equal(v, before[k])}
     assert moved and all(k.startswith("condition_encoders.") for k in moved)
+
+
+def test_validation_videos_and_exported_model_folder(tmp_path):
+    from tft2v.pipeline import TFT2VPipeline
+    from tft2v.train.validation import export_model_folder
+
+    summary = train(tiny_config(tmp_path / "run", **{"train.max_steps": 1, "train.export": True,
+                                                     "train.validation_prompts": "[a red circle]",
+                                                     "train.validation_steps": 2, "train.validation_frames": 2}))
+    assert [Path(p).suffix for p in summary["validation_videos"]] == [".mp4"]
+    assert Path(summary["validation_videos"][0]).stat().st_size > 0
+    pipe = TFT2VPipeline.from_pretrained(summary["model"])
+    trained = TFT2VPipeline.from_pretrained(export_model_folder(tmp_path / "run", tmp_path / "again"))
+    for a, b in zip(pipe.unet.parameters(), trained.unet.parameters()):
+        assert torch.equal(a, b)
+    frames = pipe("a red circle", num_frames=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                  output_type="pt")
+    assert frames.shape[-2:] == (16, 16)

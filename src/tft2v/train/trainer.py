@@ -187,7 +187,7 @@ class Trainer:
 
     def run(self, stop_at: int | None = None) -> dict:
         """Train to ``train.max_steps`` (or stop early after step ``stop_at``, schedule unchanged)."""
-        cfg, t = self.cfg, self.cfg.train
+        t = self.cfg.train
         end = t.max_steps if stop_at is None else min(stop_at, t.max_steps)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.accelerator.is_main_process:
