@@ -105,9 +105,9 @@ def test_text_free_videos_switch(parts):
 
 def test_branch_weights(parts):
     base, _ = loss(parts, "image")
-    assert float(loss(parts, "image", image_loss_weight=3.0)[0]) == pytest.approx(3 * float(base), rel=1e-6)
+    assert float(loss(parts, "image", image_loss_weight=3.0)[0].detach()) == pytest.approx(3 * float(base.detach()), rel=1e-6)
     vbase, _ = loss(parts, "video")
-    assert float(loss(parts, "video", video_loss_weight=0.5)[0]) == pytest.approx(0.5 * float(vbase), rel=1e-6)
+    assert float(loss(parts, "video", video_loss_weight=0.5)[0].detach()) == pytest.approx(0.5 * float(vbase.detach()), rel=1e-6)
 
 
 def test_compositional_conditions_and_dropout(parts):

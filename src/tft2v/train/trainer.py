@@ -98,6 +98,8 @@ class Trainer:
 
             self.ema = EMAModel(self.params, decay=o.ema_decay)
         self.model, self.optimizer = acc.prepare(self.unet, optimizer)
+        if self.ema is not None:
+            self.ema.to(self.device)  # shadow weights live beside the (now moved) model weights
         if cfg.model.compile:
             self.model = torch.compile(self.model)
         self.loader = build_loader(cfg, self.rank, acc.num_processes, self.encoder, self.autoencoder)
