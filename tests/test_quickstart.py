@@ -1,0 +1,89 @@
+"""The quickstart: budget fitting, claims computed from numbers, and a small end-to-end run."""
+
+import pytest
+import torch
+
+from tft2v.data import shapes_spec as spec
+from tft2v.data.toy import generate
+from tft2v.metrics.toy import evaluate_toy
+from tft2v.quickstart import VARIANTS, Budget, _merge, appearance_prompts, direction_prompts
+from tft2v.quickstart_report import _claims, write_report
+
+
+def test_budget_scales_with_minutes_and_keeps_floors():
+    small, big = Budget(total_s=60), Budget(total_s=1200)
+    for b in (small, big):
+        b.image_step_s, b.mixed_step_s, b.sample_s_per_clip_step = 0.2, 0.3, 0.06
+        b.fit(30)
+    assert big.content_steps > 10 * small.content_steps // 2 and big.variant_steps > small.variant_steps
+    assert small.content_steps >= 20 and small.variant_steps >= 20 and 8 <= small.sample_steps <= 25
+    planned = big.content_steps * 0.2 + big.variant_steps * (0.1 + 3 * 0.3) + 4 * 30 * big.sample_steps * 0.06
+    assert planned <= 1200
+
+
+def test_prompts_cover_every_combo_and_direction():
+    assert len(appearance_prompts()) == len(spec.COLOURS) * len(spec.SHAPES)
+    parsed = {spec.parse_caption(p) for p in direction_prompts()}
+    assert {m for _, _, m in parsed} == set(spec.MOTIONS)
+    assert any((c, s) in spec.HELD_OUT for c, s, _ in parsed)
+
+
+def _clips(kind, n, seed):
+    data = generate(kind, n, seed=seed)
+    clips = torch.stack([data.sample(i)["pixels"] for i in range(n)])
+    truth = [data.truth(i) for i in range(n)]
+    return clips, truth
+
+
+def _fake_results(good: bool):
+    """Variant results built from ground-truth clips: 'good' makes every claim true, else false."""
+    moving, truth = _clips("videos", 12, 0)
+    still = moving[:, :, :1].expand_as(moving).clone()
+    app_prompts = [spec.caption(t["colour"], t["shape"]) for t in truth]
+    right = [spec.caption(t["colour"], t["shape"], t["motion"]) for t in truth]
+    wrong = [spec.caption(t["colour"], t["shape"], spec.MOTIONS[(spec.MOTIONS.index(t["motion"]) + 1) % 4]) for t in truth]
+    results = {}
+    for v in VARIANTS:
+        clips = still if (v.name == "images_only" or not good) else moving
+        dir_prompts = right if (v.name == "semi_supervised" and good) else wrong
+        results[v.name] = {"variant": v, "clips": clips, "prompts": app_prompts,
+                           "train": {"loss_last": 0.1, "checkpoint": "/nonexistent/run/checkpoints/x"},
+                           "appearance": evaluate_toy(clips, app_prompts),
+                           "direction": evaluate_toy(clips, dir_prompts)}
+    return results
+
+
+def test_claims_follow_the_numbers():
+    verdicts = [v for _, _, v in _claims(_fake_results(good=True))]
+    assert verdicts[0] == "holds" and verdicts[2] == "holds"
+    bad = [v for _, _, v in _claims(_fake_results(good=False))]
+    assert bad[0] == "not shown at this budget" and bad[2] == "not shown at this budget"
+
+
+def test_report_writes_tables_and_pictures(tmp_path):
+    budget = Budget(total_s=60, image_step_s=0.2, mixed_step_s=0.3, sample_s_per_clip_step=0.05,
+                    content_steps=20, variant_steps=20, sample_steps=8, spent={"train": 1.0})
+    report = write_report(tmp_path, _fake_results(True), budget, {"steps": 20, "checkpoint": "/none/run/checkpoints/x"},
+                          seed=0, minutes=1, data={"height": 32, "width": 32, "num_frames": 16})
+    text = report.read_text()
+    assert "| (1) text-free videos give coherent motion |" in text and "**holds**" in text
+    for v in VARIANTS:
+        assert (tmp_path / "samples" / f"{v.name}.png").is_file() and (tmp_path / "samples" / f"{v.name}.gif").is_file()
+        assert v.title in text
+    assert (tmp_path / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end_small(tmp_path):
+    from tft2v.quickstart import BASE_CONFIG, run_quickstart
+
+    tiny = _merge(BASE_CONFIG, {
+        "data": {"num_frames": 4, "toy_images": 200, "toy_videos": 100, "toy_captioned_videos": 40,
+                 "image_batch_size": 8, "video_batch_size": 2},
+        "model": {"unet": {"model_channels": 16, "channel_mult": [1, 2], "attention_scales": [0.5], "head_dim": 8}}})
+    report = run_quickstart(tmp_path, minutes=0.3, seed=0, base=tiny, log=lambda *_: None)
+    text = report.read_text()
+    assert "## The paper's claims at toy scale" in text and "4 frames per clip" in text
+    assert (tmp_path / "losses.png").is_file() and (tmp_path / "timing.json").is_file()
+    for v in VARIANTS:
+        assert (tmp_path / "runs" / v.name / "model" / "model_index.json").is_file()
