@@ -15,6 +15,7 @@ the report says how the minutes were spent. Videos are (B, 3, F, H, W) in [-1, 1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from tft2v.data import shapes_spec as spec
 BASE_CONFIG = {
     "data": {"kind": "toy", "toy_images": 4000, "toy_videos": 2000, "toy_captioned_videos": 400,
              "height": spec.FRAME_SIZE, "width": spec.FRAME_SIZE, "num_frames": spec.NUM_FRAMES, "fps": 8,
-             "image_batch_size": 16, "video_batch_size": 2},
+             "image_batch_size": 8, "video_batch_size": 2},
     "model": {"unet": {"model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
                        "attention_scales": [0.5, 0.25], "head_dim": 16, "init_temporal_heads": 2,
                        "norm_num_groups": 8, "condition_channels": 0, "dropout": 0.0, "temporal_conv_dropout": 0.0}},
@@ -43,7 +44,7 @@ BASE_CONFIG = {
 }
 
 
-# The shared content stage: image–text pairs only, a larger image batch.
+# The shared content stage: image–text pairs only, with a 4× larger image batch than the variants.
 CONTENT_STAGE = {"data": {"ratio": [1, 0], "image_batch_size": 32}, "recipe": {"coherence_weight": 0.0}}
 
 
@@ -97,14 +98,14 @@ class Budget:
 
     def fit(self, n_clips: int) -> None:
         """Split the budget: ~65 % training (40 % of it the content stage, 60 % the four variants),
-        ~22 % sampling, the rest set-up, export and evaluation."""
-        sampling = 0.22 * self.total_s
-        self.sample_steps = int(max(8, min(25, sampling / max(1e-6, 4 * n_clips * self.sample_s_per_clip_step))))
-        train = 0.65 * self.total_s
+        ~18 % sampling, the rest set-up, export and evaluation."""
+        sampling = 0.18 * self.total_s
+        self.sample_steps = int(max(8, min(20, sampling / max(1e-6, 4 * n_clips * self.sample_s_per_clip_step))))
+        train = 0.68 * self.total_s
         self.content_steps = max(20, int(0.4 * train / self.image_step_s))
-        # The images_only variant's steps carry half the content stage's images; the three video
-        # variants each run a mixed (image + video) step.
-        per_variant_step = self.image_step_s / 2 + 3 * self.mixed_step_s
+        # The images_only variant's steps carry a quarter of the content stage's images; the three
+        # video variants each run a mixed (image + video) step.
+        per_variant_step = self.image_step_s / 4 + 3 * self.mixed_step_s
         self.variant_steps = max(20, int(0.6 * train / per_variant_step))
 
 
@@ -122,7 +123,8 @@ def _calibrate(base: dict, out: Path, seed: int, log) -> tuple[float, float, flo
     for name, extra in (("image", CONTENT_STAGE), ("mixed", {})):
         cfg = _load(_merge(base, _merge(extra, {"seed": seed, "out_dir": str(out / f"calib_{name}"),
                                                 "train": {"max_steps": 4, "export": False}})))
-        trainer = Trainer(cfg)
+        with _quiet(Path(cfg.out_dir)):
+            trainer = Trainer(cfg)
         batches = iter(trainer.loader)
         trainer.model.train()
         trainer.train_step([next(batches)])  # warm-up
@@ -146,11 +148,20 @@ def _calibrate(base: dict, out: Path, seed: int, log) -> tuple[float, float, flo
     return times["image"], times["mixed"], per_clip_step
 
 
+@contextlib.contextmanager
+def _quiet(run_dir: Path):
+    """Send a run's own console output (resolved config, summary) to ``run_dir/train.log``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "w") as f, contextlib.redirect_stderr(f):
+        yield
+
+
 def _train(cfg_dict: dict, log) -> dict:
     from tft2v.train.trainer import train
 
     t0 = time.perf_counter()
-    summary = train(_load(cfg_dict))
+    with _quiet(Path(cfg_dict["out_dir"])):
+        summary = train(_load(cfg_dict))
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     log(f"  {Path(cfg_dict['out_dir']).name}: {summary['steps']} steps in {summary['wall_s']} s, "
         f"loss {summary['loss_first']} -> {summary['loss_last']}")
