@@ -20,6 +20,7 @@ import torch
 from einops import rearrange
 
 from tft2v.errors import ConfigError, TFT2VError
+from tft2v.jsonio import read_json
 
 CONFIG_NAME = "config.json"
 
@@ -250,13 +251,7 @@ def build_autoencoder(kind: str, path: str | Path | None = None, patch_size: int
 
 
 def _read_config(path: str | Path) -> dict:
-    config_path = Path(path) / CONFIG_NAME
-    if not config_path.is_file():
-        raise TFT2VError(f"autoencoder folder {path} has no {CONFIG_NAME}")
-    try:
-        return json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise TFT2VError(f"cannot parse {config_path}: {err}") from None
+    return read_json(Path(path) / CONFIG_NAME, f"autoencoder folder {path} has no {CONFIG_NAME}")
 
 
 def load_autoencoder(path: str | Path) -> VideoAutoencoder | IdentityAutoencoder:

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from tft2v.errors import CheckpointError, TFT2VError
+from tft2v.jsonio import read_json
 
 INDEX_NAME = "model_index.json"
 COMPONENTS = ("unet", "scheduler", "encoder", "autoencoder")
@@ -40,12 +41,7 @@ def read_index(directory: str | Path) -> dict:
     if not directory.is_dir():
         raise TFT2VError(f"model path {directory} is a file, not a model folder")
     path = directory / INDEX_NAME
-    if not path.is_file():
-        raise TFT2VError(f"{directory} is not a tft2v model folder: it has no {INDEX_NAME}")
-    try:
-        index = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TFT2VError(f"cannot parse {path}: {str(err).splitlines()[0]}") from None
+    index = read_json(path, f"{directory} is not a tft2v model folder: it has no {INDEX_NAME}")
     if not isinstance(index, dict) or index.get("_class_name") != "TFT2VPipeline":
         raise TFT2VError(f"{path} does not describe a TFT2VPipeline (its _class_name is not 'TFT2VPipeline')")
     defaults = index.get("tft2v", {})
@@ -81,12 +77,7 @@ def load_scheduler(path: Path):
     import diffusers
 
     config_path = path / "scheduler_config.json"
-    if not config_path.is_file():
-        raise TFT2VError(f"scheduler folder {path} has no scheduler_config.json")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise TFT2VError(f"cannot parse {config_path}: {str(err).splitlines()[0]}") from None
+    config = read_json(config_path, f"scheduler folder {path} has no scheduler_config.json")
     cls = getattr(diffusers, str(config.get("_class_name")), None)
     if not isinstance(cls, type) or not cls.__name__.endswith("Scheduler"):
         raise TFT2VError(f"{config_path} names an unknown scheduler class {config.get('_class_name')!r}")

@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 from torch.utils.data import IterableDataset, get_worker_info
 
 from tft2v.errors import TFT2VError
+from tft2v.jsonio import read_json
 
 FORMAT, VERSION = "tft2v-cache", 1
 MANIFEST, SHARED = "manifest.json", "shared.safetensors"
@@ -209,12 +210,7 @@ class CacheWriter:
 def read_manifest(root: str | os.PathLike) -> dict:
     """The manifest of a cache folder, or a one-line error saying why it is not a cache."""
     path = Path(root) / MANIFEST
-    if not path.is_file():
-        raise TFT2VError(f"{root} is not a finished tft2v cache (no {MANIFEST}; run tft2v precompute)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TFT2VError(f"cannot parse {path}: {e.msg}") from None
+    manifest = read_json(path, f"{root} is not a finished tft2v cache (no {MANIFEST}; run tft2v precompute)")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise TFT2VError(f"{path} is not a tft2v cache manifest")
     if manifest.get("version") != VERSION:

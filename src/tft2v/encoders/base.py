@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tft2v.errors import ConfigError, TFT2VError
+from tft2v.jsonio import read_json
 
 CONFIG_NAME = "config.json"
 
@@ -144,12 +145,7 @@ def write_config(directory: str | Path, kind: str, **fields) -> Path:
 def read_config(directory: str | Path, kind: str | None = None) -> dict:
     """Read an encoder folder's ``config.json``; if ``kind`` is given it must match."""
     path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise TFT2VError(f"encoder folder {directory} has no {CONFIG_NAME}")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise TFT2VError(f"cannot parse {path}: {err}") from None
+    config = read_json(path, f"encoder folder {directory} has no {CONFIG_NAME}")
     if not isinstance(config, dict) or "kind" not in config:
         raise TFT2VError(f"{path} does not name an encoder 'kind'")
     if kind is not None and config["kind"] != kind:
