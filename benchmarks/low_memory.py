@@ -56,6 +56,29 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class PeakRSS:
+    """Context manager: ``added_bytes`` = peak RSS (polled every ``interval`` s) above RSS at entry."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.added_bytes = interval, 0
+
+    def __enter__(self):
+        self._before, self._peak, self._done = rss_bytes(), 0, threading.Event()
+        self._watcher = threading.Thread(target=self._poll, daemon=True)
+        self._watcher.start()
+        return self
+
+    def _poll(self):
+        while not self._done.is_set():
+            self._peak = max(self._peak, rss_bytes())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._watcher.join()
+        self.added_bytes = max(0, self._peak - self._before)
+
+
 def run_setting(setting: dict, frames: int, height: int, width: int, steps: int) -> dict:
     """Child process: build, switch, generate once, report the peak."""
     import torch
@@ -76,25 +99,15 @@ def run_setting(setting: dict, frames: int, height: int, width: int, steps: int)
                   decode_chunk_size=setting.get("decode_chunk", frames))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    before, peak, done = rss_bytes(), [0], threading.Event()
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            time.sleep(0.002)
-
-    watcher = threading.Thread(target=poll, daemon=True)
-    watcher.start()
-    start = time.perf_counter()
-    pipe("a red circle moving left", **kwargs)
-    seconds = time.perf_counter() - start
-    done.set()
-    watcher.join()
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        pipe("a red circle moving left", **kwargs)
+        seconds = time.perf_counter() - start
     result = {"seconds": round(seconds, 2), "offload": bool(setting.get("offload") and cuda)}
     if cuda:
         result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     else:
-        result["peak_rss_added_mib"] = round(max(0, peak[0] - before) / 2**20, 1)
+        result["peak_rss_added_mib"] = round(rss.added_bytes / 2**20, 1)
     return result
 
 
@@ -113,27 +126,16 @@ def vgen_unet_forward(frames: int, height: int, width: int) -> dict:
     text = torch.randn(1, 77, 1024, device=device)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    before, peak, done = rss_bytes(), [0], threading.Event()
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=poll, daemon=True)
-    watcher.start()
-    start = time.perf_counter()
-    with torch.no_grad():
+    with PeakRSS(interval=0.005) as rss, torch.no_grad():
+        start = time.perf_counter()
         unet(x, torch.tensor([981], device=device), text)
-    seconds = time.perf_counter() - start
-    done.set()
-    watcher.join()
+        seconds = time.perf_counter() - start
     out = {"parameters_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
            "weights_mib": round(weights / 2**20, 1), "seconds": round(seconds, 1)}
     if cuda:
         out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     else:
-        out["forward_rss_added_mib"] = round(max(0, peak[0] - before) / 2**20, 1)
+        out["forward_rss_added_mib"] = round(rss.added_bytes / 2**20, 1)
     return out
 
 
