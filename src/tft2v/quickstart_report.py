@@ -123,9 +123,11 @@ def _claims(results: dict) -> list[tuple[str, str, str]]:
                 f"direction accuracy on 'moving …' prompts (chance 25 %): text-free only {_fmt(d0)} → "
                 f"semi-supervised {_fmt(d1)}",
                 "holds" if (d1 or 0) > max(0.4, (d0 or 0) + 0.1) else "not shown at this budget"))
-    h = app["tft2v"]["held_out"]
-    s = app["tft2v"]["seen"]
-    ok = min(h["colour_accuracy"] or 0, h["shape_accuracy"] or 0) >= 0.5
+    h, s = app["tft2v"]["held_out"], app["tft2v"]["seen"]
+    # Held-out combos "come out right" when they score like the seen ones, and the seen ones are
+    # clearly above chance (1/6 colours, 1/3 shapes) — otherwise there is nothing to compare.
+    pairs = [(h["colour_accuracy"] or 0, s["colour_accuracy"] or 0), (h["shape_accuracy"] or 0, s["shape_accuracy"] or 0)]
+    ok = all(seen >= 0.5 and held >= seen - 0.15 for held, seen in pairs)
     out.append(("(4) held-out colour×shape combos still come out right",
                 f"TF-T2V on combos never seen in videos: colour {_fmt(h['colour_accuracy'])}, shape "
                 f"{_fmt(h['shape_accuracy'])} (seen combos: {_fmt(s['colour_accuracy'])}, {_fmt(s['shape_accuracy'])})",
