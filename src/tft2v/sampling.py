@@ -107,8 +107,8 @@ def denoise(
     generator: torch.Generator | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process from ``latents`` (B, C, F, H, W) (already scaled by ``init_noise_sigma``
-    by the caller, or plain N(0, I) for DDIM/DPM) and return the final latents.
+    """Run the reverse process from ``latents`` (B, C, F, H, W), unit Gaussian noise (scaled here by the
+    scheduler's ``init_noise_sigma``), and return the final latents.
 
     ``cond``/``uncond`` hold the model's keyword inputs; the negative prompt is the uncond text.
     """
