@@ -138,6 +138,10 @@ def test_bad_input_shapes_raise_clear_errors():
         model(x[:, :, 0], t, y)
     with pytest.raises(ValueError, match="encoder_hidden_states"):
         model(x, t, y[..., :8])
+    with pytest.raises(ValueError, match="batch 3"):
+        model(x, t, torch.cat([y, y[:1]]))
+    with pytest.raises(ValueError, match="timestep"):
+        model(x, torch.tensor([1, 2, 3]), y)
 
 
 def test_dropout_masks_follow_vgen_scheme():

@@ -231,9 +231,14 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"encoder_hidden_states must be (B, L, {self.config.context_dim}), got {tuple(encoder_hidden_states.shape)}"
             )
+        if encoder_hidden_states.shape[0] not in (1, b):
+            raise ValueError(f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, sample has {b}")
         masks = dropout_masks or {}
         dtype = self.time_embed[0].weight.dtype
-        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1)
+        if timestep.numel() not in (1, b):
+            raise ValueError(f"timestep must be a scalar or (B={b},), got {timestep.numel()} values")
+        timestep = timestep.expand(b)
         t_emb = get_timestep_embedding(timestep, self.config.model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
         emb = self.time_embed(t_emb.to(dtype))  # (B, E), shared by all frames of a clip
         context = self._context(encoder_hidden_states.expand(b, -1, -1).to(dtype), image_embeds, masks)
