@@ -65,6 +65,8 @@ CASES = [
     ("width-not-multiple-of-stride", gen("good", "--width", "17"), "width 17 must be a multiple of 2"),
     ("zero-frames", gen("good", "--frames", "0"), "--frames"),
     ("zero-steps", gen("good", "--steps", "0"), "--steps"),
+    ("too-many-steps", gen("good", "--steps", "5000"), "num_inference_steps 5000 exceeds the scheduler's 1000"),
+    ("zero-height", gen("good", "--height", "0"), "--height"),
     ("zero-videos", gen("good", "--num-videos", "0"), "--num-videos"),
     ("negative-guidance", gen("good", "--guidance", "-1"), "--guidance"),
     ("negative-seed", gen("good", "--seed", "-1"), "--seed"),

@@ -143,9 +143,15 @@ def test_compositional_conditions_from_raw_video():
     [
         ({"height": 15}, "height 15 must be a multiple of 2"),
         ({"width": 0}, "width must be a positive integer"),
+        ({"height": -16}, "height must be a positive integer, got -16"),
         ({"num_frames": 0}, "num_frames must be a positive integer"),
+        ({"num_frames": 2.0}, "num_frames must be a positive integer, got 2.0"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be a positive integer, got 0"),
         ({"num_inference_steps": -1}, "num_inference_steps"),
+        ({"num_inference_steps": 1001}, "num_inference_steps 1001 exceeds the scheduler's 1000 training timesteps"),
+        ({"guidance_scale": -0.5}, "guidance_scale must be a finite number >= 0, got -0.5"),
         ({"guidance_scale": float("nan")}, "guidance_scale"),
+        ({"decode_chunk_size": 0}, "decode_chunk_size must be a positive integer"),
         ({"output_type": "pil"}, "output_type"),
         ({"negative_prompt": ["a", "b"]}, "2 negative prompts for 1 prompts"),
         ({"generator": [seeded(0), seeded(1)]}, "2 generators for 1 videos"),
@@ -158,6 +164,15 @@ def test_compositional_conditions_from_raw_video():
 def test_bad_call_arguments(pipe, kwargs, message):
     with pytest.raises(TFT2VError, match=message.replace("(", "\\(")):
         pipe("a red circle", **kwargs)
+
+
+def test_none_means_the_model_default_and_numpy_integers_pass(pipe):
+    steps = []
+    out = pipe("a red circle", num_frames=None, num_inference_steps=None, guidance_scale=None, height=None,
+               callback=lambda i, n, _x: steps.append(n))
+    assert out.shape == (1, 4, 16, 16, 3) and steps == [3, 3, 3]  # TINY_DEFAULTS: 4 frames of 16x16, 3 steps
+    out = pipe("a red circle", num_frames=np.int64(2), num_inference_steps=np.int32(1), guidance_scale=np.float32(0))
+    assert out.shape == (1, 2, 16, 16, 3)
 
 
 def test_bad_prompt_and_unknown_default(pipe):

@@ -234,6 +234,8 @@ class TFT2VPipeline:
     ):
         """Generate videos.
 
+        ``None`` for negative_prompt, num_frames, height, width, num_inference_steps or guidance_scale means
+        the model folder's default; any other bad value (0 steps, negative guidance, …) is a TFT2VError.
         prompt: one string or a list of B strings (each gets ``num_videos_per_prompt`` videos);
         conditions: {name: (1 or B, c, F, H, W)} ready condition videos (see tft2v.models.CONDITION_CHANNELS);
         condition_videos: {name: (1 or B, 3, F, H, W) in [-1, 1]} raw videos to extract each condition

@@ -8,6 +8,7 @@ Layout: videos and condition videos are ``(B, C, F, H, W)``, images ``(B, 3, H, 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -39,9 +40,10 @@ class CallArgs:
 
 
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """``value`` as an int; numpy integers pass, bools and floats (even 2.0) do not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise TFT2VError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def spatial_stride(pipe) -> int:
@@ -61,19 +63,24 @@ def check_call(pipe, prompt, negative_prompt, num_frames, height, width, steps, 
     if len(negatives) != len(prompts):
         raise TFT2VError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
     stride = spatial_stride(pipe)
+    height, width = _positive_int(height, "height"), _positive_int(width, "width")
     for name, value in (("height", height), ("width", width)):
-        _positive_int(value, name)
         if value % stride:
             raise TFT2VError(f"{name} {value} must be a multiple of {stride} for this model "
                              f"(autoencoder factor {pipe.autoencoder.spatial_factor} × UNet downsampling)")
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
             or not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise TFT2VError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+    steps = _positive_int(steps, "num_inference_steps")
+    # The schedulers index their training timesteps; more sampling steps than those is a crash inside them.
+    max_steps = pipe.scheduler.config.num_train_timesteps
+    if steps > max_steps:
+        raise TFT2VError(f"num_inference_steps {steps} exceeds the scheduler's {max_steps} training timesteps")
     if output_type not in OUTPUT_TYPES:
         raise TFT2VError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     args = CallArgs(list(prompts), list(negatives), _positive_int(num_videos_per_prompt, "num_videos_per_prompt"),
                     _positive_int(num_frames, "num_frames"), height, width,
-                    _positive_int(steps, "num_inference_steps"), float(guidance_scale), output_type,
+                    steps, float(guidance_scale), output_type,
                     _positive_int(decode_chunk_size, "decode_chunk_size"))
     if isinstance(generator, list) and len(generator) != args.batch:
         raise TFT2VError(f"got {len(generator)} generators for {args.batch} videos; pass one, or one per video")
