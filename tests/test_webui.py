@@ -5,7 +5,8 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from webui_fixtures import DEFAULTS, SIZE, write_source_video, write_tiny_model
+import torch
+from webui_fixtures import DEFAULTS, SIZE, write_source_image, write_source_video, write_tiny_model
 
 from tft2v.cli import main
 from tft2v.errors import TFT2VError
@@ -20,6 +21,14 @@ def pipe(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sketch_pipe(tmp_path_factory):
     folder = write_tiny_model(tmp_path_factory.mktemp("model") / "sketch", conditions=("sketch",))
+    return TFT2VPipeline.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def upload_pipe(tmp_path_factory):
+    """A model with the conditions the UI builds from an image or a video to inpaint."""
+    folder = write_tiny_model(tmp_path_factory.mktemp("model") / "uploads",
+                              conditions=("masked", "local_image", "single_sketch"))
     return TFT2VPipeline.from_pretrained(folder)
 
 
@@ -67,6 +76,94 @@ def test_condition_uploads_follow_the_model(sketch_pipe, tmp_path):
     assert model_conditions(sketch_pipe) == ("sketch",)
     parts = by_id(build_app(sketch_pipe, out_dir=tmp_path))
     assert "condition-sketch" in parts and "condition-depth" not in parts
+
+
+def test_image_and_masked_uploads_follow_the_model(upload_pipe, tmp_path):
+    import gradio as gr
+
+    from tft2v.webui import build_app, model_conditions
+
+    assert model_conditions(upload_pipe) == ("masked", "local_image", "single_sketch")
+    parts = by_id(build_app(upload_pipe, out_dir=tmp_path))
+    assert isinstance(parts["condition-masked"], gr.Video)
+    for name in ("local_image", "single_sketch"):
+        assert isinstance(parts[f"condition-{name}"], gr.Image) and parts[f"condition-{name}"].type == "filepath"
+    assert "condition-sketch" not in parts
+
+
+def pipe_video(pipe, tmp_path, **condition_kwargs) -> np.ndarray:
+    """The request of ``params()`` run straight through the pipeline, written and decoded like the UI's."""
+    from tft2v.video_export import export_video
+
+    frames = pipe("a red circle moving left", negative_prompt="", num_frames=4, num_inference_steps=2,
+                  guidance_scale=7.5, generator=torch.Generator().manual_seed(3), output_type="uint8",
+                  **condition_kwargs)
+    return decode(export_video(frames[0], tmp_path / "direct.mp4", fps=DEFAULTS["fps"]))
+
+
+def test_local_image_upload_equals_generate_local_image(upload_pipe, tmp_path):
+    from tft2v.commands.generate import read_still
+    from tft2v.webui import generate_video
+
+    image = write_source_image(tmp_path / "first.png")
+    ui = decode(generate_video(upload_pipe, params(condition_images={"local_image": str(image)}), tmp_path))
+    # What `tft2v generate --local-image` passes: the still in [0, 1] held over the frames.
+    still = (read_still(image, "local-image", (SIZE, SIZE)) + 1) / 2  # (1, 3, H, W)
+    cli = pipe_video(upload_pipe, tmp_path, conditions={"local_image": still[:, :, None].expand(-1, -1, 4, -1, -1)})
+    np.testing.assert_array_equal(ui, cli)
+    plain = decode(generate_video(upload_pipe, params(), tmp_path))
+    assert np.abs(ui.astype(int) - plain.astype(int)).mean() > 1
+
+
+def test_single_sketch_upload_is_the_image_sketch_on_every_frame(upload_pipe, tmp_path):
+    from tft2v.data.conditions import sketch
+    from tft2v.data.image_io import read_image
+    from tft2v.webui import generate_video
+
+    image = write_source_image(tmp_path / "sketch.png")
+    ui = decode(generate_video(upload_pipe, params(condition_images={"single_sketch": str(image)}), tmp_path))
+    pixels = torch.from_numpy(read_image(image, size=(SIZE, SIZE))[0]).permute(2, 0, 1).float() / 127.5 - 1
+    edges = sketch(pixels[None, :, None])  # (1, 1, 1, H, W)
+    np.testing.assert_array_equal(ui, pipe_video(upload_pipe, tmp_path,
+                                                 conditions={"single_sketch": edges.expand(-1, -1, 4, -1, -1)}))
+    moved = write_source_image(tmp_path / "moved.png", left=10)
+    other = decode(generate_video(upload_pipe, params(condition_images={"single_sketch": str(moved)}), tmp_path))
+    assert np.abs(ui.astype(int) - other.astype(int)).mean() > 1
+
+
+def test_masked_upload_equals_generate_masked(upload_pipe, tmp_path):
+    from pathlib import Path
+
+    from tft2v.commands.generate import read_condition_video
+    from tft2v.webui import generate_video
+
+    source = write_source_video(tmp_path / "inpaint.mp4")
+    ui = decode(generate_video(upload_pipe, params(condition_videos={"masked": str(source)}), tmp_path))
+    video = read_condition_video(Path(source), "masked", 4, DEFAULTS["fps"], (SIZE, SIZE))  # generate --masked
+    np.testing.assert_array_equal(ui, pipe_video(upload_pipe, tmp_path, condition_videos={"masked": video}))
+    plain = decode(generate_video(upload_pipe, params(), tmp_path))
+    assert np.abs(ui.astype(int) - plain.astype(int)).mean() > 1
+
+
+def test_handler_routes_image_uploads_and_reports_bad_ones_in_one_line(upload_pipe, pipe, tmp_path):
+    import gradio as gr
+
+    from tft2v.webui import generate_video, make_handler, model_conditions
+
+    handler = make_handler(upload_pipe, tmp_path, model_conditions(upload_pipe))  # masked, local_image, single_sketch
+    image = str(write_source_image(tmp_path / "ok.png"))
+    path, info = handler("a red circle", "", 2, 7.5, 4, 0, "ddim", None, image, image)
+    assert decode(path).shape == (4, SIZE, SIZE, 3) and "local_image, single_sketch from upload" in info
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    video = str(write_source_video(tmp_path / "clip.mp4"))
+    for uploads, message in [((None, str(bad), None), "cannot use notes.png as the local_image image: "),
+                             ((None, None, video), "cannot use clip.mp4 as the single_sketch image: file holds")]:
+        with pytest.raises(gr.Error, match=message) as err:
+            handler("a red circle", "", 2, 7.5, 4, 0, "ddim", *uploads)
+        assert "\n" not in err.value.message
+    with pytest.raises(TFT2VError, match="not trained with the 'local_image' condition"):
+        generate_video(pipe, params(condition_images={"local_image": image}), tmp_path)
 
 
 def test_generate_writes_playable_mp4_with_progress(pipe, tmp_path):

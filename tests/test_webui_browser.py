@@ -17,7 +17,7 @@ from pathlib import Path
 
 import av
 import pytest
-from webui_fixtures import DEFAULTS, SIZE, write_source_video, write_tiny_model
+from webui_fixtures import DEFAULTS, SIZE, write_source_image, write_source_video, write_tiny_model
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -66,7 +66,7 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout_s: float = 180) ->
 
 @pytest.fixture
 def server(tmp_path):
-    model = write_tiny_model(tmp_path / "model", conditions=("sketch",))
+    model = write_tiny_model(tmp_path / "model", conditions=("sketch", "local_image"))
     port, log = free_port(), tmp_path / "network.log"
     log.touch()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "PYTHONUNBUFFERED": "1"}
@@ -155,6 +155,16 @@ def test_serve_generates_a_video_in_chromium(browser, server, tmp_path):
     guided_src = page.locator("#result video[src]").get_attribute("src")
     assert guided_src != src
     assert len(decode(guided_src, tmp_path / "guided.mp4")) == DEFAULTS["num_frames"]
+
+    # ... and a local_image condition: an uploaded image becomes the first-frame condition.
+    page.locator("#condition-local_image input[type=file]").set_input_files(
+        str(write_source_image(tmp_path / "first.png")))
+    page.locator("#condition-local_image img[src]").wait_for(timeout=60_000)
+    page.locator("#generate").click()
+    page.get_by_text("sketch, local_image from upload").wait_for(timeout=180_000)
+    imaged_src = page.locator("#result video[src]").get_attribute("src")
+    assert imaged_src not in (src, guided_src)
+    assert len(decode(imaged_src, tmp_path / "imaged.mp4")) == DEFAULTS["num_frames"]
 
     assert outside == [], f"the page loaded outside resources: {outside}"
     assert network_log.read_text() == "", f"the server used the network: {network_log.read_text()}"

@@ -45,3 +45,13 @@ def write_source_video(path: Path, num_frames: int = 8, size: int = 32) -> Path:
     for f in range(num_frames):
         frames[f, 8:20, 2 + 2 * f: 14 + 2 * f] = 255
     return export_video(frames, path, fps=8)
+
+
+def write_source_image(path: Path, left: int = 4, size: int = 24) -> Path:
+    """A PNG with a bright square on a dark ground (edges for single_sketch, content for local_image)."""
+    from PIL import Image
+
+    pixels = np.full((size, size, 3), 30, np.uint8)
+    pixels[6:18, left:left + 12] = (230, 60, 40)
+    Image.fromarray(pixels).save(path)
+    return path

@@ -1,7 +1,8 @@
 """The ``tft2v serve`` web UI: a Gradio Blocks app around one loaded :class:`TFT2VPipeline`.
 
 Layout: the pipeline works on ``(B, C, F, H, W)`` tensors; this module is an I/O edge — uploaded
-condition videos are read as uint8 ``(F, H, W, 3)`` and the result leaves as an mp4 file.
+condition videos are read as uint8 ``(F, H, W, 3)``, condition images as uint8 ``(H, W, 3)``, and the
+result leaves as an mp4 file.
 
 Requests run one at a time through Gradio's queue (one model, one device); the denoising callback
 drives ``gr.Progress``. Nothing here talks to the network: analytics are off, no share links, and the
@@ -28,8 +29,17 @@ import torch  # noqa: E402
 from tft2v.errors import TFT2VError  # noqa: E402
 
 SCHEDULERS = ("ddim", "dpmpp")
-# Conditions a user can supply as a source video; the UI extracts them exactly as training does.
-VIDEO_CONDITIONS = ("sketch", "depth", "motion")
+# Conditions a user can supply as a source video; the UI extracts them exactly as training does
+# ("masked" hides a region of the video with the extractor's fixed-seed mask, as `tft2v generate --masked`).
+VIDEO_CONDITIONS = ("sketch", "depth", "motion", "masked")
+# Conditions built from one uploaded image: held over all frames, the training extractor keeps it as the
+# first-frame image (local_image) or takes its sketch for every frame (single_sketch).
+IMAGE_CONDITIONS = ("local_image", "single_sketch")
+UPLOAD_LABELS = {
+    "sketch": "sketch source video", "depth": "depth source video", "motion": "motion source video",
+    "masked": "video to inpaint (masked)", "local_image": "first-frame image (local_image)",
+    "single_sketch": "image to sketch (single_sketch)",
+}
 MAX_QUEUE = 16
 MAX_SEED = 2**31 - 1
 
@@ -46,7 +56,8 @@ CSS = """
 
 @dataclass(frozen=True)
 class GenerateParams:
-    """One request from the form. ``condition_videos`` maps a condition name to an uploaded file."""
+    """One request from the form. ``condition_videos`` / ``condition_images`` map a condition name to an
+    uploaded video / image file."""
 
     prompt: str
     negative_prompt: str
@@ -56,13 +67,15 @@ class GenerateParams:
     num_frames: int
     scheduler: str
     condition_videos: dict[str, str] | None = None
+    condition_images: dict[str, str] | None = None
 
 
 def model_conditions(pipe, depth_model=None) -> tuple[str, ...]:
-    """The video-derived conditions this pipeline's UNet was trained with, in UI order; depth only when
-    a depth model is at hand to extract it."""
+    """The conditions this pipeline's UNet was trained with that a user can upload, in UI order (videos,
+    then images); depth only when a depth model is at hand to extract it."""
     names = set(pipe.unet.config.conditions)
-    return tuple(n for n in VIDEO_CONDITIONS if n in names and (n != "depth" or depth_model is not None))
+    return tuple(n for n in VIDEO_CONDITIONS + IMAGE_CONDITIONS
+                 if n in names and (n != "depth" or depth_model is not None))
 
 
 def read_condition_video(path: str | Path, num_frames: int, fps: float, size: tuple[int, int]) -> torch.Tensor:
@@ -74,6 +87,21 @@ def read_condition_video(path: str | Path, num_frames: int, fps: float, size: tu
     except Exception as err:  # PyAV and the reader raise many types for short, damaged or non-video files
         raise TFT2VError(f"cannot use {Path(path).name} as a condition video: {err}") from None
     return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, H, W)
+
+
+def read_condition_image(path: str | Path, name: str, num_frames: int, size: tuple[int, int]) -> torch.Tensor:
+    """An uploaded image -> (1, 3, F, H, W) in [-1, 1]: resized and centre-cropped to size like
+    ``tft2v generate --local-image``, then held still over F frames, so the pipeline's training extractor
+    turns it into ``name`` (the first frame for local_image, its sketch for single_sketch)."""
+    from tft2v.data.image_io import read_image
+
+    try:
+        pixels, _ = read_image(str(path), size=size)  # uint8 (H, W, 3)
+    except Exception as err:  # PIL raises many types for damaged or non-image files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TFT2VError(f"cannot use {Path(path).name} as the {name} image: {first}") from None
+    still = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
+    return still[None, :, None].expand(-1, -1, num_frames, -1, -1)  # (1, 3, F, H, W)
 
 
 def generate_video(pipe, params: GenerateParams, out_dir: str | Path,
@@ -94,6 +122,8 @@ def generate_video(pipe, params: GenerateParams, out_dir: str | Path,
     height, width, fps = defaults["height"], defaults["width"], defaults["fps"]
     videos = {name: read_condition_video(path, params.num_frames, fps, (height, width))
               for name, path in (params.condition_videos or {}).items()}
+    videos |= {name: read_condition_image(path, name, params.num_frames, (height, width))
+               for name, path in (params.condition_images or {}).items()}
 
     pipe.set_scheduler(params.scheduler)  # safe: the queue runs one request at a time
     frames = pipe(
@@ -119,9 +149,11 @@ def make_handler(pipe, out_dir: Path, conditions: tuple[str, ...], depth_model=N
 
     def on_generate(prompt, negative_prompt, steps, guidance, frames, seed, scheduler, *uploads,
                     progress=gr.Progress()):
-        videos = {name: path for name, path in zip(conditions, uploads) if path}
+        files = {name: path for name, path in zip(conditions, uploads) if path}
+        videos = {n: p for n, p in files.items() if n not in IMAGE_CONDITIONS}
+        images = {n: p for n, p in files.items() if n in IMAGE_CONDITIONS}
         params = GenerateParams(prompt, negative_prompt, int(steps), float(guidance), int(seed or 0),
-                                int(frames), scheduler, videos or None)
+                                int(frames), scheduler, videos or None, images or None)
         progress(0, desc="starting")
         start = time.perf_counter()
         try:
@@ -129,7 +161,7 @@ def make_handler(pipe, out_dir: Path, conditions: tuple[str, ...], depth_model=N
                                   lambda i, n: progress((i, n), desc="denoising", unit="steps"), depth_model)
         except TFT2VError as err:
             raise gr.Error(str(err)) from None
-        used = f" · {', '.join(videos)} from upload" if videos else ""
+        used = f" · {', '.join(files)} from upload" if files else ""
         info = (f"seed {params.seed} · {params.num_frames} frames · {params.num_inference_steps} {params.scheduler} "
                 f"steps · guidance {params.guidance_scale:g}{used} · {time.perf_counter() - start:.1f} s")
         return str(path), info
@@ -168,11 +200,15 @@ def build_app(pipe, out_dir: str | Path | None = None, depth_model=None) -> gr.B
                 uploads = []
                 if conditions:
                     with gr.Accordion("Conditions (optional)", open=False):
-                        gr.Markdown("Upload a video; its " + ", ".join(conditions)
-                                    + " is extracted and guides the motion and layout.")
+                        gr.Markdown("Each upload is turned into its condition exactly as in training "
+                                    "and guides the layout and motion; leave any of them empty.")
                         for name in conditions:
-                            uploads.append(gr.Video(label=f"{name} source video", sources=["upload"],
-                                                    height=200, elem_id=f"condition-{name}"))
+                            kind = gr.Image if name in IMAGE_CONDITIONS else gr.Video
+                            # image_mode=None: Gradio hands over the file as uploaded and our reader
+                            # normalises modes (alpha on white …) exactly as `tft2v generate` does.
+                            extra = {"type": "filepath", "image_mode": None} if kind is gr.Image else {}
+                            uploads.append(kind(label=UPLOAD_LABELS[name], sources=["upload"], height=200,
+                                                elem_id=f"condition-{name}", **extra))
             with gr.Column(scale=1):
                 video = gr.Video(label="Result", interactive=False, autoplay=True, loop=True,
                                  elem_id="result")
