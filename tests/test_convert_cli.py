@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 
 import av
 import pytest
 import torch
 from pipeline_fixtures import tiny_kl_autoencoder
 
+from tft2v.autoencoder import VideoAutoencoder
 from tft2v.cli import main
 from tft2v.convert import _AFTER_KEYS, VGEN_CONDITIONS
 from tft2v.models import TFT2VUNet
@@ -122,3 +125,137 @@ def test_sd21_diffusers_folder_inflates(tmp_path, vae_dir, capsys):
     assert pipe.scheduler.config.prediction_type == "epsilon" and not pipe.scheduler.config.rescale_betas_zero_snr
     assert pipe.unet.config.model_channels == 32 and pipe.defaults["width"] == 32
     torch.testing.assert_close(pipe.unet.state_dict()["input_blocks.0.0.bias"], sd_unet.conv_in.bias)
+
+
+ATTENTION_NAMES = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"))
+
+
+def diffusers_vae_to_ldm(sd, num_levels: int) -> dict:
+    """diffusers AutoencoderKL keys -> LDM ``first_stage_model`` keys, written here independently of the
+    converter under test: decoder levels count in reverse, attention projections are 1x1 convs."""
+    def level(m, name):
+        return f"{name}.{num_levels - 1 - int(m[1])}." if name.startswith("up") else f"{name}.{m[1]}."
+
+    out = {}
+    for key, value in sd.items():
+        k = re.sub(r"down_blocks\.(\d+)\.resnets\.", lambda m: level(m, "down") + "block.", key)
+        k = re.sub(r"down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: level(m, "down") + "downsample.", k)
+        k = re.sub(r"up_blocks\.(\d+)\.resnets\.", lambda m: level(m, "up") + "block.", k)
+        k = re.sub(r"up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: level(m, "up") + "upsample.", k)
+        k = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", k)
+        k = k.replace("mid_block.attentions.0.", "mid.attn_1.")
+        k = k.replace("conv_norm_out.", "norm_out.").replace("conv_shortcut.", "nin_shortcut.")
+        for ours, ldm in ATTENTION_NAMES:
+            k = k.replace(f".attn_1.{ours}.", f".attn_1.{ldm}.")
+        out["first_stage_model." + k] = value[:, :, None, None] if ".attn_1." in k and value.ndim == 2 else value
+    return out
+
+
+def tiny_vae(groups: int = 8):
+    """A random 2-level AutoencoderKL (8 or 32 GroupNorm groups; SD's is 32)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(2)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(groups, 2 * groups),
+                         layers_per_block=2, latent_channels=4, norm_num_groups=groups, sample_size=16).eval()
+
+
+def write_ldm_file(path, tensors: dict):
+    """The SD 2.1 single-file layouts: a torch {'state_dict': ...} .ckpt or a flat .safetensors."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    else:
+        torch.save({"state_dict": tensors}, path)
+    return path
+
+
+def assert_same_vae(loaded, vae):
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 2, 8, 8, generator=g)  # (B, C, F, h, w)
+    pixels = torch.rand(1, 3, 2, 16, 16, generator=g) * 2 - 1
+    expected = VideoAutoencoder(vae)
+    torch.testing.assert_close(loaded.decode(latents), expected.decode(latents), atol=1e-5, rtol=0)
+    torch.testing.assert_close(loaded.posterior(pixels)[0], expected.posterior(pixels)[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
+def test_ldm_vae_file_loads_offline_and_decodes_like_the_original(tmp_path, monkeypatch, suffix):
+    vae = tiny_vae()
+    ldm = diffusers_vae_to_ldm(vae.state_dict(), num_levels=2)
+    assert "first_stage_model.decoder.up.1.block.2.conv1.weight" in ldm  # 3 resnets per decoder level
+    assert ldm["first_stage_model.encoder.mid.attn_1.q.weight"].ndim == 4
+    unet_key = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}  # the rest of an SD checkpoint
+    path = write_ldm_file(tmp_path / f"sd21{suffix}", {**ldm, **unet_key})
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("loading an LDM VAE must not use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    loaded = VideoAutoencoder.from_ldm_checkpoint(path, norm_num_groups=8, sample_size=16)
+    config = loaded.vae.config
+    assert list(config.block_out_channels) == [8, 16] and config.layers_per_block == 2
+    assert config.latent_channels == 4 and config.scaling_factor == 0.18215
+    assert_same_vae(loaded, vae)
+
+
+def test_ldm_vae_config_of_the_sd21_vae_from_shapes():
+    from diffusers import AutoencoderKL
+
+    from tft2v.autoencoder import ldm_vae_config
+
+    with torch.device("meta"):  # the real SD 2.1 VAE layout, without allocating its 84 M parameters
+        sd21 = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                             block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)
+    ldm = {k[len("first_stage_model."):]: v for k, v in diffusers_vae_to_ldm(sd21.state_dict(), 4).items()}
+    config = ldm_vae_config(ldm)
+    assert config["block_out_channels"] == [128, 256, 512, 512] and config["layers_per_block"] == 2
+    assert config["latent_channels"] == 4 and config["norm_num_groups"] == 32 and config["mid_block_add_attention"]
+    assert config["sample_size"] == 768 and config["scaling_factor"] == 0.18215
+
+
+def test_vgen_convert_takes_the_vae_from_an_sd21_ckpt(tmp_path, capsys):
+    write_vgen_checkpoint(tmp_path / "tiny.pth", tiny_vgen_unet())
+    vae = tiny_vae(groups=32)  # SD's 32 groups: the CLI assumes them
+    unet_part = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}  # ignored
+    ckpt = write_ldm_file(tmp_path / "v2-1_512-ema-pruned.ckpt",
+                          {**unet_part, **diffusers_vae_to_ldm(vae.state_dict(), num_levels=2)})
+    out = tmp_path / "model"
+    code, stdout, err = run(["convert", "vgen", str(tmp_path / "tiny.pth"), str(out), "--head-dim", "16",
+                             "--resolution", "32x16", "--toy-encoder", "--vae", str(ckpt)], capsys)
+    assert code == 0, err
+    assert "note:" not in stdout
+    pipe = TFT2VPipeline.from_pretrained(out)  # the folder holds a plain diffusers AutoencoderKL now
+    assert pipe.autoencoder.vae.config.block_out_channels == [32, 64]
+    assert_same_vae(pipe.autoencoder, vae)
+
+
+def test_bad_vae_files_are_one_line_errors(tmp_path, capsys):
+    from tft2v.errors import TFT2VError
+
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x00 not a checkpoint \xff" * 10)
+    unet_only = write_ldm_file(tmp_path / "unet.ckpt",
+                               {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)})
+    wrong_groups = write_ldm_file(tmp_path / "v.ckpt", diffusers_vae_to_ldm(tiny_vae().state_dict(), num_levels=2))
+    truncated = diffusers_vae_to_ldm(tiny_vae().state_dict(), num_levels=2)
+    del truncated["first_stage_model.decoder.up.0.block.1.norm2.bias"]
+    truncated = write_ldm_file(tmp_path / "t.safetensors", truncated)
+    for path, groups, message in [
+        (tmp_path / "none.ckpt", 32, "checkpoint not found"), (junk, 32, "cannot read checkpoint"),
+        (unet_only, 32, "holds no LDM VAE weights (no first_stage_model.encoder.conv_in.weight)"),
+        (wrong_groups, 32, "num_channels (8) must be divisible by num_groups (32)"),  # SD's groups, 8-wide blocks
+        (truncated, 8, "does not fit an AutoencoderKL: missing weight decoder.up_blocks.1.resnets.1.norm2.bias"),
+    ]:
+        with pytest.raises(TFT2VError, match=re.escape(message)) as err:
+            VideoAutoencoder.from_ldm_checkpoint(path, norm_num_groups=groups)
+        assert "\n" not in str(err.value)
+    code, _, err = run(["convert", "vgen", str(tmp_path / "x.pth"), str(tmp_path / "o"), "--vae", str(junk)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    write_vgen_checkpoint(tmp_path / "t.pth", tiny_vgen_unet())
+    code, _, err = run(["convert", "vgen", str(tmp_path / "t.pth"), str(tmp_path / "o"), "--head-dim", "16",
+                        "--vae", str(unet_only)], capsys)
+    assert code == 2 and err.strip().startswith("error: ") and "holds no LDM VAE weights" in err
+    assert len(err.strip().splitlines()) == 1

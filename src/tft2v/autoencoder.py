@@ -8,21 +8,28 @@ pixel space (``kind="none"``): 3 channels, factor 1, scale 1; ``PatchAutoencoder
 pixel space folded p×p into channels.
 
 A saved autoencoder is a folder: a plain diffusers ``AutoencoderKL`` folder, or a ``config.json``
-with ``kind: "none"``; ``load_autoencoder`` reads either.
+with ``kind: "none"``; ``load_autoencoder`` reads either. ``VideoAutoencoder.from_ldm_checkpoint`` reads
+the VAE out of a single-file LDM checkpoint (SD 2.1's ``v2-1_512-ema-pruned.ckpt``), offline.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from einops import rearrange
 
-from tft2v.errors import ConfigError, TFT2VError
+from tft2v.errors import CheckpointError, ConfigError, TFT2VError
 from tft2v.jsonio import read_json
 
 CONFIG_NAME = "config.json"
+LDM_VAE_PREFIX = "first_stage_model."
+# Keys every LDM KL autoencoder has; the config is read from their shapes.
+LDM_VAE_KEYS = ("encoder.conv_in.weight", "encoder.down.0.block.0.conv2.weight", "decoder.conv_in.weight",
+                "decoder.conv_out.weight")
 
 
 def _check_video(video: torch.Tensor, channels: int, factor: int, what: str) -> None:
@@ -129,6 +136,39 @@ class VideoAutoencoder(torch.nn.Module):
         if not (Path(path) / CONFIG_NAME).is_file():
             raise TFT2VError(f"autoencoder folder {path} has no {CONFIG_NAME}")
         return cls(AutoencoderKL.from_pretrained(path, local_files_only=True))
+
+    @classmethod
+    def from_ldm_checkpoint(cls, path: str | Path, norm_num_groups: int = 32, sample_size: int = 768,
+                            scaling_factor: float = 0.18215) -> "VideoAutoencoder":
+        """The VAE of a single-file LDM checkpoint (.ckpt/.safetensors; ``first_stage_model.*`` keys, or a
+        bare LDM VAE file). Sizes come from the weights (:func:`ldm_vae_config`); the rest defaults to the
+        SD 2.1 VAE. Keys are renamed with diffusers' LDM converter — no hub config is fetched."""
+        from diffusers import AutoencoderKL
+        from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+        from tft2v.convert import load_state_dict_file
+
+        sd = load_state_dict_file(path)
+        if any(k.startswith(LDM_VAE_PREFIX) for k in sd):
+            sd = {k[len(LDM_VAE_PREFIX):]: v for k, v in sd.items() if k.startswith(LDM_VAE_PREFIX)}
+        absent = [k for k in LDM_VAE_KEYS if k not in sd]
+        if absent:
+            raise CheckpointError(f"{path} holds no LDM VAE weights (no {LDM_VAE_PREFIX}{absent[0]}); give an "
+                                  "SD 2.1 checkpoint or a diffusers AutoencoderKL folder")
+        config = ldm_vae_config(sd, norm_num_groups=norm_num_groups, sample_size=sample_size,
+                                scaling_factor=scaling_factor)
+        try:
+            vae = AutoencoderKL(**config)
+            result = vae.load_state_dict(convert_ldm_vae_checkpoint(sd, vae.config), strict=False)
+        except (RuntimeError, ValueError) as err:  # GroupNorm sizes, tensor shape mismatches
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            detail = next((line for line in lines if "size mismatch" in line), lines[-1] if lines else "")
+            raise CheckpointError(f"cannot load the VAE of {path}: {detail}") from None
+        if result.missing_keys or result.unexpected_keys:
+            kind, key = ("missing", result.missing_keys[0]) if result.missing_keys else \
+                ("unexpected", result.unexpected_keys[0])
+            raise CheckpointError(f"the VAE of {path} does not fit an AutoencoderKL: {kind} weight {key}")
+        return cls(vae.eval())
 
 
 class IdentityAutoencoder(torch.nn.Module):
@@ -248,6 +288,30 @@ def build_autoencoder(kind: str, path: str | Path | None = None, patch_size: int
     if path is None:
         raise ConfigError("the 'kl' autoencoder needs a local AutoencoderKL folder path")
     return VideoAutoencoder.from_pretrained(path)
+
+
+def ldm_vae_config(sd: Mapping[str, torch.Tensor], norm_num_groups: int = 32, sample_size: int = 768,
+                   scaling_factor: float = 0.18215) -> dict:
+    """``AutoencoderKL`` arguments for an LDM VAE state dict (keys without ``first_stage_model.``): channels,
+    block widths, layers per block and the mid-block attention are read from the weights; GroupNorm groups,
+    sample size and latent scale are not stored in them (defaults: the SD 2.1 VAE's)."""
+    levels = sorted({int(m[1]) for k in sd if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
+    if levels != list(range(len(levels))):
+        raise CheckpointError(f"LDM VAE encoder levels {levels} are not numbered 0..n-1")
+    layers = {int(m[1]) for k in sd if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))}
+    return {
+        "in_channels": sd["encoder.conv_in.weight"].shape[1],
+        "out_channels": sd["decoder.conv_out.weight"].shape[0],
+        "down_block_types": ["DownEncoderBlock2D"] * len(levels),
+        "up_block_types": ["UpDecoderBlock2D"] * len(levels),
+        "block_out_channels": [sd[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] for i in levels],
+        "layers_per_block": len(layers),
+        "latent_channels": sd["decoder.conv_in.weight"].shape[1],
+        "norm_num_groups": norm_num_groups,
+        "sample_size": sample_size,
+        "scaling_factor": scaling_factor,
+        "mid_block_add_attention": "encoder.mid.attn_1.q.weight" in sd,
+    }
 
 
 def _read_config(path: str | Path) -> dict:

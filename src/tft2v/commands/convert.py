@@ -63,7 +63,7 @@ def _default_bpe() -> Path:
 def build_components(context_dim: int, openclip: Path | None, openclip_tokenizer: Path | None,
                      encoder_dir: Path | None, toy_encoder: bool, vae: Path | None):
     """(encoder or None, autoencoder or None) from the component options."""
-    from tft2v.autoencoder import build_autoencoder
+    from tft2v.autoencoder import VideoAutoencoder, build_autoencoder
     from tft2v.encoders import build_encoder, load_encoder
 
     chosen = [name for name, v in (("--openclip", openclip), ("--encoder", encoder_dir), ("--toy-encoder", toy_encoder)) if v]
@@ -83,9 +83,10 @@ def build_components(context_dim: int, openclip: Path | None, openclip_tokenizer
         raise TFT2VError(f"the encoder gives {encoder.text_dim}-d text tokens but the UNet expects {context_dim}")
     autoencoder = None
     if vae is not None:
-        if not vae.is_dir():
-            raise TFT2VError(f"--vae must be a diffusers AutoencoderKL folder; {vae} is not a folder")
-        autoencoder = build_autoencoder("kl", vae)
+        if not vae.exists():
+            raise TFT2VError(f"--vae {vae} not found (give a diffusers AutoencoderKL folder or an SD 2.1 checkpoint)")
+        # A folder is diffusers' layout; a file is an LDM checkpoint such as v2-1_512-ema-pruned.ckpt.
+        autoencoder = build_autoencoder("kl", vae) if vae.is_dir() else VideoAutoencoder.from_ldm_checkpoint(vae)
     return encoder, autoencoder
 
 
@@ -108,7 +109,7 @@ def write_folder(out_dir: Path, unet, scheduler, encoder, autoencoder, defaults:
 
 
 @app.command("vgen", epilog="Example:  tft2v convert vgen models/tft2v_t2v_non_ema_512000.pth models/tft2v "
-             "--openclip models/open_clip_pytorch_model.bin --vae models/sd21-vae")
+             "--openclip models/open_clip_pytorch_model.bin --vae models/v2-1_512-ema-pruned.ckpt")
 def convert_vgen(
     src: Path = typer.Argument(..., help="VGen TF-T2V UNet checkpoint (.pth, raw or {'state_dict': ...})."),
     out_dir: Path = typer.Argument(..., help="Model folder to create."),
@@ -120,7 +121,8 @@ def convert_vgen(
     openclip_tokenizer: Optional[Path] = typer.Option(None, help="OpenCLIP BPE merges file (default: open-clip-torch's)."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="A saved tft2v encoder folder → encoder/."),
     toy_encoder: bool = typer.Option(False, "--toy-encoder", help="Built-in toy encoder (tiny tests only)."),
-    vae: Optional[Path] = typer.Option(None, help="diffusers AutoencoderKL folder (SD 2.1 VAE) → autoencoder/."),
+    vae: Optional[Path] = typer.Option(None, help="SD 2.1 VAE → autoencoder/: a diffusers AutoencoderKL folder, "
+                                       "or an LDM checkpoint file (v2-1_512-ema-pruned.ckpt/.safetensors)."),
     frames: int = typer.Option(16, min=1, help="Default number of frames."),
 ) -> None:
     """Convert a VGen TF-T2V UNet checkpoint into a tft2v model folder (scheduler: VGen's DDIM)."""
@@ -154,7 +156,8 @@ def convert_sd21(
     openclip_tokenizer: Optional[Path] = typer.Option(None, help="OpenCLIP BPE merges file."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="A saved tft2v encoder folder → encoder/."),
     toy_encoder: bool = typer.Option(False, "--toy-encoder", help="Built-in toy encoder (tiny tests only)."),
-    vae: Optional[Path] = typer.Option(None, help="diffusers AutoencoderKL folder (default: SRC/vae when present)."),
+    vae: Optional[Path] = typer.Option(None, help="AutoencoderKL folder or LDM checkpoint file (the .ckpt SRC "
+                                       "itself works); default: SRC/vae when present."),
 ) -> None:
     """Inflate a Stable Diffusion 2.1 UNet into the video UNet (temporal layers start as identity)."""
     from tft2v.convert import inflate_sd21
