@@ -1,11 +1,14 @@
 """VGen checkpoint loading (containers, errors) and SD-2.1 inflation into the video UNet."""
 
+import re
+
 import pytest
 import torch
 
 from tft2v.convert import (
     diffusers_unet2d_to_ldm,
     inflate_sd21,
+    infer_sd_unet_config,
     load_vgen_unet,
     vgen_key_to_ours,
 )
@@ -111,15 +114,16 @@ def test_unknown_or_unsupported_config_keys(vgen_sd):
 
 # -- SD 2.1 inflation ---------------------------------------------------------------------------
 
-def _tiny_sd2d(seed=0):
+def _tiny_sd2d(seed=0, **overrides):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    kwargs = dict(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
     )
+    unet = UNet2DConditionModel(**{**kwargs, **overrides})
     with torch.no_grad():
         for p in unet.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -147,16 +151,78 @@ def test_inflate_diffusers_folder_equals_2d_unet(tmp_path):
     _check_inflated_matches(video, unet2d)
 
 
+def _ldm_ckpt(path, unet2d, layers_per_block=1):
+    """Write ``unet2d`` as an SD single-file checkpoint: LDM names under model.diffusion_model., plus a VAE key."""
+    ldm = diffusers_unet2d_to_ldm(unet2d.state_dict(), layers_per_block=layers_per_block)
+    torch.save({"state_dict": {"model.diffusion_model." + k: v for k, v in ldm.items()}
+                | {"first_stage_model.x": torch.zeros(1)}}, path)
+    return path
+
+
 def test_inflate_ldm_checkpoint_equals_2d_unet(tmp_path):
     unet2d = _tiny_sd2d(1)
     ldm = diffusers_unet2d_to_ldm(unet2d.state_dict(), layers_per_block=1)
     assert "input_blocks.2.0.op.weight" in ldm and "middle_block.2.in_layers.0.weight" in ldm
-    ckpt = {"state_dict": {"model.diffusion_model." + k: v for k, v in ldm.items()} | {"first_stage_model.x": torch.zeros(1)}}
-    torch.save(ckpt, tmp_path / "sd.ckpt")
-    video = inflate_sd21(tmp_path / "sd.ckpt", model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                         attention_scales=(1.0,), head_dim=8, init_temporal_heads=2, context_dim=32,
-                         image_embed_dim=None, norm_num_groups=8)
+    video = inflate_sd21(_ldm_ckpt(tmp_path / "sd.ckpt", unet2d), model_channels=16, channel_mult=(1, 2),
+                         num_res_blocks=1, attention_scales=(1.0,), head_dim=8, init_temporal_heads=2,
+                         context_dim=32, image_embed_dim=None, norm_num_groups=8)
     _check_inflated_matches(video, unet2d)
+
+
+def test_inflate_ldm_checkpoint_reads_geometry_from_shapes(tmp_path):
+    # 3 levels, 2 res blocks each, attention on the first and last level, 5 input channels (as SD inpainting's 9)
+    unet2d = _tiny_sd2d(2, in_channels=5, out_channels=3, block_out_channels=(16, 32, 32), layers_per_block=2,
+                        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+                        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"),
+                        cross_attention_dim=24, attention_head_dim=(2, 4, 4))
+    ckpt = _ldm_ckpt(tmp_path / "sd.ckpt", unet2d, layers_per_block=2)
+    assert infer_sd_unet_config(diffusers_unet2d_to_ldm(unet2d.state_dict(), 2)) == dict(
+        in_channels=5, out_channels=3, model_channels=16, channel_mult=(1, 2, 2), num_res_blocks=2,
+        attention_scales=(1.0, 0.25), context_dim=24)
+    video = inflate_sd21(ckpt, head_dim=8, norm_num_groups=8, init_temporal_heads=2)
+    assert video.config.head_dim == 8 and video.config.image_embed_dim == 1024  # SD 2.1 + TF-T2V's image MLP
+    x = torch.randn(2, 5, 8, 8)
+    t = torch.tensor([5, 600])
+    ctx = torch.randn(2, 7, 24)
+    with torch.no_grad():
+        ref = unet2d(x, t, ctx).sample
+        assert (video(x[:, :, None], t, ctx)[:, :, 0] - ref).abs().max() < 1e-4
+
+
+def test_inflate_sd1_conv_projections_equal_2d_unet(tmp_path):
+    unet2d = _tiny_sd2d(3, use_linear_projection=False)  # SD 1.x: proj_in/proj_out are 1x1 convs
+    assert unet2d.down_blocks[0].attentions[0].proj_in.weight.shape == (16, 16, 1, 1)
+    video = inflate_sd21(_ldm_ckpt(tmp_path / "sd1.ckpt", unet2d), head_dim=8, norm_num_groups=8,
+                         image_embed_dim=None, init_temporal_heads=2)
+    _check_inflated_matches(video, unet2d)
+
+
+def test_inflate_inconsistent_sources_are_one_line_errors(tmp_path):
+    ldm = diffusers_unet2d_to_ldm(_tiny_sd2d().state_dict(), layers_per_block=1)
+    wide = dict(ldm, **{"output_blocks.1.0.out_layers.3.weight": torch.zeros(48, 32, 3, 3)})
+    deep = diffusers_unet2d_to_ldm(_tiny_sd2d(transformer_layers_per_block=2).state_dict(), layers_per_block=1)
+    cases = [
+        (ldm, {}, ConfigError, "norm_num_groups 32 does not divide the 16-channel level 0"),
+        (ldm, {"norm_num_groups": 8}, ConfigError, "head_dim 64 does not divide the 16-channel level 0"),
+        # an explicit width that contradicts the file: the first conv is not padded into a crash
+        (ldm, {"norm_num_groups": 8, "head_dim": 8, "model_channels": 32}, CheckpointError,
+         "key input_blocks.0.0.weight has shape (16, 4, 3, 3), the model expects (32, 12, 3, 3)"),
+        (wide, {"norm_num_groups": 8, "head_dim": 8}, CheckpointError, "output_blocks.1.0.out_layers.3.weight has shape"),
+        (deep, {"norm_num_groups": 8, "head_dim": 8}, CheckpointError, "holds more than one transformer block"),
+        ({k: v for k, v in ldm.items() if not k.startswith("middle_block")}, {}, CheckpointError,
+         "key middle_block.1.transformer_blocks.0.attn2.to_k.weight is missing"),
+        ({"input_blocks.0.0.weight": torch.zeros(3)}, {}, CheckpointError, "key input_blocks.1.0.in_layers.2.weight"),
+    ]
+    for sd, kwargs, error, message in cases:
+        with pytest.raises(error, match=re.escape(message)) as err:
+            inflate_sd21(sd, **kwargs)
+        assert "\n" not in str(err.value)
+
+
+def test_inflate_diffusers_folder_with_mixed_head_widths_is_refused(tmp_path):
+    _tiny_sd2d(attention_head_dim=2).save_pretrained(tmp_path / "unet")  # 16/2 on level 0, 32/2 in the middle
+    with pytest.raises(CheckpointError, match=r"head widths \[8, 16\] across levels"):
+        inflate_sd21(tmp_path)
 
 
 def test_inflate_rejects_mismatched_layout(tmp_path):

@@ -107,14 +107,24 @@ def test_vgen_vcomposer_layout_and_config_file(tmp_path, capsys):
     assert code == 2 and "missing component 'encoder'" in err and len(err.strip().splitlines()) == 1
 
 
-def test_sd21_diffusers_folder_inflates(tmp_path, vae_dir, capsys):
+def tiny_sd_unet(seed: int = 0):
+    """A random 2-level UNet2DConditionModel laid out as SD 2.1 (linear projections, one head width: 16)."""
     from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(0)
-    sd_unet = UNet2DConditionModel(
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=32, use_linear_projection=True)  # as SD 2.1
+        cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=32, use_linear_projection=True)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # diffusers zero-initialises no layer, but make every weight matter equally
+        for p in unet.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return unet.eval()
+
+
+def test_sd21_diffusers_folder_inflates(tmp_path, vae_dir, capsys):
+    sd_unet = tiny_sd_unet()
     sd_unet.save_pretrained(tmp_path / "sd21" / "unet")
     tiny_kl_autoencoder().vae.save_pretrained(tmp_path / "sd21" / "vae")
     out = tmp_path / "model"
@@ -125,6 +135,47 @@ def test_sd21_diffusers_folder_inflates(tmp_path, vae_dir, capsys):
     assert pipe.scheduler.config.prediction_type == "epsilon" and not pipe.scheduler.config.rescale_betas_zero_snr
     assert pipe.unet.config.model_channels == 32 and pipe.defaults["width"] == 32
     torch.testing.assert_close(pipe.unet.state_dict()["input_blocks.0.0.bias"], sd_unet.conv_in.bias)
+
+
+def test_sd21_single_file_checkpoint_converts_and_matches_the_2d_unet(tmp_path, capsys):
+    from tft2v.convert import diffusers_unet2d_to_ldm
+
+    sd_unet = tiny_sd_unet(1)
+    ldm = {"model.diffusion_model." + k: v for k, v in diffusers_unet2d_to_ldm(sd_unet.state_dict(), 1).items()}
+    ckpt = write_ldm_file(tmp_path / "tiny.ckpt", ldm)
+    out = tmp_path / "model"
+    # geometry (widths 32/64, 1 res block, attention on level 0, context 32) comes from the shapes;
+    # the head width does not, and SD 2.1's 64 does not divide the 32-channel level
+    code, _, err = run(["convert", "sd21", str(ckpt), str(tmp_path / "bad")], capsys)
+    assert code == 2 and "head_dim 64 does not divide the 32-channel level 0" in err
+    assert len(err.strip().splitlines()) == 1
+    code, stdout, err = run(["convert", "sd21", str(ckpt), str(out), "--head-dim", "16"], capsys)
+    assert code == 0, err
+    assert f"wrote {out}" in stdout
+    unet = TFT2VUNet.from_pretrained(out / "unet").eval()
+    assert unet.config.model_channels == 32 and tuple(unet.config.channel_mult) == (1, 2)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([5, 600])
+    ctx = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (unet(x[:, :, None], t, ctx)[:, :, 0] - sd_unet(x, t, ctx).sample).abs().max() < 1e-4
+
+
+def test_sd21_bad_single_files_are_one_line_errors(tmp_path, capsys):
+    from tft2v.convert import diffusers_unet2d_to_ldm
+
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x00 not a checkpoint \xff" * 10)
+    ldm = {"model.diffusion_model." + k: v for k, v in diffusers_unet2d_to_ldm(tiny_sd_unet().state_dict(), 1).items()}
+    ldm["model.diffusion_model.output_blocks.2.1.proj_in.weight"] = torch.zeros(32, 16)  # half a layer's width
+    inconsistent = write_ldm_file(tmp_path / "odd.safetensors", ldm)
+    vae_only = write_ldm_file(tmp_path / "vae.ckpt", diffusers_vae_to_ldm(tiny_vae().state_dict(), num_levels=2))
+    for path, message in [(junk, "cannot read checkpoint"),
+                          (inconsistent, "key output_blocks.2.1.proj_in.weight has shape (32, 16)"),
+                          (vae_only, "not a Stable Diffusion UNet state dict (no input_blocks.0.0.weight)")]:
+        code, _, err = run(["convert", "sd21", str(path), str(tmp_path / "o"), "--head-dim", "16"], capsys)
+        assert code == 2 and err.startswith("error: ") and message in err, err
+        assert len(err.strip().splitlines()) == 1
 
 
 ATTENTION_NAMES = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"))

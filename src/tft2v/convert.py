@@ -148,23 +148,36 @@ def load_vgen_unet(src: str | Path | Mapping, config: Mapping) -> TFT2VUNet:
     return load_into(model, {vgen_key_to_ours(k): v for k, v in sd.items()}, what).eval()
 
 
+def _ldm_geometry(sd: Mapping[str, torch.Tensor]) -> tuple[int, int, list[int], list[float]]:
+    """(model_channels, num_res_blocks, channel_mult, attention_scales) of an LDM-layout UNet (VGen's
+    and SD's share it) from its key names and shapes; raises KeyError for a missing key."""
+    dim = sd["input_blocks.0.0.weight"].shape[0]
+    num_res_blocks = 1
+    while f"input_blocks.{1 + num_res_blocks}.0.in_layers.2.weight" in sd:
+        num_res_blocks += 1
+    dim_mult, scales, n = [], [], 1
+    while f"input_blocks.{n}.0.in_layers.2.weight" in sd:
+        level = len(dim_mult)
+        width = sd[f"input_blocks.{n}.0.in_layers.2.weight"].shape[0]
+        if width % dim:
+            raise CheckpointError(f"level {level} of the UNet is {width} channels wide, not a multiple of "
+                                  f"its first conv's {dim}")
+        dim_mult.append(width // dim)
+        if f"input_blocks.{n}.1.norm.weight" in sd:
+            scales.append(1.0 / 2**level)
+        n += num_res_blocks + 1  # the level's res blocks, then its downsample
+    if not dim_mult:
+        raise KeyError("input_blocks.1.0.in_layers.2.weight")
+    return dim, num_res_blocks, dim_mult, scales
+
+
 def infer_vgen_config(sd: Mapping[str, torch.Tensor], head_dim: int = 64,
                       resolution: tuple[int, int] = (448, 256)) -> dict:
     """VGen constructor arguments recovered from a checkpoint's key shapes. Head width and the
     condition resolution ([W, H]) leave no trace in the shapes, so they are arguments."""
     sd = unwrap_state_dict(sd)
     try:
-        dim = sd["input_blocks.0.0.weight"].shape[0]
-        num_res_blocks = 1
-        while f"input_blocks.{1 + num_res_blocks}.0.in_layers.2.weight" in sd:
-            num_res_blocks += 1
-        dim_mult, scales, n = [], [], 1
-        while f"input_blocks.{n}.0.in_layers.2.weight" in sd:
-            level = len(dim_mult)
-            dim_mult.append(sd[f"input_blocks.{n}.0.in_layers.2.weight"].shape[0] // dim)
-            if f"input_blocks.{n}.1.norm.weight" in sd:
-                scales.append(1.0 / 2**level)
-            n += num_res_blocks + 1  # the level's res blocks, then its downsample
+        dim, num_res_blocks, dim_mult, scales = _ldm_geometry(sd)
         compositions = ["text"] + (["image"] if "pre_image_condition.0.weight" in sd else [])
         compositions += [c for c, (_, prefix, _) in VGEN_CONDITIONS.items() if f"{prefix}.0.weight" in sd]
         config = {
@@ -251,8 +264,39 @@ def _new_module_prefixes(model: TFT2VUNet) -> tuple[str, ...]:
     return tuple(prefixes + ["pre_image_condition.", "condition_encoders."])
 
 
+# SD 2.1's attention head width and GroupNorm groups: the shapes cannot tell them, a diffusers config can.
+SD21_UNSEEN = {"head_dim": 64, "norm_num_groups": 32}
+
+
+def infer_sd_unet_config(sd: Mapping[str, torch.Tensor]) -> dict:
+    """:class:`TFT2VUNet` geometry of an LDM-named Stable Diffusion UNet from its tensor shapes: channels,
+    levels, res blocks, attention levels, context width (head width and GroupNorm groups leave no trace
+    in the shapes, see ``SD21_UNSEEN``)."""
+    deep = sorted({m[1] for k in sd if (m := re.match(r"(.*\.transformer_blocks)\.[1-9]", k))})
+    if deep:
+        raise CheckpointError(f"{deep[0]} holds more than one transformer block; TFT2VUNet has one per "
+                              "spatial transformer, as SD 2.1")
+    try:
+        dim, num_res_blocks, dim_mult, scales = _ldm_geometry(sd)
+        conv_in = sd["input_blocks.0.0.weight"]  # (C, in, 3, 3)
+        return {
+            "in_channels": conv_in.shape[1],
+            "out_channels": sd["out.2.weight"].shape[0],
+            "model_channels": dim,
+            "channel_mult": tuple(dim_mult),
+            "num_res_blocks": num_res_blocks,
+            "attention_scales": tuple(scales),
+            "context_dim": sd["middle_block.1.transformer_blocks.0.attn2.to_k.weight"].shape[1],
+        }
+    except KeyError as e:
+        raise CheckpointError(f"not a Stable Diffusion UNet state dict: key {e.args[0]} is missing") from None
+    except IndexError:
+        raise CheckpointError("not a Stable Diffusion UNet state dict: a conv or attention weight has too few "
+                              "dimensions") from None
+
+
 def _read_sd21(src: str | Path | Mapping) -> tuple[dict[str, torch.Tensor], dict]:
-    """SD-2.1 UNet weights in LDM naming plus TFT2VUNet config overrides derived from the source."""
+    """SD UNet weights in LDM naming plus the config a diffusers folder states beyond the shapes."""
     if isinstance(src, Mapping):
         sd = unwrap_state_dict(src)
     else:
@@ -275,35 +319,59 @@ def _read_diffusers_unet(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{folder} is not a diffusers UNet folder (no config.json)")
     unet = UNet2DConditionModel.from_pretrained(str(folder), local_files_only=True)
     c = unet.config
-    heads = c.attention_head_dim if isinstance(c.attention_head_dim, (list, tuple)) else [c.attention_head_dim] * len(c.block_out_channels)
     widths = list(c.block_out_channels)
-    overrides = {
-        "in_channels": c.in_channels,
-        "out_channels": c.out_channels,
-        "model_channels": widths[0],
-        "channel_mult": tuple(w // widths[0] for w in widths),
-        "num_res_blocks": c.layers_per_block,
-        "attention_scales": tuple(1.0 / 2**i for i, t in enumerate(c.down_block_types) if "CrossAttn" in t),
-        "head_dim": widths[0] // heads[0],
-        "context_dim": c.cross_attention_dim,
-        "norm_num_groups": c.norm_num_groups,
-    }
-    return diffusers_unet2d_to_ldm(unet.state_dict(), c.layers_per_block), overrides
+    # diffusers' attention_head_dim is the head count (its naming slip); the mid block uses the last one.
+    heads = c.num_attention_heads or c.attention_head_dim
+    heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(widths)
+    levels = [i for i, t in enumerate(c.down_block_types) if "CrossAttn" in t] + [len(widths) - 1]
+    head_dims = sorted({widths[i] // heads[i] for i in levels})
+    if len(head_dims) > 1:
+        raise CheckpointError(f"{folder} uses head widths {head_dims} across levels; TFT2VUNet needs one head_dim")
+    return diffusers_unet2d_to_ldm(unet.state_dict(), c.layers_per_block), {
+        "head_dim": head_dims[0], "norm_num_groups": c.norm_num_groups}
+
+
+def _check_widths(kwargs: dict) -> None:
+    """One-line errors for head widths / GroupNorm groups that do not divide the UNet's levels."""
+    dim, groups, head_dim = kwargs["model_channels"], kwargs["norm_num_groups"], kwargs["head_dim"]
+    for level, mult in enumerate(kwargs["channel_mult"]):
+        width = dim * mult
+        if width % groups:
+            raise ConfigError(f"norm_num_groups {groups} does not divide the {width}-channel level {level}; "
+                              "pass the source model's GroupNorm groups")
+        if width % head_dim:
+            raise ConfigError(f"head_dim {head_dim} does not divide the {width}-channel level {level}; "
+                              "pass the source model's attention head width")
+
+
+def _as_linear(key: str, value: torch.Tensor) -> torch.Tensor:
+    """SD 1.x's spatial ``proj_in``/``proj_out`` are 1x1 convs; on flattened tokens the same map is a
+    linear layer with the (C_out, C_in) kernel, so dropping the 1x1 axes is exact."""
+    if re.search(r"\.1\.proj_(in|out)\.weight$", key) and value.ndim == 4 and value.shape[2:] == (1, 1):
+        return value[:, :, 0, 0]
+    return value
 
 
 def inflate_sd21(src: str | Path | Mapping, **unet_kwargs) -> TFT2VUNet:
-    """A video UNet whose spatial weights come from a Stable Diffusion 2.1 UNet (LDM checkpoint,
-    diffusers folder or state dict) and whose temporal layers are identity-initialised, so on a
-    1-frame input it computes exactly what the 2-D UNet computes. The extra condition channels of the
-    first conv start at zero."""
-    sd, overrides = _read_sd21(src)
-    model = TFT2VUNet(**{**overrides, **unet_kwargs})
+    """A video UNet whose spatial weights come from a Stable Diffusion UNet (LDM checkpoint, diffusers
+    folder or state dict) and whose temporal layers are identity-initialised, so on a 1-frame input it
+    computes exactly what the 2-D UNet computes. The geometry is read from the weights' shapes;
+    ``unet_kwargs`` override it and give what shapes cannot tell (``head_dim``, ``norm_num_groups``; for
+    an LDM file SD 2.1's by default). SD 1.x's 1x1-conv ``proj_in``/``proj_out`` load as linear layers.
+    The extra condition channels of the first conv start at zero."""
+    sd, stated = _read_sd21(src)
+    kwargs = {**SD21_UNSEEN, **infer_sd_unet_config(sd), **stated, **unet_kwargs}
+    _check_widths(kwargs)
+    model = TFT2VUNet(**kwargs)
     new = _new_module_prefixes(model)
     state = model.state_dict()
-    mapped = {ldm_key_to_ours(k): v for k, v in sd.items()}
-    conv_in = mapped.get("input_blocks.0.0.weight")
-    if conv_in is not None and conv_in.shape[1] < state["input_blocks.0.0.weight"].shape[1]:
-        padded = torch.zeros_like(state["input_blocks.0.0.weight"])
+    mapped = {ours: _as_linear(ours, v) for ours, v in ((ldm_key_to_ours(k), v) for k, v in sd.items())}
+    conv_in, ours = mapped.get("input_blocks.0.0.weight"), state["input_blocks.0.0.weight"]
+    # Pad only a first conv that fits apart from the missing condition channels; any other shape is
+    # left for load_into to report.
+    if conv_in is not None and conv_in.ndim == 4 and conv_in.shape[1] < ours.shape[1] \
+            and (conv_in.shape[0], *conv_in.shape[2:]) == (ours.shape[0], *ours.shape[2:]):
+        padded = torch.zeros_like(ours)
         padded[:, : conv_in.shape[1]] = conv_in
         mapped["input_blocks.0.0.weight"] = padded
     kept = {k: v for k, v in state.items() if k.startswith(new)}

@@ -158,8 +158,13 @@ def convert_sd21(
     toy_encoder: bool = typer.Option(False, "--toy-encoder", help="Built-in toy encoder (tiny tests only)."),
     vae: Optional[Path] = typer.Option(None, help="AutoencoderKL folder or LDM checkpoint file (the .ckpt SRC "
                                        "itself works); default: SRC/vae when present."),
+    head_dim: Optional[int] = typer.Option(None, min=1, help="Attention head width (not recoverable from an LDM "
+                                           "file's weights; default: the diffusers config's, else SD 2.1's 64)."),
+    norm_groups: Optional[int] = typer.Option(None, min=1, help="GroupNorm groups (default: the diffusers "
+                                              "config's, else SD 2.1's 32)."),
 ) -> None:
-    """Inflate a Stable Diffusion 2.1 UNet into the video UNet (temporal layers start as identity)."""
+    """Inflate a Stable Diffusion 2.1 UNet into the video UNet (temporal layers start as identity; the
+    geometry is read from the weights)."""
     from tft2v.convert import inflate_sd21
     from tft2v.diffusion import PREDICTION_TYPES, ScheduleConfig
     from tft2v.sampling import build_scheduler
@@ -169,7 +174,8 @@ def convert_sd21(
     width, height = parse_resolution(resolution)
     if not src.exists():
         raise TFT2VError(f"SD 2.1 checkpoint {src} not found")
-    unet = inflate_sd21(src)
+    given = {"head_dim": head_dim, "norm_num_groups": norm_groups}
+    unet = inflate_sd21(src, **{k: v for k, v in given.items() if v is not None})
     if vae is None and src.is_dir() and (src / "vae").is_dir():
         vae = src / "vae"
     enc, ae = build_components(unet.config.context_dim, openclip, openclip_tokenizer, encoder, toy_encoder, vae)
