@@ -25,11 +25,15 @@ def sketch_pipe(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def upload_pipe(tmp_path_factory):
+def upload_folder(tmp_path_factory):
     """A model with the conditions the UI builds from an image or a video to inpaint."""
-    folder = write_tiny_model(tmp_path_factory.mktemp("model") / "uploads",
-                              conditions=("masked", "local_image", "single_sketch"))
-    return TFT2VPipeline.from_pretrained(folder)
+    return write_tiny_model(tmp_path_factory.mktemp("model") / "uploads",
+                            conditions=("masked", "local_image", "single_sketch"))
+
+
+@pytest.fixture(scope="module")
+def upload_pipe(upload_folder):
+    return TFT2VPipeline.from_pretrained(upload_folder)
 
 
 def decode(path) -> np.ndarray:
@@ -101,16 +105,27 @@ def pipe_video(pipe, tmp_path, **condition_kwargs) -> np.ndarray:
     return decode(export_video(frames[0], tmp_path / "direct.mp4", fps=DEFAULTS["fps"]))
 
 
-def test_local_image_upload_equals_generate_local_image(upload_pipe, tmp_path):
-    from tft2v.commands.generate import read_still
+def cli_video(folder, tmp_path, capsys, *flags) -> np.ndarray:
+    """The request of ``params()`` run through ``tft2v generate`` on the same model folder."""
+    out = tmp_path / "cli.mp4"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--model", str(folder), "a red circle moving left", "--negative-prompt", "", "--steps", "2",
+              "--guidance", "7.5", "--seed", "3", "--frames", "4", "--scheduler", "ddim", *flags, "--out", str(out)])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    return decode(out)
+
+
+def test_local_image_upload_equals_generate_local_image(upload_pipe, upload_folder, tmp_path, capsys):
+    from tft2v.data.image_io import read_image
     from tft2v.webui import generate_video
 
     image = write_source_image(tmp_path / "first.png")
     ui = decode(generate_video(upload_pipe, params(condition_images={"local_image": str(image)}), tmp_path))
-    # What `tft2v generate --local-image` passes: the still in [0, 1] held over the frames.
-    still = (read_still(image, "local-image", (SIZE, SIZE)) + 1) / 2  # (1, 3, H, W)
-    cli = pipe_video(upload_pipe, tmp_path, conditions={"local_image": still[:, :, None].expand(-1, -1, 4, -1, -1)})
-    np.testing.assert_array_equal(ui, cli)
+    np.testing.assert_array_equal(ui, cli_video(upload_folder, tmp_path, capsys, "--local-image", str(image)))
+    # VGen's local_image: the first frame in [0, 1] held over the frames, passed as a ready condition.
+    pixels = torch.from_numpy(read_image(image, size=(SIZE, SIZE))[0]).permute(2, 0, 1).float() / 255  # (3, H, W)
+    direct = pipe_video(upload_pipe, tmp_path, conditions={"local_image": pixels[None, :, None].expand(-1, -1, 4, -1, -1)})
+    np.testing.assert_array_equal(ui, direct)
     plain = decode(generate_video(upload_pipe, params(), tmp_path))
     assert np.abs(ui.astype(int) - plain.astype(int)).mean() > 1
 
@@ -131,16 +146,14 @@ def test_single_sketch_upload_is_the_image_sketch_on_every_frame(upload_pipe, tm
     assert np.abs(ui.astype(int) - other.astype(int)).mean() > 1
 
 
-def test_masked_upload_equals_generate_masked(upload_pipe, tmp_path):
-    from pathlib import Path
-
-    from tft2v.commands.generate import read_condition_video
+def test_masked_upload_equals_generate_masked(upload_pipe, upload_folder, tmp_path, capsys):
     from tft2v.webui import generate_video
 
     source = write_source_video(tmp_path / "inpaint.mp4")
     ui = decode(generate_video(upload_pipe, params(condition_videos={"masked": str(source)}), tmp_path))
-    video = read_condition_video(Path(source), "masked", 4, DEFAULTS["fps"], (SIZE, SIZE))  # generate --masked
-    np.testing.assert_array_equal(ui, pipe_video(upload_pipe, tmp_path, condition_videos={"masked": video}))
+    # generate samples condition videos at --condition-fps, the UI at the model's fps
+    flags = ("--masked", str(source), "--condition-fps", str(DEFAULTS["fps"]))
+    np.testing.assert_array_equal(ui, cli_video(upload_folder, tmp_path, capsys, *flags))
     plain = decode(generate_video(upload_pipe, params(), tmp_path))
     assert np.abs(ui.astype(int) - plain.astype(int)).mean() > 1
 

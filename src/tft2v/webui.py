@@ -78,32 +78,6 @@ def model_conditions(pipe, depth_model=None) -> tuple[str, ...]:
                  if n in names and (n != "depth" or depth_model is not None))
 
 
-def read_condition_video(path: str | Path, num_frames: int, fps: float, size: tuple[int, int]) -> torch.Tensor:
-    """An uploaded video -> (1, 3, F, H, W) in [-1, 1], sampled at the model's fps, centre-cropped to size."""
-    from tft2v.data.video_io import read_clip
-
-    try:
-        frames, _ = read_clip(path, num_frames, fps, size=size)  # uint8 (F, H, W, 3)
-    except Exception as err:  # PyAV and the reader raise many types for short, damaged or non-video files
-        raise TFT2VError(f"cannot use {Path(path).name} as a condition video: {err}") from None
-    return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, H, W)
-
-
-def read_condition_image(path: str | Path, name: str, num_frames: int, size: tuple[int, int]) -> torch.Tensor:
-    """An uploaded image -> (1, 3, F, H, W) in [-1, 1]: resized and centre-cropped to size like
-    ``tft2v generate --local-image``, then held still over F frames, so the pipeline's training extractor
-    turns it into ``name`` (the first frame for local_image, its sketch for single_sketch)."""
-    from tft2v.data.image_io import read_image
-
-    try:
-        pixels, _ = read_image(str(path), size=size)  # uint8 (H, W, 3)
-    except Exception as err:  # PIL raises many types for damaged or non-image files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TFT2VError(f"cannot use {Path(path).name} as the {name} image: {first}") from None
-    still = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
-    return still[None, :, None].expand(-1, -1, num_frames, -1, -1)  # (1, 3, F, H, W)
-
-
 def generate_video(pipe, params: GenerateParams, out_dir: str | Path,
                    progress: Callable[[int, int], None] | None = None, depth_model=None) -> Path:
     """Run the pipeline for one request and write ``out_dir/<id>.mp4``; returns that path.
@@ -111,6 +85,7 @@ def generate_video(pipe, params: GenerateParams, out_dir: str | Path,
     ``progress(step, total)`` is called after each denoising step; ``depth_model`` (a path, a
     DepthEstimator or "luminance") is needed only for a depth condition video.
     """
+    from tft2v.condition_io import hold_still, read_condition_video, read_still
     from tft2v.video_export import export_video
 
     prompt = params.prompt.strip()
@@ -120,9 +95,13 @@ def generate_video(pipe, params: GenerateParams, out_dir: str | Path,
         raise TFT2VError(f"unknown scheduler {params.scheduler!r}; use one of {list(SCHEDULERS)}")
     defaults = pipe.defaults
     height, width, fps = defaults["height"], defaults["width"], defaults["fps"]
-    videos = {name: read_condition_video(path, params.num_frames, fps, (height, width))
+    # Read as `tft2v generate` reads its files; an image is held still over the frames and the training
+    # extractor makes it the first-frame image (local_image) or its sketch on every frame (single_sketch).
+    videos = {name: read_condition_video(path, params.num_frames, fps, (height, width),
+                                         error=f"cannot use {Path(path).name} as a condition video")
               for name, path in (params.condition_videos or {}).items()}
-    videos |= {name: read_condition_image(path, name, params.num_frames, (height, width))
+    videos |= {name: hold_still(read_still(path, (height, width), error=f"cannot use {Path(path).name} as the "
+                                           f"{name} image"), params.num_frames)
                for name, path in (params.condition_images or {}).items()}
 
     pipe.set_scheduler(params.scheduler)  # safe: the queue runs one request at a time

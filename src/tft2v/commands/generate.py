@@ -1,8 +1,9 @@
 """``tft2v generate``: text (+ compositional conditions) → video files from a model folder.
 
-Condition videos are read with the data layer's PyAV reader (uint8 ``(F, H, W, 3)`` at the I/O edge),
-turned into ``(1, 3, F, H, W)`` in [-1, 1] and passed to the pipeline, which extracts each condition
-with the same extractors training uses (:func:`tft2v.data.conditions.extract_conditions`).
+Condition videos and the ``--local-image`` still are read by :mod:`tft2v.condition_io` (uint8 ``(F, H, W, 3)``
+at the I/O edge → ``(1, 3, F, H, W)`` in [-1, 1], a still held over F) — as the web UI reads uploads — and
+passed to the pipeline, which extracts each condition with the same extractors training uses
+(:func:`tft2v.data.conditions.extract_conditions`).
 """
 
 from __future__ import annotations
@@ -65,44 +66,13 @@ def output_paths(out: Path, num_prompts: int, num_videos: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{name}{out.suffix}") for name in names]
 
 
-def read_condition_video(path: Path, flag: str, num_frames: int, fps: float, size: tuple[int, int]):
-    """A video file → (1, 3, F, H, W) float in [-1, 1], resized and center-cropped to ``size`` (H, W)."""
-    import torch
-
-    from tft2v.data.video_io import read_clip
-
+def read_file_option(path: Path, flag: str, kind: str, read, *args, **kwargs):
+    """Check that ``--flag``'s file exists, then ``read(path, *args, error=...)`` it (see
+    :mod:`tft2v.condition_io`) with errors worded for this flag."""
+    option = f"--{flag.replace('_', '-')}"
     if not path.is_file():
-        raise TFT2VError(f"--{flag.replace('_', '-')} video {path} not found")
-    try:
-        frames, _ = read_clip(str(path), num_frames, fps, size=size)
-    except Exception as err:  # noqa: BLE001 - any decoder failure means the user's file is unusable
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TFT2VError(f"cannot read --{flag.replace('_', '-')} video {path}: {first}") from None
-    video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # (F, H, W, 3) -> (3, F, H, W)
-    return video[None]
-
-
-def read_still(path: Path, flag: str, size: tuple[int, int]):
-    """An image (or a video's first frame) → (1, 3, H, W) float in [-1, 1] at ``size`` (H, W)."""
-    import torch
-
-    from tft2v.data.image_io import looks_like_video, read_image
-
-    if not path.is_file():
-        raise TFT2VError(f"--{flag} file {path} not found")
-    with open(path, "rb") as f:
-        is_video = looks_like_video(f.read(64))
-    try:
-        if is_video:
-            from tft2v.data.video_io import read_clip
-
-            pixels = read_clip(str(path), 1, 1.0, size=size)[0][0]
-        else:
-            pixels = read_image(str(path), size=size)[0]
-    except Exception as err:  # noqa: BLE001 - any reader failure means the user's file is unusable
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TFT2VError(f"cannot read --{flag} image {path}: {first}") from None
-    return (torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1)[None]  # (1, 3, H, W)
+        raise TFT2VError(f"{option} {kind} {path} not found")
+    return read(path, *args, error=f"cannot read {option} {kind} {path}", **kwargs)
 
 
 def generate(
@@ -139,6 +109,7 @@ def generate(
     import torch
 
     from tft2v import export_video
+    from tft2v.condition_io import hold_still, read_condition_video, read_still
     from tft2v.pipeline import TFT2VPipeline
 
     prompts = read_prompts(prompt, prompts_file)
@@ -162,20 +133,21 @@ def generate(
     d = pipe.defaults
     num_frames, size = frames or d["num_frames"], (height or d["height"], width or d["width"])
     given = {"sketch": sketch, "depth": depth, "motion": motion, "single_sketch": single_sketch, "masked": masked}
-    videos = {CONDITION_FLAGS[flag]: read_condition_video(path, flag, num_frames, condition_fps, size)
+    videos = {CONDITION_FLAGS[flag]: read_file_option(path, flag, "video", read_condition_video, num_frames,
+                                                      condition_fps, size)
               for flag, path in given.items() if path is not None}
-    conditions = {}
-    if local_image is not None:  # the first-frame image in [0, 1], repeated over F (VGen's local_image)
-        still = read_still(local_image, "local-image", size)
-        conditions["local_image"] = ((still + 1) / 2)[:, :, None].expand(-1, -1, num_frames, -1, -1)
-    clip_image = read_still(image, "image", size) if image is not None else None
+    if local_image is not None:  # held over F frames; the pipeline's extractor keeps the first (as the web UI)
+        still = read_file_option(local_image, "local_image", "image", read_still, size, video_first_frame=True)
+        videos["local_image"] = hold_still(still, num_frames)
+    clip_image = read_file_option(image, "image", "image", read_still, size, video_first_frame=True) \
+        if image is not None else None
 
     index = 0
     for p, text in enumerate(prompts):
         generators = [torch.Generator().manual_seed(seed + index + k) for k in range(num_videos)]
         result = pipe(text, negative_prompt=negative_prompt, num_frames=num_frames, height=size[0], width=size[1],
                       num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                      conditions=conditions or None, condition_videos=videos or None, depth_model=depth_model,
+                      condition_videos=videos or None, depth_model=depth_model,
                       image=clip_image, num_videos_per_prompt=num_videos, decode_chunk_size=decode_chunk,
                       output_type="uint8")
         for k in range(num_videos):
