@@ -13,7 +13,7 @@ from tft2v.convert import (
     vgen_key_to_ours,
 )
 from tft2v.errors import CheckpointError, ConfigError
-from tests._tiny import tiny_unet
+from tests._tiny import tiny_sd_unet2d, tiny_unet
 
 VGEN_CFG = dict(in_dim=4, dim=32, context_dim=32, out_dim=4, dim_mult=[1, 2], num_heads=2, head_dim=16,
                 num_res_blocks=1, attn_scales=[1, 0.5], dropout=0.0, num_tokens=2, resolution=[64, 64],
@@ -114,22 +114,6 @@ def test_unknown_or_unsupported_config_keys(vgen_sd):
 
 # -- SD 2.1 inflation ---------------------------------------------------------------------------
 
-def _tiny_sd2d(seed=0, **overrides):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    kwargs = dict(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
-    )
-    unet = UNet2DConditionModel(**{**kwargs, **overrides})
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return unet.eval()
-
-
 def _check_inflated_matches(video, unet2d):
     x = torch.randn(2, 4, 8, 8)
     t = torch.tensor([5, 600])
@@ -144,7 +128,7 @@ def _check_inflated_matches(video, unet2d):
 
 
 def test_inflate_diffusers_folder_equals_2d_unet(tmp_path):
-    unet2d = _tiny_sd2d()
+    unet2d = tiny_sd_unet2d()
     unet2d.save_pretrained(tmp_path / "sd" / "unet")
     video = inflate_sd21(tmp_path / "sd", image_embed_dim=None, init_temporal_heads=2)
     assert video.config.model_channels == 16 and video.config.attention_scales == (1.0,)
@@ -160,7 +144,7 @@ def _ldm_ckpt(path, unet2d, layers_per_block=1):
 
 
 def test_inflate_ldm_checkpoint_equals_2d_unet(tmp_path):
-    unet2d = _tiny_sd2d(1)
+    unet2d = tiny_sd_unet2d(1)
     ldm = diffusers_unet2d_to_ldm(unet2d.state_dict(), layers_per_block=1)
     assert "input_blocks.2.0.op.weight" in ldm and "middle_block.2.in_layers.0.weight" in ldm
     video = inflate_sd21(_ldm_ckpt(tmp_path / "sd.ckpt", unet2d), model_channels=16, channel_mult=(1, 2),
@@ -171,7 +155,7 @@ def test_inflate_ldm_checkpoint_equals_2d_unet(tmp_path):
 
 def test_inflate_ldm_checkpoint_reads_geometry_from_shapes(tmp_path):
     # 3 levels, 2 res blocks each, attention on the first and last level, 5 input channels (as SD inpainting's 9)
-    unet2d = _tiny_sd2d(2, in_channels=5, out_channels=3, block_out_channels=(16, 32, 32), layers_per_block=2,
+    unet2d = tiny_sd_unet2d(2, in_channels=5, out_channels=3, block_out_channels=(16, 32, 32), layers_per_block=2,
                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"),
                         cross_attention_dim=24, attention_head_dim=(2, 4, 4))
@@ -190,7 +174,7 @@ def test_inflate_ldm_checkpoint_reads_geometry_from_shapes(tmp_path):
 
 
 def test_inflate_sd1_conv_projections_equal_2d_unet(tmp_path):
-    unet2d = _tiny_sd2d(3, use_linear_projection=False)  # SD 1.x: proj_in/proj_out are 1x1 convs
+    unet2d = tiny_sd_unet2d(3, use_linear_projection=False)  # SD 1.x: proj_in/proj_out are 1x1 convs
     assert unet2d.down_blocks[0].attentions[0].proj_in.weight.shape == (16, 16, 1, 1)
     video = inflate_sd21(_ldm_ckpt(tmp_path / "sd1.ckpt", unet2d), head_dim=8, norm_num_groups=8,
                          image_embed_dim=None, init_temporal_heads=2)
@@ -198,9 +182,9 @@ def test_inflate_sd1_conv_projections_equal_2d_unet(tmp_path):
 
 
 def test_inflate_inconsistent_sources_are_one_line_errors(tmp_path):
-    ldm = diffusers_unet2d_to_ldm(_tiny_sd2d().state_dict(), layers_per_block=1)
+    ldm = diffusers_unet2d_to_ldm(tiny_sd_unet2d().state_dict(), layers_per_block=1)
     wide = dict(ldm, **{"output_blocks.1.0.out_layers.3.weight": torch.zeros(48, 32, 3, 3)})
-    deep = diffusers_unet2d_to_ldm(_tiny_sd2d(transformer_layers_per_block=2).state_dict(), layers_per_block=1)
+    deep = diffusers_unet2d_to_ldm(tiny_sd_unet2d(transformer_layers_per_block=2).state_dict(), layers_per_block=1)
     cases = [
         (ldm, {}, ConfigError, "norm_num_groups 32 does not divide the 16-channel level 0"),
         (ldm, {"norm_num_groups": 8}, ConfigError, "head_dim 64 does not divide the 16-channel level 0"),
@@ -220,13 +204,13 @@ def test_inflate_inconsistent_sources_are_one_line_errors(tmp_path):
 
 
 def test_inflate_diffusers_folder_with_mixed_head_widths_is_refused(tmp_path):
-    _tiny_sd2d(attention_head_dim=2).save_pretrained(tmp_path / "unet")  # 16/2 on level 0, 32/2 in the middle
+    tiny_sd_unet2d(attention_head_dim=2).save_pretrained(tmp_path / "unet")  # 16/2 on level 0, 32/2 in the middle
     with pytest.raises(CheckpointError, match=r"head widths \[8, 16\] across levels"):
         inflate_sd21(tmp_path)
 
 
 def test_inflate_rejects_mismatched_layout(tmp_path):
-    unet2d = _tiny_sd2d()
+    unet2d = tiny_sd_unet2d()
     ldm = diffusers_unet2d_to_ldm(unet2d.state_dict(), layers_per_block=1)
     with pytest.raises(CheckpointError, match="does not match"):
         inflate_sd21(ldm, model_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attention_scales=(1.0,),

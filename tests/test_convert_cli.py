@@ -9,8 +9,8 @@ import socket
 import av
 import pytest
 import torch
-from pipeline_fixtures import tiny_kl_autoencoder
 
+from tests._tiny import tiny_kl_autoencoder, tiny_sd_unet2d, tiny_unet
 from tft2v.autoencoder import VideoAutoencoder
 from tft2v.cli import main
 from tft2v.convert import _AFTER_KEYS, VGEN_CONDITIONS
@@ -21,11 +21,10 @@ CONDITIONS = ("sketch", "depth", "masked")
 
 
 def tiny_vgen_unet(conditions=()) -> TFT2VUNet:
-    """VGen's layout at toy width: 32 GroupNorm groups (VGen's) and 8 condition channels (VGen's concat_dim)."""
-    torch.manual_seed(0)
-    return TFT2VUNet(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                     attention_scales=(1.0, 0.5), head_dim=16, init_temporal_heads=2, context_dim=32,
-                     image_embed_dim=32, conditions=conditions, condition_channels=8, condition_pixel_size=(16, 32))
+    """VGen's layout at toy width: 32 GroupNorm groups (VGen's) and 8 condition channels (VGen's concat_dim);
+    its weights only give the key names and shapes (write_vgen_checkpoint draws the values)."""
+    return tiny_unet(randomize=None, model_channels=32, head_dim=16, norm_num_groups=32, image_embed_dim=32,
+                     num_image_tokens=4, conditions=conditions, condition_channels=8, condition_pixel_size=(16, 32))
 
 
 def ours_to_vgen(key: str) -> str:
@@ -108,25 +107,14 @@ def test_vgen_vcomposer_layout_and_config_file(tmp_path, capsys):
 
 
 def tiny_sd_unet(seed: int = 0):
-    """A random 2-level UNet2DConditionModel laid out as SD 2.1 (linear projections, one head width: 16)."""
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=32, use_linear_projection=True)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # diffusers zero-initialises no layer, but make every weight matter equally
-        for p in unet.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return unet.eval()
+    """SD 2.1's layout at widths 32/64 with its 32 GroupNorm groups (the CLI's default) and head width 16."""
+    return tiny_sd_unet2d(seed, block_out_channels=(32, 64), norm_num_groups=32)
 
 
 def test_sd21_diffusers_folder_inflates(tmp_path, vae_dir, capsys):
     sd_unet = tiny_sd_unet()
     sd_unet.save_pretrained(tmp_path / "sd21" / "unet")
-    tiny_kl_autoencoder().vae.save_pretrained(tmp_path / "sd21" / "vae")
+    tiny_kl_autoencoder().save_pretrained(tmp_path / "sd21" / "vae")
     out = tmp_path / "model"
     code, stdout, err = run(["convert", "sd21", str(tmp_path / "sd21"), str(out), "--toy-encoder",
                              "--prediction-type", "epsilon", "--resolution", "32x16"], capsys)
@@ -203,13 +191,8 @@ def diffusers_vae_to_ldm(sd, num_levels: int) -> dict:
 
 
 def tiny_vae(groups: int = 8):
-    """A random 2-level AutoencoderKL (8 or 32 GroupNorm groups; SD's is 32)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(2)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(groups, 2 * groups),
-                         layers_per_block=2, latent_channels=4, norm_num_groups=groups, sample_size=16).eval()
+    """A random 2-level AutoencoderKL with 3 resnets per decoder level (8 or 32 GroupNorm groups; SD's is 32)."""
+    return tiny_kl_autoencoder(groups, layers_per_block=2, seed=2)
 
 
 def write_ldm_file(path, tensors: dict):

@@ -1,18 +1,14 @@
-"""Tiny model folders for the web UI tests: a 16x16 pixel-space TFT2VUNet, toy encoder, identity
-autoencoder, written with TFT2VPipeline.save_pretrained (seconds to load and sample on a CPU)."""
+"""Tiny model folders for the web UI tests: a 16x16 pixel-space TFT2VUNet (from :mod:`tests._tiny`), toy
+encoder, identity autoencoder, written with TFT2VPipeline.save_pretrained (seconds to load and sample on a
+CPU); and the source video / image files users would upload."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from tft2v.autoencoder import IdentityAutoencoder
-from tft2v.encoders import build_encoder
-from tft2v.models import TFT2VUNet
-from tft2v.pipeline import TFT2VPipeline
-from tft2v.sampling import build_scheduler
+from tests._tiny import PIXEL, tiny_pipeline, tiny_unet
 
 SIZE = 16
 DEFAULTS = {"num_frames": 4, "height": SIZE, "width": SIZE, "fps": 8, "negative_prompt": "blurry, static",
@@ -21,20 +17,11 @@ DEFAULTS = {"num_frames": 4, "height": SIZE, "width": SIZE, "fps": 8, "negative_
 
 def write_tiny_model(directory: Path, conditions: tuple[str, ...] = ()) -> Path:
     """Write a tiny model folder; weights are random (not zero-initialised) so every input matters."""
-    torch.manual_seed(0)
-    unet = TFT2VUNet(in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                     attention_scales=(0.5,), head_dim=8, init_temporal_heads=2, context_dim=32,
-                     image_embed_dim=None, norm_num_groups=8, dropout=0.0, conditions=conditions,
-                     condition_channels=4 if conditions else 0,
-                     # pixel space: the condition encoder's /8 must land on the 16x16 "latent"
-                     condition_pixel_size=(8 * SIZE, 8 * SIZE))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.ndim > 1 else 0.02))
-    pipe = TFT2VPipeline(unet.eval(), build_scheduler("ddim"), build_encoder("toy", text_dim=32),
-                         IdentityAutoencoder(), defaults=DEFAULTS)
-    return pipe.save_pretrained(directory)
+    unet = tiny_unet(std=(0.1, 0.02), **{**PIXEL, "image_embed_dim": None, "conditions": conditions,
+                                         "condition_channels": 4 if conditions else 0,
+                                         # pixel space: the condition encoder's /8 must land on the 16x16 "latent"
+                                         "condition_pixel_size": (8 * SIZE, 8 * SIZE)})
+    return tiny_pipeline(unet, DEFAULTS).save_pretrained(directory)
 
 
 def write_source_video(path: Path, num_frames: int = 8, size: int = 32) -> Path:
