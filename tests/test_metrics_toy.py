@@ -117,6 +117,19 @@ def test_wrong_prompt_counts_as_wrong():
     assert c["colour_correct"] is False and c["shape_correct"] is False and c["direction_correct"] is False
 
 
+def test_direction_alignment_is_the_cosine_to_the_prompted_direction():
+    diagonal = draw("circle", "red", [(8 + t, 8 + t) for t in range(16)])  # moving right and down
+    still = draw("circle", "red", [(16, 16)] * 16)
+    prompts = ["a red circle moving right", "a red circle moving left", "a red circle moving up", "a red circle"]
+    r = evaluate_toy(torch.stack([diagonal, diagonal, diagonal, still]), prompts)
+    align = [c["direction_alignment"] for c in r["clips"]]
+    assert align[0] == pytest.approx(2 ** -0.5, abs=0.02) and align[1] == pytest.approx(-(2 ** -0.5), abs=0.02)
+    assert align[2] == pytest.approx(-(2 ** -0.5), abs=0.02) and align[3] is None
+    assert r["direction_alignment"] == pytest.approx(-(2 ** -0.5) / 3, abs=0.02)
+    not_moving = evaluate_toy(still[None], ["a red circle moving up"])
+    assert not_moving["clips"][0]["direction_alignment"] == 0.0
+
+
 def test_bad_input():
     with pytest.raises(TFT2VError, match="3, F, H, W"):
         analyse_clip(torch.zeros(16, 3, 32, 32))

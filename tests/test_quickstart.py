@@ -6,7 +6,8 @@ import torch
 from tft2v.data import shapes_spec as spec
 from tft2v.data.toy import generate
 from tft2v.metrics.toy import evaluate_toy
-from tft2v.quickstart import VARIANTS, Budget, _merge, appearance_prompts, direction_prompts
+from tft2v.quickstart import (EVAL_SEEDS, VARIANTS, Budget, _merge, appearance_prompts, direction_prompts,
+                              evaluation_prompts)
 from tft2v.quickstart_report import _claims, write_report
 
 
@@ -14,15 +15,18 @@ def test_budget_scales_with_minutes_and_keeps_floors():
     small, big = Budget(total_s=60), Budget(total_s=1200)
     for b in (small, big):
         b.image_step_s, b.mixed_step_s, b.sample_s_per_clip_step = 0.2, 0.3, 0.06
-        b.fit(30)
+        b.fit(200)
     assert big.content_steps > 10 * small.content_steps // 2 and big.variant_steps > small.variant_steps
     assert small.content_steps >= 20 and small.variant_steps >= 20 and 8 <= small.sample_steps <= 20
-    planned = big.content_steps * 0.2 + big.variant_steps * (0.05 + 3 * 0.3) + 4 * 30 * big.sample_steps * 0.06
+    planned = big.content_steps * 0.2 + big.variant_steps * (0.05 + 3 * 0.3) + 200 * big.sample_steps * 0.06
     assert planned <= 1200
 
 
 def test_prompts_cover_every_combo_and_direction():
     assert len(appearance_prompts()) == len(spec.COLOURS) * len(spec.SHAPES)
+    app, directed = evaluation_prompts("tft2v")
+    assert len(app) == EVAL_SEEDS * len(appearance_prompts()) and len(directed) == EVAL_SEEDS * len(direction_prompts())
+    assert evaluation_prompts("images_only")[1] == []
     parsed = {spec.parse_caption(p) for p in direction_prompts()}
     assert {m for _, _, m in parsed} == set(spec.MOTIONS)
     assert any((c, s) in spec.HELD_OUT for c, s, _ in parsed)
@@ -46,10 +50,11 @@ def _fake_results(good: bool):
     for v in VARIANTS:
         clips = still if (v.name == "images_only" or not good) else moving
         dir_prompts = right if (v.name == "semi_supervised" and good) else wrong
+        directed = None if v.name == "images_only" else evaluate_toy(clips, dir_prompts)
         results[v.name] = {"variant": v, "clips": clips, "prompts": app_prompts,
                            "train": {"loss_last": 0.1, "checkpoint": "/nonexistent/run/checkpoints/x"},
-                           "appearance": evaluate_toy(clips, app_prompts),
-                           "direction": evaluate_toy(clips, dir_prompts)}
+                           "appearance": evaluate_toy(clips, app_prompts), "direction": directed,
+                           "all": evaluate_toy(torch.cat([clips, clips]), app_prompts + dir_prompts)}
     return results
 
 
@@ -58,6 +63,25 @@ def test_claims_follow_the_numbers():
     assert verdicts[0] == "holds" and verdicts[2] == "holds"
     bad = [v for _, _, v in _claims(_fake_results(good=False))]
     assert bad[0] == "not shown at this budget" and bad[2] == "not shown at this budget"
+
+
+def test_held_out_claim_needs_held_out_clips_above_chance():
+    images = generate("images", 400, seed=0)
+    combo = [(images.truth(i)["colour"], images.truth(i)["shape"]) for i in range(400)]
+    held = [i for i in range(400) if combo[i] in spec.HELD_OUT][:12]
+    # For each held-out image, an image of the same colour and another shape (a wrong rendering).
+    other = [next(j for j in range(400) if combo[j][0] == combo[i][0] and combo[j][1] != combo[i][1]) for i in held]
+    seen = list(range(12))
+    prompts = [spec.caption(*combo[i]) for i in held + seen]
+
+    def still(idx):
+        return torch.stack([images.sample(i)["pixels"].expand(-1, 4, -1, -1) for i in idx])  # 4-frame still clips
+
+    results = _fake_results(good=True)
+    results["tft2v"]["all"] = evaluate_toy(still(held + seen), prompts)
+    assert _claims(results)[3][2] == "holds"
+    results["tft2v"]["all"] = evaluate_toy(still(other + seen), prompts)
+    assert _claims(results)[3][2] == "not shown at this budget"
 
 
 def test_report_writes_tables_and_pictures(tmp_path):

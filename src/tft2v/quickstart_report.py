@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tft2v.data import shapes_spec as spec
+from tft2v.metrics.stats import paired_difference, wilson_interval
 
 
 def _fmt(x, pct: bool = True) -> str:
@@ -96,41 +97,73 @@ def loss_plot(run_dirs: dict[str, Path], path: Path) -> Path | None:
     return path if plotted else None
 
 
+def _count(results: dict, kind: str) -> int:
+    return max(len(r[kind]["clips"]) for r in results.values() if r[kind])
+
+
+def _per_clip(summary: dict, key: str) -> list:
+    return [c[key] for c in summary["clips"]]
+
+
+def _proportion(summary: dict, key: str) -> str:
+    """``k/n = p [low, high]`` with a 95 % Wilson interval for a per-clip boolean."""
+    flags = [bool(v) for v in _per_clip(summary, key) if v is not None]
+    low, high = wilson_interval(sum(flags), len(flags))
+    return f"{sum(flags)}/{len(flags)} = {_fmt(sum(flags) / max(1, len(flags)))} [{_fmt(low)}, {_fmt(high)}]"
+
+
 def _claims(results: dict) -> list[tuple[str, str, str]]:
-    """(claim, evidence, verdict) computed from the numbers — nothing hard-coded."""
+    """(claim, evidence, verdict) from the numbers — nothing hard-coded. Every comparison is paired
+    (same prompts and seeds under both models) and counts as shown only when its 95 % bootstrap interval
+    excludes zero; proportions carry 95 % Wilson intervals."""
     app = {k: r["appearance"] for k, r in results.items()}
-    dirs = {k: r["direction"] for k, r in results.items()}
     out = []
-    a, b = app["images_only"]["coherent_fraction"], app["tft2v"]["coherent_fraction"]
-    r0, r1 = app["images_only"]["smoothness"], app["tft2v"]["smoothness"]
-    steadier = r0 is not None and r1 is not None and r1 < 0.5 * r0
-    verdict = ("holds" if b > a + 0.1 else
-               "partly: objects persist and move smoothly instead of flickering; directed motion not yet learned"
-               if steadier else "not shown at this budget")
+
+    coherent = paired_difference(_per_clip(app["images_only"], "coherent"), _per_clip(app["tft2v"], "coherent"))
+    rough = paired_difference(_per_clip(app["images_only"], "smoothness"), _per_clip(app["tft2v"], "smoothness"))
+    verdict = ("holds" if coherent.positive else
+               "partly: objects persist and move smoothly instead of flickering; steady directed motion not shown"
+               if rough.negative else "not shown at this budget")
     out.append(("(1) text-free videos give coherent motion",
-                f"coherent-motion clips: image–text only {_fmt(a)} → with text-free videos {_fmt(b)}; "
-                f"track roughness {_fmt(r0, False)} → {_fmt(r1, False)} px",
-                verdict))
-    c0, c1 = app["text_free"]["smoothness"], app["tft2v"]["smoothness"]
-    p0, p1 = app["text_free"]["pixel_consistency"], app["tft2v"]["pixel_consistency"]
-    better = (c1 is not None and c0 is not None and c1 < c0) and (p1 is not None and p0 is not None and p1 >= p0)
+                f"coherent-motion clips: image–text only {_proportion(app['images_only'], 'coherent')} → with "
+                f"text-free videos {_proportion(app['tft2v'], 'coherent')}, difference {coherent}; track roughness "
+                f"{_fmt(app['images_only']['smoothness'], False)} → {_fmt(app['tft2v']['smoothness'], False)} px, "
+                f"difference {rough}", verdict))
+
+    consistency = paired_difference(_per_clip(app["text_free"], "pixel_consistency"),
+                                    _per_clip(app["tft2v"], "pixel_consistency"))
+    rough = paired_difference(_per_clip(app["text_free"], "smoothness"), _per_clip(app["tft2v"], "smoothness"))
     out.append(("(2) the coherence loss improves frame consistency",
-                f"track roughness (lower is smoother) λ=0 {_fmt(c0, False)} → λ=0.1 {_fmt(c1, False)}; "
-                f"pixel consistency {_fmt(p0, False)} → {_fmt(p1, False)}",
-                "holds" if better else "not shown at this budget"))
-    d0, d1 = dirs["tft2v"]["direction_accuracy"], dirs["semi_supervised"]["direction_accuracy"]
+                f"pixel consistency λ=0 {_fmt(app['text_free']['pixel_consistency'], False)} → λ=0.1 "
+                f"{_fmt(app['tft2v']['pixel_consistency'], False)}, difference {consistency}; track roughness "
+                f"{_fmt(app['text_free']['smoothness'], False)} → {_fmt(app['tft2v']['smoothness'], False)} px, "
+                f"difference {rough}",
+                "holds" if consistency.positive and not rough.positive else "not shown at this budget"))
+
+    d0, d1 = results["tft2v"]["direction"], results["semi_supervised"]["direction"]
+    alignment = paired_difference(_per_clip(d0, "direction_alignment"), _per_clip(d1, "direction_alignment"))
     out.append(("(3) captioned videos add text control of motion direction",
-                f"direction accuracy on 'moving …' prompts (chance 25 %): text-free only {_fmt(d0)} → "
-                f"semi-supervised {_fmt(d1)}",
-                "holds" if (d1 or 0) > max(0.4, (d0 or 0) + 0.1) else "not shown at this budget"))
-    h, s = app["tft2v"]["held_out"], app["tft2v"]["seen"]
-    # Held-out combos "come out right" when they score like the seen ones, and the seen ones are
-    # clearly above chance (1/6 colours, 1/3 shapes) — otherwise there is nothing to compare.
-    pairs = [(h["colour_accuracy"] or 0, s["colour_accuracy"] or 0), (h["shape_accuracy"] or 0, s["shape_accuracy"] or 0)]
-    ok = all(seen >= 0.5 and held >= seen - 0.15 for held, seen in pairs)
+                f"on 'moving …' prompts, direction accuracy (chance 25 %) text-free only "
+                f"{_proportion(d0, 'direction_correct')} → semi-supervised {_proportion(d1, 'direction_correct')}; "
+                f"alignment with the prompted direction (cosine, chance 0) {_fmt(d0['direction_alignment'], False)} → "
+                f"{_fmt(d1['direction_alignment'], False)}, difference {alignment}",
+                "holds" if alignment.positive else "not shown at this budget"))
+
+    # Held-out combos "come out right" when they beat chance (1/6 colours, 1/3 shapes) with 95 %
+    # confidence and score close to the seen combos. Moving clips of held-out combos count too.
+    both = results["tft2v"]["all"]
+    held = [c for c in both["clips"] if (c["expected"]["colour"], c["expected"]["shape"]) in set(spec.HELD_OUT)]
+    seen = [c for c in both["clips"] if c not in held]
+    ok, parts = True, []
+    for key, chance in (("colour_correct", 1 / len(spec.COLOURS)), ("shape_correct", 1 / len(spec.SHAPES))):
+        h = [bool(c[key]) for c in held]
+        s_ = [bool(c[key]) for c in seen]
+        low, _ = wilson_interval(sum(h), len(h))
+        rate_h, rate_s = sum(h) / max(1, len(h)), sum(s_) / max(1, len(s_))
+        ok &= low > chance and rate_h >= rate_s - 0.15
+        parts.append(f"{key.split('_')[0]} {_proportion({'clips': held}, key)} (seen combos {_fmt(rate_s)})")
     out.append(("(4) held-out colour×shape combos still come out right",
-                f"TF-T2V on combos never seen in videos: colour {_fmt(h['colour_accuracy'])}, shape "
-                f"{_fmt(h['shape_accuracy'])} (seen combos: {_fmt(s['colour_accuracy'])}, {_fmt(s['shape_accuracy'])})",
+                "TF-T2V on combos never seen in any video: " + "; ".join(parts),
                 "holds" if ok else "not shown at this budget"))
     return out
 
@@ -150,20 +183,26 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
     lines += ["", "## Metrics per variant", "",
               "All variants continue from the same content stage "
               f"({content['steps']} image–text steps) for {budget.variant_steps} steps each, then generate the same "
-              f"prompts with the same seeds (DPM-Solver++, {budget.sample_steps} steps, guidance 3).", "",
+              f"prompts with the same seeds (DPM-Solver++, {budget.sample_steps} steps, guidance 3): "
+              f"{_count(results, 'appearance')} colour×shape clips and {_count(results, 'direction')} 'moving …' clips "
+              "per video variant. Held-out columns pool both kinds of clip.", "",
               "| variant | colour | shape | coherent motion | track roughness ↓ | pixel consistency ↑ | "
-              "direction (chance 25 %) | held-out colour | held-out shape | final loss |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "direction (chance 25 %) | direction alignment | held-out colour | held-out shape | final loss |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        a, d, h = r["appearance"], r["direction"], r["appearance"]["held_out"]
+        a, d, h = r["appearance"], r["direction"] or {}, r["all"]["held_out"]
         lines.append(f"| {r['variant'].title} | {_fmt(a['colour_accuracy'])} | {_fmt(a['shape_accuracy'])} | "
                      f"{_fmt(a['coherent_fraction'])} | {_fmt(a['smoothness'], False)} | "
-                     f"{_fmt(a['pixel_consistency'], False)} | {_fmt(d['direction_accuracy'])} | "
+                     f"{_fmt(a['pixel_consistency'], False)} | {_fmt(d.get('direction_accuracy'))} | "
+                     f"{_fmt(d.get('direction_alignment'), False)} | "
                      f"{_fmt(h['colour_accuracy'])} | {_fmt(h['shape_accuracy'])} | {r['train']['loss_last']} |")
     lines += ["", "Metric definitions: tft2v.metrics.toy (colour = nearest palette colour of the detected object, "
               "shape from fill ratio and mass skew, coherent motion = object present and moving steadily in one "
               "direction, track roughness = mean |second difference| of the centroid track in px, pixel "
-              "consistency = 1 − mean |frame difference|).", "", "## Samples", ""]
+              "consistency = 1 − mean |frame difference|, direction alignment = cosine between the net "
+              "displacement and the prompted direction, 0 when the object does not move). Differences are "
+              "`mean [95 % paired bootstrap interval]`; proportions `k/n = p [95 % Wilson interval]`.",
+              "", "## Samples", ""]
     for name, r in results.items():
         strip = filmstrip(r["clips"][:8], pics / f"{name}.png")
         gif = grid_gif(r["clips"][: len(spec.COLOURS) * len(spec.SHAPES)], pics / f"{name}.gif")
@@ -181,8 +220,9 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
     lines += ["", f"Calibration: image step {budget.image_step_s:.2f} s, mixed step {budget.mixed_step_s:.2f} s, "
               f"{1000 * budget.sample_s_per_clip_step:.0f} ms per clip and sampling step.", "",
               "Numbers are whatever this run produced; rerun with `--minutes N` for a longer, stronger run."]
-    metrics = {n: {"train": r["train"], "appearance": {k: v for k, v in r["appearance"].items() if k != "clips"},
-                   "direction": {k: v for k, v in r["direction"].items() if k != "clips"}} for n, r in results.items()}
+    metrics = {n: {"train": r["train"],
+                   **{kind: {k: v for k, v in r[kind].items() if k != "clips"} if r[kind] else None
+                      for kind in ("appearance", "direction", "all")}} for n, r in results.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")

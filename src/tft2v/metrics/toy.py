@@ -23,6 +23,9 @@ only at the file I/O edge. Works for any frame size and length. Definitions (all
   direction (positive dot product), and straightness ``|net| / path length ≥ 0.5``.
 * **smoothness**: mean ``|c[t+1] - 2 c[t] + c[t-1]|`` over consecutive present frames (lower = smoother).
 * **pixel consistency**: ``1 - mean |x[t+1] - x[t]|`` with pixels in ``[0, 1]`` (1 = static clip).
+* **direction alignment** (prompts naming a motion): cosine between ``net`` and the prompted direction
+  when the clip moves, else 0 — a graded version of direction accuracy (chance level 0), so small
+  evaluation sets still resolve a difference between models.
 """
 
 from __future__ import annotations
@@ -161,6 +164,7 @@ def _score(clips: list[dict]) -> dict:
         "colour_accuracy": _mean([c["colour_correct"] for c in clips]),
         "shape_accuracy": _mean([c["shape_correct"] for c in clips]),
         "direction_accuracy": _mean([c["direction_correct"] for c in clips]),
+        "direction_alignment": _mean([c["direction_alignment"] for c in clips]),
         "num_direction_prompts": sum(c["direction_correct"] is not None for c in clips),
         "coherent_fraction": _mean([c["coherent"] for c in clips]),
         "presence": _mean([c["presence"] for c in clips]),
@@ -172,6 +176,12 @@ def _score(clips: list[dict]) -> dict:
 def score_clip(analysis: dict, prompt: str | None) -> dict:
     """Adds the prompt's parse and ``*_correct`` flags (None when the prompt does not name that part)."""
     colour, shape, motion = spec.parse_caption(prompt) if prompt else (None, None, None)
+    alignment = None
+    if motion is not None:
+        alignment = 0.0
+        if analysis["direction"] is not None:
+            net, want = np.asarray(analysis["displacement"]), np.asarray(spec.MOTION_VECTORS[motion], np.float64)
+            alignment = float(net @ want / (np.linalg.norm(net) * np.linalg.norm(want)))
     return {
         **analysis,
         "prompt": prompt,
@@ -179,6 +189,7 @@ def score_clip(analysis: dict, prompt: str | None) -> dict:
         "colour_correct": None if colour is None else analysis["colour"] == colour,
         "shape_correct": None if shape is None else analysis["shape"] == shape,
         "direction_correct": None if motion is None else analysis["direction"] == motion,
+        "direction_alignment": alignment,
     }
 
 
