@@ -185,35 +185,3 @@ def test_vgen_default_size_parameter_count():
     with torch.device("meta"):
         model = TFT2VUNet(image_embed_dim=1024)
     assert sum(p.numel() for p in model.parameters()) == 1_416_504_900
-
-
-def test_rotary_scores_depend_only_on_the_frame_offset():
-    from tft2v.models.blocks import rotary_angles, rotate
-
-    g = torch.Generator().manual_seed(0)
-    q, k = torch.randn(1, 1, 1, 8, generator=g).expand(1, 1, 6, 8), torch.randn(1, 1, 1, 8, generator=g).expand(1, 1, 6, 8)
-    cos, sin = rotary_angles(6, 8, base=100.0)
-    scores = rotate(q, cos, sin) @ rotate(k, cos, sin).transpose(-1, -2)  # (1, 1, 6, 6)
-    assert torch.allclose(scores[0, 0].diagonal(1)[:-1], scores[0, 0].diagonal(1)[1:], atol=1e-5)
-    assert torch.allclose(scores[0, 0].diagonal(), (q[0, 0, 0] @ k[0, 0, 0]).expand(6), atol=1e-5)
-    assert not torch.allclose(scores[0, 0, 0, 1], scores[0, 0, 0, 2])
-
-
-def test_temporal_rope_changes_clips_not_images_and_keeps_the_weights():
-    from tft2v.models.blocks import TemporalTransformer
-
-    plain, rope = tiny_unet(), tiny_unet(temporal_rope_base=100.0)
-    assert plain.state_dict().keys() == rope.state_dict().keys()
-    with torch.no_grad():  # sharpen the temporal attention so where it looks shows in the output
-        for m in plain.modules():
-            if isinstance(m, TemporalTransformer):
-                for attn in (m.transformer_blocks[0].attn1, m.transformer_blocks[0].attn2):
-                    attn.to_q.weight.mul_(10)
-                    attn.to_k.weight.mul_(10)
-    rope.load_state_dict(plain.state_dict())
-    x, t, y, img = _inputs()
-    with torch.no_grad():
-        assert torch.allclose(plain(x[:, :, :1], t, y, img), rope(x[:, :, :1], t, y, img), atol=1e-6)
-        assert not torch.allclose(plain(x, t, y, img), rope(x, t, y, img), atol=1e-4)
-    with pytest.raises(Exception, match="temporal_rope_base"):
-        TFT2VUNet(**{**TINY, "temporal_rope_base": 0.5})

@@ -32,11 +32,8 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
 
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, rotary: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """x (N, Lq, C), context (N, Lk, D) or None (self-attention) → (N, Lq, C). ``rotary`` = (cos, sin),
-        each (L, head_dim/2), rotates queries and keys by their sequence position (self-attention only)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N, Lq, C), context (N, Lk, D) or None (self-attention) → (N, Lq, C)."""
         context = x if context is None else context
         if context.shape[1] == 1:
             # Softmax over one key is 1: attention reduces to the value path (no score matrix).
@@ -45,23 +42,8 @@ class Attention(nn.Module):
             rearrange(t, "n l (h d) -> n h l d", h=self.heads)
             for t in (self.to_q(x), self.to_k(context), self.to_v(context))
         )
-        if rotary is not None:
-            q, k = rotate(q, *rotary), rotate(k, *rotary)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(rearrange(out, "n h l d -> n l (h d)"))
-
-
-def rotary_angles(length: int, dim: int, base: float, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin), each (length, dim/2): position p rotates channel pair i by p·base^(−2i/dim) (RoPE)."""
-    inv_freq = base ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
-    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of x (..., L, D): consecutive channel pairs rotated by their angle."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
 class GEGLU(nn.Module):
@@ -96,9 +78,9 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, rotary=None) -> torch.Tensor:
-        x = self.attn1(self.norm1(x), rotary=rotary) + x
-        x = self.attn2(self.norm2(x), context, rotary=rotary if context is None else None) + x
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -132,14 +114,11 @@ class SpatialTransformer(nn.Module):
 
 
 class TemporalTransformer(nn.Module):
-    """Transformer along frames at every pixel; both attentions are self-attention. VGen uses no
-    positional encoding (frame order reaches the model only through the temporal convs, and attention
-    over frames is permutation-equivariant); ``rope_base`` adds rotary frame positions instead, so the
-    attention can relate frames by their offset. It has no parameters: weights load either way."""
+    """Transformer along frames at every pixel; both attentions are self-attention and there is
+    no positional encoding (frame order reaches the model through the temporal convs)."""
 
-    def __init__(self, channels: int, heads: int, head_dim: int, norm_groups: int, rope_base: float | None = None):
+    def __init__(self, channels: int, heads: int, head_dim: int, norm_groups: int):
         super().__init__()
-        self.head_dim, self.rope_base = head_dim, rope_base
         inner = heads * head_dim
         self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
         self.proj_in = nn.Conv1d(channels, inner, 1)
@@ -152,10 +131,7 @@ class TemporalTransformer(nn.Module):
         tokens = rearrange(self.norm(x), "b c f h w -> (b h w) f c")
         # Conv1d with kernel 1 is a Linear on the channel axis; use it as one on (N, F, C) tokens.
         tokens = F.linear(tokens, self.proj_in.weight[..., 0], self.proj_in.bias)
-        rotary = None
-        if self.rope_base is not None and f > 1:
-            rotary = rotary_angles(f, self.head_dim, self.rope_base, tokens.device, tokens.dtype)
-        tokens = self.transformer_blocks[0](tokens, rotary=rotary)
+        tokens = self.transformer_blocks[0](tokens)
         tokens = F.linear(tokens, self.proj_out.weight[..., 0], self.proj_out.bias)
         return rearrange(tokens, "(b h w) f c -> b c f h w", b=b, h=h, w=w) + x
 

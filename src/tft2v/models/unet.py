@@ -64,7 +64,6 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         condition_p_all_zero: float = 0.1,
         condition_p_all_keep: float = 0.1,
         temporal_on_images: bool = True,
-        temporal_rope_base: float | None = None,
     ):
         super().__init__()
         unknown = sorted(set(conditions) - set(CONDITION_CHANNELS))
@@ -72,8 +71,6 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
             raise ConfigError(f"unknown condition(s) {unknown}; known: {sorted(CONDITION_CHANNELS)}")
         if model_channels % head_dim:
             raise ConfigError(f"model_channels {model_channels} must be divisible by head_dim {head_dim}")
-        if temporal_rope_base is not None and (temporal_rope_base <= 1 or head_dim % 2):
-            raise ConfigError(f"temporal_rope_base must be > 1 with an even head_dim, got {temporal_rope_base} and {head_dim}")
         self.gradient_checkpointing = False
         emb_dim = model_channels * 4
         groups = norm_num_groups
@@ -83,7 +80,7 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
 
         def attn(ch):
             return [SpatialTransformer(ch, head_dim, context_dim, groups),
-                    TemporalTransformer(ch, ch // head_dim, head_dim, groups, temporal_rope_base)]
+                    TemporalTransformer(ch, ch // head_dim, head_dim, groups)]
 
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
@@ -99,7 +96,7 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         # Encoder: every block's output is kept as a skip for the decoder.
         self.input_blocks = nn.ModuleList([nn.ModuleList([
             nn.Conv2d(in_channels + condition_channels, model_channels, 3, padding=1),
-            TemporalTransformer(model_channels, init_temporal_heads, head_dim, groups, temporal_rope_base),
+            TemporalTransformer(model_channels, init_temporal_heads, head_dim, groups),
         ])])
         skip_channels, ch, scale = [model_channels], model_channels, 1.0
         for level, mult in enumerate(channel_mult):
