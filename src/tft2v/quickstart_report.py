@@ -201,7 +201,8 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
               "direction, track roughness = mean |second difference| of the centroid track in px, pixel "
               "consistency = 1 − mean |frame difference|, direction alignment = cosine between the net "
               "displacement and the prompted direction, 0 when the object does not move). Differences are "
-              "`mean [95 % paired bootstrap interval]`; proportions `k/n = p [95 % Wilson interval]`.",
+              "`mean [95 % paired bootstrap interval]`; proportions `k/n = p [95 % Wilson interval]`. The intervals "
+              "cover the sampling of evaluation clips from each trained model, not retraining with another seed.",
               "", "## Samples", ""]
     for name, r in results.items():
         strip = filmstrip(r["clips"][:8], pics / f"{name}.png")
