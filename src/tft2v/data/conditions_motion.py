@@ -5,7 +5,9 @@ Convention (both paths): a motion field is ``(2, F, H, W)`` (``(B, 2, F, H, W)``
 forward displacement ``(dx, dy)`` in pixels of the content at each pixel from frame ``t-1`` to frame
 ``t`` (x rightwards, y downwards); frame 0 and intra-coded frames are zero. VGen's training used
 ``motion-vector-extractor`` (MPEG-4/H.264 block vectors, 2 channels); the codec path here reads the
-same kind of block vectors through FFmpeg's ``+export_mvs``.
+same kind of block vectors through FFmpeg's ``+export_mvs``. Codec fields come out in
+``read_clip``'s geometry (rotation, pixel aspect, resize + center crop, vectors in output pixels);
+``read_clip_with_motion`` reads a clip (uint8 ``(F, H, W, C)``, the I/O edge) and its aligned field.
 """
 
 from __future__ import annotations
@@ -16,54 +18,113 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tft2v.data.video_io import NotAVideoError, display_geometry, open_video, probe, read_clip, to_display
 from tft2v.errors import TFT2VError
 
 
-def read_codec_motion_vectors(path: Path | str, frame_indices: list[int] | None = None) -> torch.Tensor | None:
+def read_codec_motion_vectors(path: Path | str, frame_indices: list[int] | None = None,
+                              size: tuple[int, int] | None = None,
+                              frame_times: list[float] | None = None) -> torch.Tensor | None:
     """Dense forward motion from the codec's block vectors, ``(2, F, H, W)`` float32, or ``None`` when
-    the stream carries no motion vectors at all (intra-only codecs such as ffv1, MJPEG, PNG).
+    none of the decoded frames carries motion vectors (intra-only codecs such as ffv1, MJPEG, PNG, or
+    codecs FFmpeg exports no vectors for).
 
-    ``frame_indices`` (increasing) picks decoded frames; the field of a picked frame is the sum of the
-    per-frame fields since the previously picked one, so strided clips get their full displacement.
+    Frames are picked by ``frame_indices`` (non-decreasing positions in decode output order) or by
+    ``frame_times`` (exact ``frame.time`` stamps, e.g. ``read_clip``'s ``meta["frame_times"]``);
+    neither picks every frame. The field of a picked frame is the sum of the per-frame fields since the
+    previously picked one, so strided clips get their full displacement (a repeated frame gets zero).
     Vectors referencing a future frame (B-frames) are negated; references further back than one frame
     are treated as one frame back (exact for the usual single-reference P-frame streams).
+
+    The field has ``read_clip``'s geometry for the same ``size``: display rotation, non-square pixels
+    and resize (shorter side) + center crop to ``size=(H, W)`` (``None``: display size), with the
+    vectors scaled and rotated alongside so they stay in output pixels.
     """
     import av
 
     path = Path(path)
     if not path.is_file():
         raise TFT2VError(f"video file {path} not found")
-    fields, found = [], False
+    if frame_indices is not None and frame_times is not None:
+        raise TFT2VError("give frame_indices or frame_times, not both")
+    picks = _pick_counts(frame_indices, frame_times)
+    fields: list[torch.Tensor] = []  # one (2, H', W') per clip slot
+    acc, found, index = None, False, -1
     try:
-        with av.open(str(path)) as container:
+        with open_video(path) as container:
+            pixel_aspect = probe(container).pixel_aspect
             stream = container.streams.video[0]
             stream.codec_context.options = {"flags2": "+export_mvs"}
-            for frame in container.decode(stream):
-                field = np.zeros((2, frame.height, frame.width), dtype=np.float32)
+            for index, frame in enumerate(container.decode(stream)):
+                if acc is None:
+                    acc = np.zeros((2, frame.height, frame.width), dtype=np.float32)
                 mvs = frame.side_data.get("MOTION_VECTORS")
                 if mvs is not None and len(mvs):
                     found = True
-                    _paint_blocks(field, mvs.to_ndarray())
-                fields.append(field)
-    except (av.error.FFmpegError, IndexError) as e:
+                    if fields:  # motion before the first picked frame belongs to no slot
+                        acc += _paint_blocks(acc.shape, mvs.to_ndarray())
+                key = frame.time if frame_times is not None else index
+                repeats = 1 if picks is None else picks.get(key, 0)
+                for _ in range(repeats):
+                    fields.append(_clip_geometry(acc, int(frame.rotation or 0), pixel_aspect, size))
+                    acc[:] = 0  # the next slot's field counts from this frame on
+                if picks is not None and len(fields) == sum(picks.values()):
+                    break
+    except (av.error.FFmpegError, NotAVideoError, IndexError) as e:
         raise TFT2VError(f"cannot read motion vectors from {path}: {e}") from None
+    if picks is not None and len(fields) < sum(picks.values()):
+        what = f"frame_indices within [0, {index + 1})" if frame_indices is not None else "frame_times"
+        raise TFT2VError(f"not all picked frames were decoded from {path} (want {what})")
     if not found:
         return None
-    motion = torch.from_numpy(np.stack(fields, axis=1))  # (2, F_all, H, W)
-    if frame_indices is None:
-        return motion
-    idx = torch.as_tensor(frame_indices, dtype=torch.long)
-    if len(idx) == 0 or idx.min() < 0 or idx.max() >= motion.shape[1] or (idx.diff() <= 0).any():
-        raise TFT2VError(f"frame_indices must increase within [0, {motion.shape[1]}), got {frame_indices}")
-    total = motion.cumsum(dim=1)  # (2, F_all, H, W)
-    picked = total[:, idx]
-    out = torch.zeros_like(picked)
-    out[:, 1:] = picked[:, 1:] - picked[:, :-1]  # displacement since the previous picked frame
-    return out
+    return torch.stack(fields, dim=1)  # (2, F, H', W')
 
 
-def _paint_blocks(field: np.ndarray, mvs: np.ndarray) -> None:
-    """Fill each block's area of ``field`` (2, H, W) with its forward displacement."""
+def read_clip_with_motion(path: Path | str, num_frames: int, fps: float, size: tuple[int, int] | None = None,
+                          rng: np.random.Generator | None = None,
+                          timeout_s: float = 30.0) -> tuple[np.ndarray, dict, torch.Tensor | None]:
+    """``read_clip`` plus the codec motion of the very frames it shows → (uint8 ``(F, H, W, 3)``, meta,
+    ``(2, F, H, W)`` float32 or ``None``), the field aligned pixel for pixel with the clip.
+
+    read_clip's own errors (ClipTooShortError, NotAVideoError, ...) pass through unchanged.
+    """
+    clip, meta = read_clip(path, num_frames, fps, size=size, rng=rng, timeout_s=timeout_s)
+    return clip, meta, read_codec_motion_vectors(path, size=size, frame_times=meta["frame_times"])
+
+
+def _pick_counts(frame_indices: list[int] | None, frame_times: list[float] | None) -> dict | None:
+    """How many clip slots each picked frame fills, keyed by index or time; None picks every frame."""
+    name, picks = ("frame_indices", frame_indices) if frame_indices is not None else ("frame_times", frame_times)
+    if picks is None:
+        return None
+    keys = np.asarray(picks, dtype=np.float64)
+    bad_index = frame_indices is not None and bool(keys.min(initial=0) < 0 or np.any(keys != np.round(keys)))
+    if len(keys) == 0 or np.any(np.diff(keys) < 0) or bad_index:
+        raise TFT2VError(f"{name} must be a non-empty non-decreasing list (indices: integers >= 0), "
+                         f"got {list(picks)}")
+    counts: dict = {}
+    for key in picks:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _clip_geometry(field: np.ndarray, rotation: int, pixel_aspect: float,
+                   size: tuple[int, int] | None) -> torch.Tensor:
+    """Map a coded-frame field ``(2, H, W)`` to read_clip's output geometry → ``(2, H', W')``."""
+    quarter, coded_hw = display_geometry(field.shape[1:], rotation, pixel_aspect, size)
+    x = torch.from_numpy(field.copy())[:, None]  # (2, 1, H, W)
+    if coded_hw != tuple(field.shape[1:]):
+        x = resize_motion(x, coded_hw)
+    arr = to_display(x[:, 0].permute(1, 2, 0).numpy(), quarter, size)  # (H', W', 2)
+    dx, dy = arr[..., 0], arr[..., 1]
+    for _ in range(quarter):  # np.rot90 (CCW) sends a pixel (x, y) to (y, W-1-x): (dx, dy) → (dy, -dx)
+        dx, dy = dy, -dx
+    return torch.from_numpy(np.stack([dx, dy]).astype(np.float32))
+
+
+def _paint_blocks(shape: tuple[int, int, int], mvs: np.ndarray) -> np.ndarray:
+    """A field of ``shape`` (2, H, W) holding each block's forward displacement over its area."""
+    field = np.zeros(shape, dtype=np.float32)
     scale = np.maximum(mvs["motion_scale"].astype(np.float32), 1.0)
     # motion = src - dst for the reference frame; content moves dst ← src, i.e. forward = -motion
     # for past references and +motion for future ones.
@@ -78,6 +139,7 @@ def _paint_blocks(field: np.ndarray, mvs: np.ndarray) -> None:
     for i in range(len(mvs)):
         field[0, y0[i] : y1[i], x0[i] : x1[i]] = dx[i]
         field[1, y0[i] : y1[i], x0[i] : x1[i]] = dy[i]
+    return field
 
 
 def resize_motion(motion: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

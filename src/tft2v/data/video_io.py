@@ -120,6 +120,31 @@ def plan_times(start: float, duration: float, real_fps: float, num_frames: int, 
     return t0 + step * np.arange(num_frames), (1.0 / step if step > 0 else real_fps)
 
 
+def display_geometry(coded_hw: tuple[int, int], rotation: int, pixel_aspect: float,
+                     size: tuple[int, int] | None) -> tuple[int, tuple[int, int]]:
+    """How read_clip maps a coded frame to its output: (quarter turns CCW, resize target (h, w)).
+
+    The resize target is in the coded orientation (swscale resizes before the display rotation) and
+    covers ``size`` once rotated (or is the display size when ``size`` is None); non-square pixels
+    (``pixel_aspect`` = SAR) stretch the width. ``to_display`` then rotates and center-crops.
+    """
+    quarter = round(rotation / 90) % 4
+    coded_w = coded_hw[1] * pixel_aspect  # display width before rotation
+    disp_hw = (coded_hw[0], coded_w) if quarter % 2 == 0 else (coded_w, coded_hw[0])
+    if size is None:
+        out_hw = (round(disp_hw[0]), round(disp_hw[1]))
+    else:
+        out_hw = cover_size((round(disp_hw[0]), round(disp_hw[1])), size)
+    return quarter, (out_hw if quarter % 2 == 0 else (out_hw[1], out_hw[0]))
+
+
+def to_display(arr: np.ndarray, quarter: int, size: tuple[int, int] | None) -> np.ndarray:
+    """Rotate ``(..., H, W, C)`` by ``quarter`` turns CCW (np.rot90), then center-crop to ``size``."""
+    if quarter:
+        arr = np.rot90(arr, k=quarter, axes=(-3, -2))
+    return center_crop(arr, size) if size is not None else arr
+
+
 class _FrameConverter:
     """Turns decoded frames into uint8 ``(H, W, 3)`` with rotation, pixel aspect and resize + crop."""
 
@@ -130,31 +155,22 @@ class _FrameConverter:
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         self.rotation = int(frame.rotation or 0)
-        quarter = round(self.rotation / 90) % 4
-        coded_w = frame.width * self.pixel_aspect  # display width before rotation
-        disp_hw = (frame.height, coded_w) if quarter % 2 == 0 else (coded_w, frame.height)
-        if self.size is None:
-            out_hw = (round(disp_hw[0]), round(disp_hw[1]))
-        else:
-            out_hw = cover_size((round(disp_hw[0]), round(disp_hw[1])), self.size)
-        # swscale resizes in the coded orientation; np.rot90 then applies the display rotation (CCW).
-        coded_hw = out_hw if quarter % 2 == 0 else (out_hw[1], out_hw[0])
+        quarter, coded_hw = display_geometry((frame.height, frame.width), self.rotation,
+                                             self.pixel_aspect, self.size)
         rgb = frame.to_ndarray(format="rgb24", width=coded_hw[1], height=coded_hw[0],
                                interpolation="BILINEAR")
-        if quarter:
-            rgb = np.rot90(rgb, k=quarter)
-        if self.size is not None:
-            rgb = center_crop(rgb, self.size)
-        return np.ascontiguousarray(rgb)
+        return np.ascontiguousarray(to_display(rgb, quarter, self.size))
 
 
 def _nearest_fill(times: np.ndarray, decoded, convert, period: float, deadline: float):
     """Walk decoded frames in order and give each slot time the nearest frame.
 
-    Returns (list of uint8 ``(H, W, 3)`` or None per slot, number of slots filled). Slots up to one
-    frame period past the last decoded frame take that frame (it is still on screen then).
+    Returns (list of uint8 ``(H, W, 3)`` or None per slot, the picked frames' timestamps, number of
+    slots filled). Slots up to one frame period past the last decoded frame take that frame (it is
+    still on screen then).
     """
     out: list[np.ndarray | None] = [None] * len(times)
+    stamps: list[float | None] = [None] * len(times)
     k, prev, prev_arr = 0, None, None
     for frame in decoded:
         if time.monotonic() > deadline:
@@ -165,19 +181,19 @@ def _nearest_fill(times: np.ndarray, decoded, convert, period: float, deadline: 
         while k < len(times) and times[k] < t:
             if prev is not None and times[k] - prev.time <= t - times[k]:
                 prev_arr = convert(prev) if prev_arr is None else prev_arr
-                out[k] = prev_arr
+                out[k], stamps[k] = prev_arr, prev.time
             else:
                 cur_arr = convert(frame) if cur_arr is None else cur_arr
-                out[k] = cur_arr
+                out[k], stamps[k] = cur_arr, t
             k += 1
         if k == len(times):
-            return out, k
+            return out, stamps, k
         prev, prev_arr = frame, cur_arr
     while prev is not None and k < len(times) and times[k] - prev.time <= period + 1e-6:
         prev_arr = convert(prev) if prev_arr is None else prev_arr
-        out[k] = prev_arr
+        out[k], stamps[k] = prev_arr, prev.time
         k += 1
-    return out, k
+    return out, stamps, k
 
 
 def _reopen(src: VideoSource, timeout_s: float) -> av.container.InputContainer:
@@ -191,6 +207,8 @@ def read_clip(src: VideoSource, num_frames: int, fps: float, size: tuple[int, in
     """Read ``num_frames`` frames sampled at ``fps`` → (uint8 ``(F, H, W, 3)``, meta).
 
     ``size=(H, W)``: resize shorter side + center crop. ``rng`` picks the random start (default: start 0).
+    ``meta["times"]`` are the slot times, ``meta["frame_times"]`` the exact timestamps (``frame.time``)
+    of the decoded frames shown in the slots, which identify them for other readers of the same file.
     Raises ClipTooShortError, NotAVideoError, DecodeTimeoutError, or PyAV errors for damaged files.
     """
     if num_frames < 1 or fps <= 0:
@@ -207,17 +225,19 @@ def read_clip(src: VideoSource, num_frames: int, fps: float, size: tuple[int, in
             stream.thread_type = "AUTO"
             if times[0] > info.start + 0.5 / info.fps:
                 container.seek(int(times[0] / stream.time_base), stream=stream, backward=True)
-            out, filled = _nearest_fill(times, container.decode(stream), convert, 1.0 / info.fps,
-                                        deadline)
+            out, stamps, filled = _nearest_fill(times, container.decode(stream), convert,
+                                                1.0 / info.fps, deadline)
     exact = filled < num_frames  # no usable metadata, or it promised more video than the stream holds
     if exact:
         with _reopen(src, timeout_s) as container:
             times, fps_used, period = _exact_times(container, num_frames, fps, rng, deadline)
         with _reopen(src, timeout_s) as container:
-            out, filled = _nearest_fill(times, container.decode(video=0), convert, period, deadline)
+            out, stamps, filled = _nearest_fill(times, container.decode(video=0), convert, period,
+                                                deadline)
         if filled < num_frames:
             raise ClipTooShortError(f"only {filled} of {num_frames} frames could be decoded")
     meta = {"fps": info.fps, "fps_used": float(fps_used), "times": [round(float(t), 4) for t in times],
+            "frame_times": [float(t) for t in stamps],
             "duration": info.duration, "codec": info.codec, "orig_size": [info.height, info.width],
             "frames_in_file": info.num_frames, "rotation": convert.rotation, "exact": exact}
     return np.stack(out), meta
