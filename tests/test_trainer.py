@@ -44,8 +44,11 @@ def test_run_logs_per_branch_and_saves_config_and_checkpoint(tmp_path):
 
 
 def test_resume_in_process_is_exact(tmp_path):
+    # Validating (with the EMA weights) after every step must leave training untouched: the full run
+    # trains on from post-validation weights, the resumed one from the pre-validation checkpoint.
     extra = {"train.max_steps": 4, "train.checkpoint_every": 1, "optim.ema_decay": 0.9,
-             "data.labelled_ratio": 0.5, "recipe.text_dropout": 0.5}
+             "data.labelled_ratio": 0.5, "recipe.text_dropout": 0.5, "train.validate_every": 1,
+             "train.validation_prompts": "[a red circle]", "train.validation_steps": 2, "train.validation_frames": 2}
     train(tiny_config(tmp_path / "full", **extra))
     Trainer(tiny_config(tmp_path / "part", **extra)).run(stop_at=2)
     train(tiny_config(tmp_path / "part", **extra), resume="auto")

@@ -164,11 +164,12 @@ class Trainer:
             keep_last=self.cfg.train.keep_last, debug=debug)
 
     def validate(self) -> list[Path]:
-        from tft2v.train.validation import validation_videos
+        """Validation videos from the EMA weights when EMA is on (what export writes), else the live ones."""
+        from tft2v.train.validation import ema_weights, validation_videos
 
         paths = []
         if self.accelerator.is_main_process and self.cfg.train.validation_prompts:
-            with self.accelerator.autocast():
+            with ema_weights(self.ema, self.params), self.accelerator.autocast():
                 paths = validation_videos(self.unet, self.encoder, self.autoencoder, self.cfg, self.step,
                                           self.run_dir / "validation")
             self.log.message(f"validation step {self.step}: {len(paths)} videos in {paths[0].parent}")

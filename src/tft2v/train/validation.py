@@ -4,12 +4,14 @@ Validation samples ``(B, C, F, h, w)`` latents for fixed prompts with CFG (negat
 unconditional branch) through :func:`tft2v.sampling.denoise`, decodes them to (B, 3, F, H, W) pixels
 in [-1, 1] and writes one file per prompt (mp4 via :func:`tft2v.export_video`; a PNG grid of the
 frames when the video writer is unavailable). Noise is seeded from the run seed, so the videos of
-successive validations differ only by the weights.
+successive validations differ only by the weights. With EMA on, those weights are the EMA weights
+(:func:`ema_weights`), the ones the exported model folder carries.
 """
 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +25,29 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:48] or "empty"
 
 
+@contextmanager
+def ema_weights(ema, params: list[torch.nn.Parameter]):
+    """Inside the block ``params`` hold ``ema``'s shadow weights; on exit (errors included) they get
+    their training values back bit-exactly. ``ema=None`` leaves the weights alone."""
+    if ema is None:
+        yield
+        return
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
 @torch.no_grad()
-def validation_videos(unet, encoder, autoencoder, cfg: Config, step: int, out_dir: str | Path) -> list[Path]:
-    """Sample one clip per ``train.validation_prompts`` entry; returns the written paths."""
+def sample_validation_clips(unet, encoder, autoencoder, cfg: Config) -> torch.Tensor:
+    """One clip per ``train.validation_prompts`` entry as (n, 3, F, H, W) in [-1, 1], on the CPU."""
     from tft2v.sampling import build_scheduler, denoise
 
     t = cfg.train
     prompts = list(t.validation_prompts)
-    if not prompts:
-        return []
     device = next(unet.parameters()).device
-    out_dir = Path(out_dir) / f"step-{step:08d}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     n = len(prompts)
     h = cfg.data.height // autoencoder.spatial_factor
     w = cfg.data.width // autoencoder.spatial_factor
@@ -50,7 +63,17 @@ def validation_videos(unet, encoder, autoencoder, cfg: Config, step: int, out_di
                     {"encoder_hidden_states": negative}, t.guidance_scale, t.validation_steps, generator)
     finally:
         unet.train(was_training)
-    video = autoencoder.decode(x).clamp(-1, 1).cpu()  # (n, 3, F, H, W)
+    return autoencoder.decode(x).clamp(-1, 1).cpu()  # (n, 3, F, H, W)
+
+
+def validation_videos(unet, encoder, autoencoder, cfg: Config, step: int, out_dir: str | Path) -> list[Path]:
+    """Sample one clip per ``train.validation_prompts`` entry; returns the written paths."""
+    prompts = list(cfg.train.validation_prompts)
+    if not prompts:
+        return []
+    out_dir = Path(out_dir) / f"step-{step:08d}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    video = sample_validation_clips(unet, encoder, autoencoder, cfg)  # (n, 3, F, H, W)
     return [_write_clip(video[i], out_dir / f"{i:02d}_{_slug(p)}", cfg.data.fps) for i, p in enumerate(prompts)]
 
 
