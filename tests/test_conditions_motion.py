@@ -1,11 +1,15 @@
 """Motion conditions: block-matching flow direction/magnitude and codec motion vectors via PyAV."""
 
+from fractions import Fraction
+
 import av
 import numpy as np
 import pytest
 import torch
 
-from tft2v.data.conditions_motion import estimate_motion, read_codec_motion_vectors, resize_motion
+from tft2v.data.conditions_motion import (estimate_motion, read_clip_with_motion, read_codec_motion_vectors,
+                                          resize_motion)
+from tft2v.data.video_io import read_clip
 from tft2v.errors import TFT2VError
 
 
@@ -60,11 +64,15 @@ def test_resize_motion_scales_vectors():
     assert torch.allclose(out[:, 1], torch.full_like(out[:, 1], 2.0))  # y doubles
 
 
-def write(path, frames, codec, pix_fmt, options):
+def write(path, frames, codec, pix_fmt, options, rotation=None, sar=None):
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=8)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
         stream.options = options
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        if sar is not None:
+            stream.codec_context.sample_aspect_ratio = sar
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -106,3 +114,71 @@ def test_codec_reader_errors(tmp_path):
     write(path, moving_square(1, 0, frames=4, size=32, side=8), "libx264", "yuv420p", {"bf": "0"})
     with pytest.raises(TFT2VError, match="frame_indices"):
         read_codec_motion_vectors(path, frame_indices=[2, 1])
+    with pytest.raises(TFT2VError, match="frame_indices within"):
+        read_codec_motion_vectors(path, frame_indices=[1, 9])
+    with pytest.raises(TFT2VError, match="not both"):
+        read_codec_motion_vectors(path, frame_indices=[1], frame_times=[0.125])
+    with pytest.raises(TFT2VError, match="frame_times"):
+        read_codec_motion_vectors(path, frame_times=[0.1])  # no frame has this timestamp
+
+
+# Single-reference P-frames: each block vector then spans exactly one frame (see the reader's docstring).
+P_ONLY = {"bf": "0", "refs": "1", "crf": "12"}
+
+
+def sliding_patch(height: int, width: int, x0: int, step: int, frames: int = 8, side: int = 16) -> np.ndarray:
+    """uint8 (F, H, W, 3): a textured patch moving ``step`` px/frame to the right, top edge at y=20."""
+    patch = np.random.default_rng(0).integers(100, 255, (side, side, 3), dtype=np.uint8)
+    out = np.full((frames, height, width, 3), 10, np.uint8)
+    for t in range(frames):
+        out[t, 20 : 20 + side, x0 + step * t : x0 + step * t + side] = patch
+    return out
+
+
+def motion_on_object(clip: np.ndarray, motion: torch.Tensor) -> torch.Tensor:
+    """(2, N) vectors at the patch pixels read_clip shows in frames 1.. of the clip."""
+    shown = torch.from_numpy(clip[1:].max(axis=-1) > 60)  # (F-1, H, W)
+    return motion[:, 1:][:, shown]
+
+
+@pytest.mark.parametrize("height,width,x0,rotation,sar,expected", [
+    (64, 96, 20, None, None, (2, 0)),  # 4 px/frame, resize ×0.5 to 32×48, crop 8 px off each side
+    (64, 128, 40, None, None, (2, 0)),  # wide: 32×64 then a 16 px crop offset
+    (64, 96, 20, 90, None, (0, -2)),  # shown rotated 90° CCW: rightward coded motion points up
+    (64, 48, 4, None, Fraction(2, 1), (2, 0)),  # 2 px/frame coded, pixels twice as wide: 4 display px
+])
+def test_codec_field_aligns_with_read_clip(tmp_path, height, width, x0, rotation, sar, expected):
+    step = 4 if sar is None else 2
+    path = tmp_path / "patch.mp4"
+    write(path, sliding_patch(height, width, x0, step), "libx264", "yuv420p", P_ONLY, rotation, sar)
+    clip, meta, motion = read_clip_with_motion(path, 8, 8, size=(32, 32))
+    assert clip.shape == (8, 32, 32, 3) and motion.shape == (2, 8, 32, 32)
+    assert np.array_equal(clip, read_clip(path, 8, 8, size=(32, 32))[0])
+    assert (motion[:, 0] == 0).all()
+    on_object = motion_on_object(clip, motion)
+    # A crop offset or rotation that disagreed with read_clip would put background (zero) vectors here.
+    close = (on_object - torch.tensor(expected, dtype=torch.float32)[:, None]).abs().amax(dim=0) <= 0.5
+    assert on_object.shape[1] > 100 and close.float().mean() > 0.95
+
+
+def test_strided_clip_and_full_display_size(tmp_path):
+    path = tmp_path / "patch.mp4"
+    write(path, sliding_patch(64, 48, 4, 2, frames=12), "libx264", "yuv420p", P_ONLY, sar=Fraction(2, 1))
+    # 4 fps from an 8 fps file: every second frame, so each slot sums two frames' motion (2 × 2 px × 0.5).
+    clip, meta, motion = read_clip_with_motion(path, 4, 4, size=(32, 32), rng=np.random.default_rng(1))
+    assert np.diff(meta["frame_times"]).tolist() == [0.25] * 3
+    assert motion_on_object(clip, motion).median(dim=1).values.tolist() == [4.0, 0.0]
+    # size=None keeps read_clip's display size: the 2:1 pixels make the 48-wide frame 96 wide.
+    clip, _, motion = read_clip_with_motion(path, 4, 8)
+    assert clip.shape == (4, 64, 96, 3) and motion.shape == (2, 4, 64, 96)
+    assert motion_on_object(clip, motion).median(dim=1).values.tolist() == [4.0, 0.0]
+    # A frame picked twice in a row moved by nothing in between.
+    twice = read_codec_motion_vectors(path, frame_indices=[2, 3, 3], size=(32, 32))
+    assert twice[:, 1].abs().max() > 1 and (twice[:, 2] == 0).all()
+
+
+def test_clip_without_codec_motion(tmp_path):
+    path = tmp_path / "intra.mkv"
+    write(path, moving_square(2, 0, frames=4, size=32, side=8), "ffv1", "yuv444p", {})
+    clip, meta, motion = read_clip_with_motion(path, 4, 8, size=(16, 16))
+    assert clip.shape == (4, 16, 16, 3) and len(meta["frame_times"]) == 4 and motion is None

@@ -34,7 +34,9 @@ def read_codec_motion_vectors(path: Path | str, frame_indices: list[int] | None 
     neither picks every frame. The field of a picked frame is the sum of the per-frame fields since the
     previously picked one, so strided clips get their full displacement (a repeated frame gets zero).
     Vectors referencing a future frame (B-frames) are negated; references further back than one frame
-    are treated as one frame back (exact for the usual single-reference P-frame streams).
+    are treated as one frame back: exact for single-reference P-frame streams (x264 ``bf=0 refs=1``),
+    while with B-frames or several references (x264's defaults) some blocks span 2-4 frames and come
+    out that many times too long (FFmpeg exports only the direction of a reference, not its distance).
 
     The field has ``read_clip``'s geometry for the same ``size``: display rotation, non-square pixels
     and resize (shorter side) + center crop to ``size=(H, W)`` (``None``: display size), with the
@@ -48,6 +50,7 @@ def read_codec_motion_vectors(path: Path | str, frame_indices: list[int] | None 
     if frame_indices is not None and frame_times is not None:
         raise TFT2VError("give frame_indices or frame_times, not both")
     picks = _pick_counts(frame_indices, frame_times)
+    wanted = None if picks is None else sum(picks.values())
     fields: list[torch.Tensor] = []  # one (2, H', W') per clip slot
     acc, found, index = None, False, -1
     try:
@@ -68,11 +71,11 @@ def read_codec_motion_vectors(path: Path | str, frame_indices: list[int] | None 
                 for _ in range(repeats):
                     fields.append(_clip_geometry(acc, int(frame.rotation or 0), pixel_aspect, size))
                     acc[:] = 0  # the next slot's field counts from this frame on
-                if picks is not None and len(fields) == sum(picks.values()):
+                if len(fields) == wanted:
                     break
     except (av.error.FFmpegError, NotAVideoError, IndexError) as e:
         raise TFT2VError(f"cannot read motion vectors from {path}: {e}") from None
-    if picks is not None and len(fields) < sum(picks.values()):
+    if wanted is not None and len(fields) < wanted:
         what = f"frame_indices within [0, {index + 1})" if frame_indices is not None else "frame_times"
         raise TFT2VError(f"not all picked frames were decoded from {path} (want {what})")
     if not found:
@@ -94,11 +97,12 @@ def read_clip_with_motion(path: Path | str, num_frames: int, fps: float, size: t
 
 def _pick_counts(frame_indices: list[int] | None, frame_times: list[float] | None) -> dict | None:
     """How many clip slots each picked frame fills, keyed by index or time; None picks every frame."""
-    name, picks = ("frame_indices", frame_indices) if frame_indices is not None else ("frame_times", frame_times)
+    by_index = frame_indices is not None
+    name, picks = ("frame_indices", frame_indices) if by_index else ("frame_times", frame_times)
     if picks is None:
         return None
     keys = np.asarray(picks, dtype=np.float64)
-    bad_index = frame_indices is not None and bool(keys.min(initial=0) < 0 or np.any(keys != np.round(keys)))
+    bad_index = by_index and bool(keys.min(initial=0) < 0 or np.any(keys != np.round(keys)))
     if len(keys) == 0 or np.any(np.diff(keys) < 0) or bad_index:
         raise TFT2VError(f"{name} must be a non-empty non-decreasing list (indices: integers >= 0), "
                          f"got {list(picks)}")
