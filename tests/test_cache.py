@@ -251,3 +251,21 @@ def test_trainer_trains_from_a_precomputed_cache(tmp_path):
                                       'encoder.args={text_dim: 16, image_dim: 32, max_length: 4, seed: 9}'])
     with pytest.raises(TFT2VError, match="was built with encoder fingerprint"):
         Trainer(other)
+
+
+def test_toy_precompute_writes_one_epoch_of_the_trainers_toy_streams(tmp_path):
+    from itertools import islice
+
+    from tft2v.commands.precompute import precompute_cache
+    from tft2v.train.data import mix_config, toy_streams, wanted_streams
+
+    cfg = load_config(None, [f"{k}={v}" for k, v in TRAIN_SETS.items()])
+    precompute_cache(cfg, tmp_path / "cache", shard_size=4, progress=False)
+    streams = toy_streams(cfg, 0, *wanted_streams(mix_config(cfg)))
+    for name, count in (("images", 6), ("videos", 4), ("captioned_videos", 2)):
+        cached = CachedSource(tmp_path / "cache", name, shuffle=False)
+        assert len(cached) == count
+        for i, sample in enumerate(islice(streams[name], count)):
+            # autoencoder 'none': the cached posterior mean is the pixels themselves
+            assert torch.equal(cached.sample(i)["latent_mean"], sample["pixels"])
+            assert cached.sample(i)["caption"] == sample["caption"]

@@ -42,12 +42,9 @@ def _source_streams(cfg) -> dict:
 
 def _toy_streams(cfg) -> dict:
     """The shapes-world sets the trainer would generate for this config, each read once."""
-    from tft2v.train.data import _toy_streams as trainer_toy_streams, mix_config
+    from tft2v.train.data import mix_config, toy_streams, wanted_streams
 
-    mix = mix_config(cfg)
-    videos = mix.ratio[1] > 0
-    streams = trainer_toy_streams(cfg, 0, mix.ratio[0] > 0, videos and mix.labelled_ratio < 1,
-                                  videos and mix.labelled_ratio > 0)
+    streams = toy_streams(cfg, 0, *wanted_streams(mix_config(cfg)))
     counts = {"images": cfg.data.toy_images, "videos": cfg.data.toy_videos,
               "captioned_videos": cfg.data.toy_captioned_videos}
     # The toy streams are endless permutations; one epoch is every sample once.

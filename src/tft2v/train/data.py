@@ -25,6 +25,12 @@ def mix_config(cfg: Config) -> MixConfig:
     return MixConfig(d.image_batch_size, d.video_batch_size, ratio, d.labelled_ratio)
 
 
+def wanted_streams(mix: MixConfig) -> tuple[bool, bool, bool]:
+    """Which pixel streams the mix reads: (images, text-free videos, captioned videos)."""
+    videos = mix.ratio[1] > 0
+    return mix.ratio[0] > 0, videos and mix.labelled_ratio < 1, videos and mix.labelled_ratio > 0
+
+
 def build_loader(cfg: Config, rank: int = 0, world_size: int = 1, encoder=None, autoencoder=None) -> MixedLoader:
     """The endless image/video step iterator for this rank.
 
@@ -34,13 +40,11 @@ def build_loader(cfg: Config, rank: int = 0, world_size: int = 1, encoder=None, 
     mix = mix_config(cfg)
     if cfg.data.cache:
         return _cached_loader(cfg, mix, rank, world_size, encoder, autoencoder)
-    want_images, want_videos = mix.ratio[0] > 0, mix.ratio[1] > 0
-    want_captioned = want_videos and mix.labelled_ratio > 0
-    want_free = want_videos and mix.labelled_ratio < 1
+    wanted = wanted_streams(mix)
     if cfg.data.kind == "toy":
-        streams = _toy_streams(cfg, rank, want_images, want_free, want_captioned)
+        streams = toy_streams(cfg, rank, *wanted)
     else:
-        streams = _source_streams(cfg, rank, world_size, want_images, want_free, want_captioned)
+        streams = _source_streams(cfg, rank, world_size, *wanted)
     return MixedLoader(streams["images"], streams["videos"], mix, captioned_videos=streams["captioned_videos"])
 
 
@@ -69,7 +73,15 @@ def _cached_loader(cfg: Config, mix: MixConfig, rank: int, world_size: int, enco
                        collate_fn=collate_cached)
 
 
-def _toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: bool) -> dict:
+def toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: bool) -> dict:
+    """The shapes-world streams of ``data.kind: toy`` for this rank, keyed like the mixing loader's
+    inputs: "images", "videos" (text-free), "captioned_videos"; a stream whose flag is False is None.
+
+    Each stream is an endless seeded walk over a fixed set of ``data.toy_<name>`` samples (pixels
+    (3, F, H, W) in [-1, 1], F = 1 for images); every rank gets the same sets (from ``seed``) and walks
+    them in its own order (from ``seed`` and ``rank``). Raises ConfigError for non-square frames or an
+    empty wanted set.
+    """
     from tft2v.data.toy import ToyWorld, generate
 
     d = cfg.data
