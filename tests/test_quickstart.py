@@ -25,7 +25,7 @@ def test_budget_scales_with_minutes_and_keeps_floors():
 def test_prompts_cover_every_combo_and_direction():
     assert len(appearance_prompts()) == len(spec.COLOURS) * len(spec.SHAPES)
     app, directed = evaluation_prompts("tft2v")
-    assert len(app) == EVAL_SEEDS * len(appearance_prompts()) and len(directed) == EVAL_SEEDS * len(direction_prompts())
+    assert len(app) == EVAL_SEEDS[0] * len(appearance_prompts()) and len(directed) == EVAL_SEEDS[1] * len(direction_prompts())
     assert evaluation_prompts("images_only")[1] == []
     parsed = {spec.parse_caption(p) for p in direction_prompts()}
     assert {m for _, _, m in parsed} == set(spec.MOTIONS)

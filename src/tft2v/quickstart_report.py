@@ -16,6 +16,7 @@ import torch
 
 from tft2v.data import shapes_spec as spec
 from tft2v.metrics.stats import paired_difference, wilson_interval
+from tft2v.quickstart import TOY_COHERENCE_WEIGHT
 
 
 def _fmt(x, pct: bool = True) -> str:
@@ -134,7 +135,7 @@ def _claims(results: dict) -> list[tuple[str, str, str]]:
                                     _per_clip(app["tft2v"], "pixel_consistency"))
     rough = paired_difference(_per_clip(app["text_free"], "smoothness"), _per_clip(app["tft2v"], "smoothness"))
     out.append(("(2) the coherence loss improves frame consistency",
-                f"pixel consistency λ=0 {_fmt(app['text_free']['pixel_consistency'], False)} → λ=0.1 "
+                f"pixel consistency λ=0 {_fmt(app['text_free']['pixel_consistency'], False)} → λ={TOY_COHERENCE_WEIGHT:g} "
                 f"{_fmt(app['tft2v']['pixel_consistency'], False)}, difference {consistency}; track roughness "
                 f"{_fmt(app['text_free']['smoothness'], False)} → {_fmt(app['tft2v']['smoothness'], False)} px, "
                 f"difference {rough}",
