@@ -10,6 +10,7 @@ import torch
 
 from tft2v.train import Trainer
 from tft2v.train import validation
+from tft2v.train.checkpoint import ema_weights
 from train_fixtures import tiny_config
 
 VALIDATION = {"train.validation_prompts": "[a red circle, a blue square]", "train.validation_steps": 2,
@@ -75,9 +76,9 @@ def test_ema_weights_swaps_in_the_shadow_and_restores_even_on_error():
             p.add_(torch.linspace(0.1, 0.7, p.numel()).view_as(p))  # training moves away from the shadow
     live = [p.detach().clone() for p in params]
     with pytest.raises(RuntimeError, match="sampling failed"):
-        with validation.ema_weights(ema, params):
+        with ema_weights(ema, params):
             assert all(torch.equal(p, s) for p, s in zip(params, ema.shadow_params))
             raise RuntimeError("sampling failed")
     assert all(torch.equal(p, q) for p, q in zip(params, live))
-    with validation.ema_weights(None, params):
+    with ema_weights(None, params):
         assert all(torch.equal(p, q) for p, q in zip(params, live))

@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,21 @@ def _set_rng_state(plain: dict, tensors: dict) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+@contextmanager
+def ema_weights(ema, params: list[torch.nn.Parameter]):
+    """Inside the block ``params`` hold ``ema``'s shadow weights; on exit (errors included) they get
+    their training values back bit-exactly. ``ema=None`` leaves the weights alone."""
+    if ema is None:
+        yield
+        return
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
 def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, optimizer, lr_scheduler,
                     loader_state: dict, config_yaml: str, ema=None, ema_params=None, scaler=None, keep_last: int = 3,
                     debug: bool = False) -> Path:
@@ -112,10 +128,9 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
         _save_unet(unet, {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp / "unet")
         if ema is not None:
             # ``ema_params``: the parameters the EMA tracks (only the trainable ones)
-            ema.store(ema_params)
-            ema.copy_to(ema_params)
-            _save_unet(unet, {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / "unet_ema")
-            ema.restore(ema_params)
+            with ema_weights(ema, ema_params):
+                _save_unet(unet, {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()},
+                           tmp / "unet_ema")
             torch.save(ema.state_dict(), tmp / "ema.pt")
         if not sharded:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")

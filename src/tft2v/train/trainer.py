@@ -165,7 +165,8 @@ class Trainer:
 
     def validate(self) -> list[Path]:
         """Validation videos from the EMA weights when EMA is on (what export writes), else the live ones."""
-        from tft2v.train.validation import ema_weights, validation_videos
+        from tft2v.train.checkpoint import ema_weights
+        from tft2v.train.validation import validation_videos
 
         paths = []
         if self.accelerator.is_main_process and self.cfg.train.validation_prompts:

@@ -5,13 +5,12 @@ unconditional branch) through :func:`tft2v.sampling.denoise`, decodes them to (B
 in [-1, 1] and writes one file per prompt (mp4 via :func:`tft2v.export_video`; a PNG grid of the
 frames when the video writer is unavailable). Noise is seeded from the run seed, so the videos of
 successive validations differ only by the weights. With EMA on, those weights are the EMA weights
-(:func:`ema_weights`), the ones the exported model folder carries.
+(:func:`tft2v.train.checkpoint.ema_weights`), the ones the exported model folder carries.
 """
 
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +22,6 @@ from tft2v.errors import TFT2VError
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:48] or "empty"
-
-
-@contextmanager
-def ema_weights(ema, params: list[torch.nn.Parameter]):
-    """Inside the block ``params`` hold ``ema``'s shadow weights; on exit (errors included) they get
-    their training values back bit-exactly. ``ema=None`` leaves the weights alone."""
-    if ema is None:
-        yield
-        return
-    ema.store(params)
-    ema.copy_to(params)
-    try:
-        yield
-    finally:
-        ema.restore(params)
 
 
 @torch.no_grad()
