@@ -12,6 +12,7 @@ same kind of block vectors through FFmpeg's ``+export_mvs``. Codec fields come o
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -106,10 +107,7 @@ def _pick_counts(frame_indices: list[int] | None, frame_times: list[float] | Non
     if len(keys) == 0 or np.any(np.diff(keys) < 0) or bad_index:
         raise TFT2VError(f"{name} must be a non-empty non-decreasing list (indices: integers >= 0), "
                          f"got {list(picks)}")
-    counts: dict = {}
-    for key in picks:
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+    return dict(Counter(picks))
 
 
 def _clip_geometry(field: np.ndarray, rotation: int, pixel_aspect: float,
