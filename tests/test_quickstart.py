@@ -6,8 +6,8 @@ import torch
 from tft2v.data import shapes_spec as spec
 from tft2v.data.toy import generate
 from tft2v.metrics.toy import evaluate_toy
-from tft2v.quickstart import (EVAL_SEEDS, VARIANTS, Budget, _merge, appearance_prompts, direction_prompts,
-                              evaluation_prompts)
+from tft2v.quickstart import (BASE_CONFIG, EVAL_SEEDS, VARIANTS, Budget, _merge, appearance_prompts,
+                              direction_prompts, evaluation_prompts, variant_config)
 from tft2v.quickstart_report import _claims, write_report
 
 
@@ -20,6 +20,15 @@ def test_budget_scales_with_minutes_and_keeps_floors():
     assert small.content_steps >= 20 and small.variant_steps >= 20 and 8 <= small.sample_steps <= 20
     planned = big.content_steps * 0.2 + big.variant_steps * (0.05 + 3 * 0.3) + 200 * big.sample_steps * 0.06
     assert planned <= 1200
+
+
+def test_variant_config_continues_from_the_content_stage_with_a_warmup(tmp_path):
+    semi = next(v for v in VARIANTS if v.name == "semi_supervised")
+    for steps in (20, 250):
+        cfg = variant_config(BASE_CONFIG, semi, tmp_path / "content", steps, seed=1, out_dir=tmp_path / "semi")
+        assert cfg["model"]["init_path"] == str(tmp_path / "content") and cfg["train"]["max_steps"] == steps
+        assert 1 <= cfg["optim"]["warmup_steps"] < steps // 4
+        assert cfg["data"]["labelled_ratio"] == 0.5 and cfg["model"]["unet"] == BASE_CONFIG["model"]["unet"]
 
 
 def test_prompts_cover_every_combo_and_direction():

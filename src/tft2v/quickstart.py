@@ -96,6 +96,20 @@ def evaluation_prompts(variant: str) -> tuple[list[str], list[str]]:
     return appearance_prompts() * EVAL_SEEDS[0], directed
 
 
+# Each variant starts a fresh AdamW from the content stage's weights. Without a warmup its first
+# updates move every weight by ~lr at once: measured on the semi-supervised variant, the image loss
+# jumped 0.08 → 0.32, the text's effect on the output at t = 970 fell 30× and colour accuracy to 48 %;
+# with a 30-step warmup (of 250) the image loss stayed at 0.09 and colour accuracy was 92 %.
+VARIANT_WARMUP_FRACTION = 0.12
+
+
+def variant_config(base: dict, variant: Variant, init_path: str, steps: int, seed: int, out_dir: Path) -> dict:
+    """The training config of one variant: ``base`` + its overrides, continued from the content stage."""
+    return _merge(_merge(base, variant.overrides), {
+        "seed": seed, "out_dir": str(out_dir), "model": {"init": "pretrained", "init_path": str(init_path)},
+        "optim": {"warmup_steps": max(1, round(VARIANT_WARMUP_FRACTION * steps))}, "train": {"max_steps": steps}})
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     for k, v in extra.items():
@@ -237,11 +251,7 @@ def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float = 10.0
     for v in VARIANTS:
         t0 = time.perf_counter()
         log(f"training variant {v.name}: {v.title}")
-        cfg = _merge(_merge(base, v.overrides), {
-            "seed": seed + 1, "out_dir": str(runs / v.name),
-            "model": {"init": "pretrained", "init_path": content["model"]},
-            "optim": {"warmup_steps": 0}, "train": {"max_steps": budget.variant_steps}})
-        summary = _train(cfg, log)
+        summary = _train(variant_config(base, v, content["model"], budget.variant_steps, seed + 1, runs / v.name), log)
         budget.spent[f"train: {v.name}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         app, directed = evaluation_prompts(v.name)
