@@ -13,7 +13,7 @@ import torch
 from tests._tiny import tiny_kl_autoencoder, tiny_sd_unet2d, tiny_unet
 from tft2v.autoencoder import VideoAutoencoder
 from tft2v.cli import main
-from tft2v.convert import _AFTER_KEYS, VGEN_CONDITIONS
+from tft2v.convert import VGEN_AFTER_KEYS, VGEN_CONDITIONS
 from tft2v.models import TFT2VUNet
 from tft2v.pipeline import TFT2VPipeline
 
@@ -34,7 +34,7 @@ def ours_to_vgen(key: str) -> str:
         head = f"condition_encoders.{ours}."
         if key.startswith(head + "spatial."):
             return prefix + "." + key[len(head + "spatial."):]
-        for src, dst in _AFTER_KEYS.items():
+        for src, dst in VGEN_AFTER_KEYS.items():
             if key.startswith(head + dst + "."):
                 return f"{after}.{src}{key[len(head + dst):]}"
     return key

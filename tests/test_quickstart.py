@@ -6,9 +6,9 @@ import torch
 from tft2v.data import shapes_spec as spec
 from tft2v.data.toy import generate
 from tft2v.metrics.toy import evaluate_toy
-from tft2v.quickstart import (BASE_CONFIG, EVAL_SEEDS, VARIANTS, Budget, _merge, appearance_prompts,
-                              direction_prompts, evaluation_prompts, variant_config)
-from tft2v.quickstart_report import _claims, write_report
+from tft2v.quickstart import (BASE_CONFIG, EVAL_SEEDS, VARIANTS, Budget, appearance_prompts, direction_prompts,
+                              evaluation_prompts, merge_config, variant_config)
+from tft2v.quickstart_report import claims, write_report
 
 
 def test_budget_scales_with_minutes_and_keeps_floors():
@@ -68,9 +68,9 @@ def _fake_results(good: bool):
 
 
 def test_claims_follow_the_numbers():
-    verdicts = [v for _, _, v in _claims(_fake_results(good=True))]
+    verdicts = [v for _, _, v in claims(_fake_results(good=True))]
     assert verdicts[0] == "holds" and verdicts[2] == "holds"
-    bad = [v for _, _, v in _claims(_fake_results(good=False))]
+    bad = [v for _, _, v in claims(_fake_results(good=False))]
     assert bad[0] == "not shown at this budget" and bad[2] == "not shown at this budget"
 
 
@@ -88,9 +88,9 @@ def test_held_out_claim_needs_held_out_clips_above_chance():
 
     results = _fake_results(good=True)
     results["tft2v"]["all"] = evaluate_toy(still(held + seen), prompts)
-    assert _claims(results)[3][2] == "holds"
+    assert claims(results)[3][2] == "holds"
     results["tft2v"]["all"] = evaluate_toy(still(other + seen), prompts)
-    assert _claims(results)[3][2] == "not shown at this budget"
+    assert claims(results)[3][2] == "not shown at this budget"
 
 
 def test_report_writes_tables_and_pictures(tmp_path):
@@ -110,7 +110,7 @@ def test_report_writes_tables_and_pictures(tmp_path):
 def test_quickstart_end_to_end_small(tmp_path):
     from tft2v.quickstart import BASE_CONFIG, run_quickstart
 
-    tiny = _merge(BASE_CONFIG, {
+    tiny = merge_config(BASE_CONFIG, {
         "data": {"num_frames": 4, "toy_images": 200, "toy_videos": 100, "toy_captioned_videos": 40,
                  "image_batch_size": 8, "video_batch_size": 2},
         "model": {"unet": {"model_channels": 16, "channel_mult": [1, 2], "attention_scales": [0.5], "head_dim": 8}}})

@@ -25,7 +25,8 @@ VGEN_CONDITIONS = {
     "local_image": ("local_image", "local_image_embedding", "local_image_embedding_after"),
     "single_sketch": ("single_sketch", "single_sketch_embedding", "single_sketch_embedding_after"),
 }
-_AFTER_KEYS = {
+# VGen key → ours inside a condition encoder's temporal "after" transformer.
+VGEN_AFTER_KEYS = {
     "layers.0.0.norm": "temporal.norm",
     "layers.0.0.fn.to_qkv": "temporal.attn.to_qkv",
     "layers.0.0.fn.to_out.0": "temporal.attn.to_out.0",
@@ -111,7 +112,7 @@ def vgen_key_to_ours(key: str) -> str:
     for ours, prefix, after in VGEN_CONDITIONS.values():
         if key.startswith(after + "."):
             rest = key[len(after) + 1:]
-            for src, dst in _AFTER_KEYS.items():
+            for src, dst in VGEN_AFTER_KEYS.items():
                 if rest.startswith(src + "."):
                     return f"condition_encoders.{ours}.{dst}{rest[len(src):]}"
             return key

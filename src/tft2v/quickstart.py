@@ -105,15 +105,16 @@ VARIANT_WARMUP_FRACTION = 0.12
 
 def variant_config(base: dict, variant: Variant, init_path: str, steps: int, seed: int, out_dir: Path) -> dict:
     """The training config of one variant: ``base`` + its overrides, continued from the content stage."""
-    return _merge(_merge(base, variant.overrides), {
+    return merge_config(merge_config(base, variant.overrides), {
         "seed": seed, "out_dir": str(out_dir), "model": {"init": "pretrained", "init_path": str(init_path)},
         "optim": {"warmup_steps": max(1, round(VARIANT_WARMUP_FRACTION * steps))}, "train": {"max_steps": steps}})
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_config(base: dict, extra: dict) -> dict:
+    """A copy of the nested config dict ``base`` with ``extra``'s keys set, sub-dicts merged key by key."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     for k, v in extra.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_config(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -155,7 +156,7 @@ def _calibrate(base: dict, out: Path, seed: int, log) -> tuple[float, float, flo
 
     times = {}
     for name, extra in (("image", CONTENT_STAGE), ("mixed", {})):
-        cfg = _load(_merge(base, _merge(extra, {"seed": seed, "out_dir": str(out / f"calib_{name}"),
+        cfg = _load(merge_config(base, merge_config(extra, {"seed": seed, "out_dir": str(out / f"calib_{name}"),
                                                 "train": {"max_steps": 4, "export": False}})))
         with _quiet(Path(cfg.out_dir)):
             trainer = Trainer(cfg)
@@ -243,7 +244,7 @@ def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float = 10.0
     runs = out / "runs"
     t0 = time.perf_counter()
     log("training the shared content stage (image–text pairs only)")
-    content = _train(_merge(_merge(base, CONTENT_STAGE), {
+    content = _train(merge_config(merge_config(base, CONTENT_STAGE), {
         "seed": seed, "out_dir": str(runs / "content"), "train": {"max_steps": budget.content_steps}}), log)
     budget.spent["train: content stage"] = time.perf_counter() - t0
 

@@ -113,7 +113,7 @@ def _proportion(summary: dict, key: str) -> str:
     return f"{sum(flags)}/{len(flags)} = {_fmt(sum(flags) / max(1, len(flags)))} [{_fmt(low)}, {_fmt(high)}]"
 
 
-def _claims(results: dict) -> list[tuple[str, str, str]]:
+def claims(results: dict) -> list[tuple[str, str, str]]:
     """(claim, evidence, verdict) from the numbers — nothing hard-coded. Every comparison is paired
     (same prompts and seeds under both models) and counts as shown only when its 95 % bootstrap interval
     excludes zero; proportions carry 95 % Wilson intervals."""
@@ -180,7 +180,7 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
              f"{data['num_frames']} frames per clip. Held-out combos (never in any video): "
              + ", ".join(f"{c} {s}" for c, s in spec.HELD_OUT) + ".", "",
              "## The paper's claims at toy scale", "", "| claim | numbers | verdict |", "|---|---|---|"]
-    lines += [f"| {c} | {e} | **{v}** |" for c, e, v in _claims(results)]
+    lines += [f"| {c} | {e} | **{v}** |" for c, e, v in claims(results)]
     lines += ["", "## Metrics per variant", "",
               "All variants continue from the same content stage "
               f"({content['steps']} image–text steps) for {budget.variant_steps} steps each, then generate the same "
