@@ -6,20 +6,36 @@ import torch
 from tft2v.data import shapes_spec as spec
 from tft2v.data.toy import generate
 from tft2v.metrics.toy import evaluate_toy
-from tft2v.quickstart import (BASE_CONFIG, EVAL_SEEDS, VARIANTS, Budget, appearance_prompts, direction_prompts,
-                              evaluation_prompts, merge_config, variant_config)
+from tft2v.quickstart import (BASE_CONFIG, EVAL_SEEDS, REDUCED_EVAL_SEEDS, VARIANTS, Budget, appearance_prompts,
+                              count_clips, direction_prompts, evaluation_prompts, merge_config, variant_config)
 from tft2v.quickstart_report import claims, write_report
+
+
+def _planned_s(b: Budget) -> float:
+    clips = count_clips(b.eval_seeds)
+    return (b.content_steps * b.image_step_s + b.variant_steps * (b.image_step_s / 4 + 3 * b.mixed_step_s)
+            + clips * b.sample_steps * b.sample_s_per_clip_step)
 
 
 def test_budget_scales_with_minutes_and_keeps_floors():
     small, big = Budget(total_s=60), Budget(total_s=1200)
     for b in (small, big):
         b.image_step_s, b.mixed_step_s, b.sample_s_per_clip_step = 0.2, 0.3, 0.06
-        b.fit(200)
+        b.fit()
     assert big.content_steps > 10 * small.content_steps // 2 and big.variant_steps > small.variant_steps
     assert small.content_steps >= 20 and small.variant_steps >= 20 and 8 <= small.sample_steps <= 20
-    planned = big.content_steps * 0.2 + big.variant_steps * (0.05 + 3 * 0.3) + 200 * big.sample_steps * 0.06
-    assert planned <= 1200
+    assert big.eval_seeds == EVAL_SEEDS and _planned_s(big) <= 0.95 * 1200
+
+
+def test_budget_on_a_slow_machine_samples_fewer_clips_and_trains_less():
+    # Calibration measured on a box ~4x slower than the reference one (image, mixed, clip-step seconds).
+    fast, slow = Budget(total_s=600), Budget(total_s=600)
+    fast.image_step_s, fast.mixed_step_s, fast.sample_s_per_clip_step = 0.2, 0.28, 0.084
+    slow.image_step_s, slow.mixed_step_s, slow.sample_s_per_clip_step = 0.74, 1.33, 0.255
+    fast.fit(), slow.fit()
+    assert fast.eval_seeds == EVAL_SEEDS and slow.eval_seeds == REDUCED_EVAL_SEEDS
+    assert count_clips(slow.eval_seeds) < count_clips(fast.eval_seeds) and slow.sample_steps == 8
+    assert slow.content_steps < fast.content_steps and _planned_s(fast) <= 0.95 * 600 and _planned_s(slow) <= 0.95 * 600
 
 
 def test_variant_config_continues_from_the_content_stage_with_a_warmup(tmp_path):

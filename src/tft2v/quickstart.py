@@ -75,6 +75,8 @@ VARIANTS = (
 # the claims are differences between models on the same prompts and seeds, and one clip per prompt
 # leaves them inside the noise. Direction needs more clips: 12 prompts against 18.
 EVAL_SEEDS = (2, 4)
+# On a machine too slow to sample that many clips in its share of the budget, half as many.
+REDUCED_EVAL_SEEDS = (1, 2)
 
 # Evaluation prompts: every colour×shape (held-out combos included), and directional prompts.
 DIRECTIONS = spec.MOTIONS
@@ -89,11 +91,16 @@ def direction_prompts() -> list[str]:
     return [spec.caption(c, s, d) for c, s in DIRECTION_COMBOS for d in DIRECTIONS]
 
 
-def evaluation_prompts(variant: str) -> tuple[list[str], list[str]]:
-    """(appearance, direction) prompts, repeated :data:`EVAL_SEEDS` times; a model trained on images
-    only is not asked for motion."""
-    directed = [] if variant == "images_only" else direction_prompts() * EVAL_SEEDS[1]
-    return appearance_prompts() * EVAL_SEEDS[0], directed
+def evaluation_prompts(variant: str, seeds: tuple[int, int] = EVAL_SEEDS) -> tuple[list[str], list[str]]:
+    """(appearance, direction) prompts, repeated ``seeds`` times; a model trained on images only is
+    not asked for motion."""
+    directed = [] if variant == "images_only" else direction_prompts() * seeds[1]
+    return appearance_prompts() * seeds[0], directed
+
+
+def count_clips(seeds: tuple[int, int]) -> int:
+    """Clips sampled over all variants with ``seeds`` per prompt."""
+    return sum(len(a) + len(d) for a, d in (evaluation_prompts(v.name, seeds) for v in VARIANTS))
 
 
 # Each variant starts a fresh AdamW from the content stage's weights. Without a warmup its first
@@ -131,12 +138,20 @@ class Budget:
     sample_steps: int = 20
     spent: dict = field(default_factory=dict)
 
-    def fit(self, total_clips: int) -> None:
-        """Split the budget: ~62 % training (40 % of it the content stage, 60 % the four variants),
-        ~25 % sampling ``total_clips`` clips over all variants, the rest set-up, export and evaluation."""
-        sampling = 0.25 * self.total_s
-        self.sample_steps = int(max(8, min(20, sampling / max(1e-6, total_clips * self.sample_s_per_clip_step))))
-        train = 0.62 * self.total_s
+    eval_seeds: tuple[int, int] = EVAL_SEEDS
+
+    def fit(self) -> None:
+        """Split the budget: ~25 % sampling (8–20 DPM++ steps per clip), 5 % calibration, export and
+        the report (measured: ~2 %), training the rest (40 % of it the content stage, 60 % the four variants). On a slow
+        machine the evaluation drops to :data:`REDUCED_EVAL_SEEDS` when the full one would need over
+        40 % of the budget at 8 steps, and sampling's overrun comes out of training, not the total."""
+        per_step = max(1e-6, self.sample_s_per_clip_step)
+        self.eval_seeds = EVAL_SEEDS
+        if count_clips(EVAL_SEEDS) * 8 * per_step > 0.4 * self.total_s:
+            self.eval_seeds = REDUCED_EVAL_SEEDS
+        clips = count_clips(self.eval_seeds)
+        self.sample_steps = int(max(8, min(20, 0.25 * self.total_s / (clips * per_step))))
+        train = 0.95 * self.total_s - clips * self.sample_steps * per_step
         self.content_steps = max(20, int(0.4 * train / self.image_step_s))
         # The images_only variant's steps carry a quarter of the content stage's images; the three
         # video variants each run a mixed (image + video) step.
@@ -231,15 +246,18 @@ def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float = 10.0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    n_clips = sum(len(a) + len(d) for a, d in (evaluation_prompts(v.name) for v in VARIANTS))
     budget = Budget(total_s=minutes * 60)
     t0 = time.perf_counter()
     base = BASE_CONFIG if base is None else base
     budget.image_step_s, budget.mixed_step_s, budget.sample_s_per_clip_step = _calibrate(base, out / "runs", seed, log)
-    budget.fit(n_clips)
+    budget.fit()
+    n_clips = count_clips(budget.eval_seeds)
     budget.spent["calibration"] = time.perf_counter() - t0
     log(f"plan: content stage {budget.content_steps} steps, {budget.variant_steps} steps per variant, "
-        f"{budget.sample_steps} DPM-Solver++ steps per clip, {n_clips} clips in all")
+        f"{budget.sample_steps} DPM-Solver++ steps per clip, {n_clips} clips in all"
+        + ("" if budget.eval_seeds == EVAL_SEEDS else
+           f" ({budget.eval_seeds[0]}/{budget.eval_seeds[1]} seeds per prompt instead of "
+           f"{EVAL_SEEDS[0]}/{EVAL_SEEDS[1]}: sampling is slow on this machine)"))
 
     runs = out / "runs"
     t0 = time.perf_counter()
@@ -255,7 +273,7 @@ def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float = 10.0
         summary = _train(variant_config(base, v, content["model"], budget.variant_steps, seed + 1, runs / v.name), log)
         budget.spent[f"train: {v.name}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        app, directed = evaluation_prompts(v.name)
+        app, directed = evaluation_prompts(v.name, budget.eval_seeds)
         prompts = app + directed
         clips = _sample(Path(summary["model"]), prompts, budget.sample_steps, seed=1000 * (seed + 1))
         budget.spent[f"sample: {v.name}"] = time.perf_counter() - t0
