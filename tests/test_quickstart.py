@@ -8,7 +8,7 @@ from tft2v.data.toy import generate
 from tft2v.metrics.toy import evaluate_toy
 from tft2v.quickstart import (BASE_CONFIG, EVAL_SEEDS, REDUCED_EVAL_SEEDS, VARIANTS, Budget, appearance_prompts,
                               count_clips, direction_prompts, evaluation_prompts, merge_config, variant_config)
-from tft2v.quickstart_report import claims, write_report
+from tft2v.quickstart_report import claims, slow_machine_note, write_report
 
 
 def _planned_s(b: Budget) -> float:
@@ -45,6 +45,12 @@ def test_variant_config_continues_from_the_content_stage_with_a_warmup(tmp_path)
         assert cfg["model"]["init_path"] == str(tmp_path / "content") and cfg["train"]["max_steps"] == steps
         assert 1 <= cfg["optim"]["warmup_steps"] < steps // 4
         assert cfg["data"]["labelled_ratio"] == 0.5 and cfg["model"]["unet"] == BASE_CONFIG["model"]["unet"]
+
+
+def test_report_flags_a_run_too_short_to_judge():
+    assert slow_machine_note(752, 10) == []
+    note = slow_machine_note(77, 10)
+    assert "77 content-stage steps" in note[0] and "--minutes 98" in note[0]
 
 
 def test_prompts_cover_every_combo_and_direction():

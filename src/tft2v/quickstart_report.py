@@ -7,6 +7,7 @@ Clips are (N, 3, F, H, W) in [-1, 1]; pictures are written as uint8 PNG/GIF at t
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -169,6 +170,21 @@ def claims(results: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+# Content-stage steps of a 10-minute run on the reference 2-core box, where claims 1, 2 and 4 held
+# (benchmarks/RESULTS.md); a run with under half of them is flagged as too short to judge.
+REFERENCE_CONTENT_STEPS = 750
+
+
+def slow_machine_note(content_steps: int, minutes: float) -> list[str]:
+    """Report lines warning that this run trained too few steps to judge the claims, or none."""
+    if content_steps >= REFERENCE_CONTENT_STEPS / 2:
+        return []
+    longer = math.ceil(minutes * REFERENCE_CONTENT_STEPS / max(content_steps, 1))
+    return [f"**Too short to judge the claims:** this machine fitted {content_steps} content-stage steps into "
+            f"the budget, against ~{REFERENCE_CONTENT_STEPS} on the reference 2-core box in 10 minutes. "
+            f"For a comparable run here: `tft2v quickstart --minutes {longer}`.", ""]
+
+
 def write_report(out: Path, results: dict, budget, content: dict, seed: int, minutes: float, data: dict) -> Path:
     """Writes pictures and ``report.md`` into ``out``; returns the report path. ``data`` is the runs'
     ``data`` config section (frame size and count)."""
@@ -179,6 +195,7 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
              f"budget {minutes:g} min, seed {seed}. Frames {data['height']}×{data['width']}, "
              f"{data['num_frames']} frames per clip. Held-out combos (never in any video): "
              + ", ".join(f"{c} {s}" for c, s in spec.HELD_OUT) + ".", "",
+             *slow_machine_note(content["steps"], minutes),
              "## The paper's claims at toy scale", "", "| claim | numbers | verdict |", "|---|---|---|"]
     lines += [f"| {c} | {e} | **{v}** |" for c, e, v in claims(results)]
     lines += ["", "## Metrics per variant", "",
