@@ -137,14 +137,14 @@ class Budget:
     variant_steps: int = 0
     sample_steps: int = 20
     spent: dict = field(default_factory=dict)
-
     eval_seeds: tuple[int, int] = EVAL_SEEDS
 
     def fit(self) -> None:
         """Split the budget: ~25 % sampling (8–20 DPM++ steps per clip), 5 % calibration, export and
-        the report (measured: ~2 %), training the rest (40 % of it the content stage, 60 % the four variants). On a slow
-        machine the evaluation drops to :data:`REDUCED_EVAL_SEEDS` when the full one would need over
-        40 % of the budget at 8 steps, and sampling's overrun comes out of training, not the total."""
+        the report (measured: ~2 %), training the rest (40 % of it the content stage, 60 % the four
+        variants). On a slow machine the evaluation drops to :data:`REDUCED_EVAL_SEEDS` when the full
+        one would need over 40 % of the budget at 8 steps, and sampling's overrun comes out of
+        training, not the total."""
         per_step = max(1e-6, self.sample_s_per_clip_step)
         self.eval_seeds = EVAL_SEEDS
         if count_clips(EVAL_SEEDS) * 8 * per_step > 0.4 * self.total_s:
@@ -172,7 +172,7 @@ def _calibrate(base: dict, out: Path, seed: int, log) -> tuple[float, float, flo
     times = {}
     for name, extra in (("image", CONTENT_STAGE), ("mixed", {})):
         cfg = _load(merge_config(base, merge_config(extra, {"seed": seed, "out_dir": str(out / f"calib_{name}"),
-                                                "train": {"max_steps": 4, "export": False}})))
+                                                            "train": {"max_steps": 4, "export": False}})))
         with _quiet(Path(cfg.out_dir)):
             trainer = Trainer(cfg)
         batches = iter(trainer.loader)
