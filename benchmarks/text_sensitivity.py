@@ -32,7 +32,7 @@ def main() -> None:
 
     from tft2v.data import shapes_spec as spec
     from tft2v.data.toy import generate
-    from tft2v.diffusion import ScheduleConfig, build_training_scheduler, noisy_inputs
+    from tft2v.diffusion import build_training_scheduler, noisy_inputs
     from tft2v.pipeline import TFT2VPipeline
 
     pipe = TFT2VPipeline.from_pretrained(args.model)
@@ -46,10 +46,7 @@ def main() -> None:
         "no_motion": [spec.caption(c, s) for c, s, _ in parts],
         "empty": [""] * args.clips,
     }
-    sc = pipe.scheduler.config  # the training schedule the model folder was saved with
-    cfg = ScheduleConfig(num_train_timesteps=sc.num_train_timesteps, beta_start=sc.beta_start, beta_end=sc.beta_end,
-                         beta_schedule=sc.beta_schedule, zero_terminal_snr=sc.rescale_betas_zero_snr,
-                         prediction_type=sc.prediction_type)
+    cfg = pipe.noise_schedule  # the training schedule the model folder was saved with
     scheduler = build_training_scheduler(cfg)
     results = {}
     with torch.no_grad():

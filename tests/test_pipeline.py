@@ -55,9 +55,11 @@ def test_prompt_and_negative_prompt_reach_the_model(pipe):
 
 @pytest.mark.parametrize("name", ["ddim", "dpmpp", "EulerDiscreteScheduler"])
 def test_schedulers_run_and_keep_the_schedule(name):
+    before = toy_pipeline().noise_schedule
     p = toy_pipeline().set_scheduler(name)
     assert p.scheduler.config.prediction_type == "v_prediction"
     assert p.scheduler.config.rescale_betas_zero_snr
+    assert p.noise_schedule == before and before.zero_terminal_snr and before.prediction_type == "v_prediction"
     out = p("a red circle", generator=seeded(0), output_type="pt")
     assert out.shape == (1, 3, 4, 16, 16) and torch.isfinite(out).all()
 

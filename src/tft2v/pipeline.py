@@ -179,19 +179,25 @@ class TFT2VPipeline:
         else:
             yield module
 
-    def set_scheduler(self, name: str) -> "TFT2VPipeline":
-        """Switch the sampler: ``"ddim"`` (VGen), ``"dpmpp"`` (DPM-Solver++ 2M) or a diffusers class name;
-        the noise schedule (betas, zero terminal SNR, prediction type) is kept."""
+    @property
+    def noise_schedule(self):
+        """The :class:`tft2v.diffusion.ScheduleConfig` (betas, zero terminal SNR, prediction type) the
+        scheduler holds — the model's training schedule."""
         from tft2v.diffusion import ScheduleConfig
-        from tft2v.sampling import build_scheduler
 
         c = self.scheduler.config
-        schedule = ScheduleConfig(
+        return ScheduleConfig(
             num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
             beta_schedule=c.beta_schedule, zero_terminal_snr=bool(c.get("rescale_betas_zero_snr", False)),
             prediction_type=c.prediction_type,
         )
-        self.scheduler = build_scheduler(name, schedule)
+
+    def set_scheduler(self, name: str) -> "TFT2VPipeline":
+        """Switch the sampler: ``"ddim"`` (VGen), ``"dpmpp"`` (DPM-Solver++ 2M) or a diffusers class name;
+        the noise schedule (betas, zero terminal SNR, prediction type) is kept."""
+        from tft2v.sampling import build_scheduler
+
+        self.scheduler = build_scheduler(name, self.noise_schedule)
         return self
 
     def set_progress_bar_config(self, **kwargs) -> None:
