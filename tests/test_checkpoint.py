@@ -76,7 +76,10 @@ def test_keep_last_debug_and_resolve(tmp_path):
     assert ck.resolve_resume(str(tmp_path / "run"), "unused").name == "step-00000003"
     step2 = tmp_path / "run/checkpoints/step-00000002"
     assert ck.resolve_resume(str(step2), "unused") == step2
-    assert ck.resolve_resume("auto", tmp_path / "fresh") is None
+    assert ck.resolve_resume("auto-or-new", tmp_path / "run").name == "step-00000003"
+    assert ck.resolve_resume("auto-or-new", tmp_path / "fresh") is None
+    with pytest.raises(CheckpointError, match="no checkpoint in .*auto-or-new"):
+        ck.resolve_resume("auto", tmp_path / "fresh")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         ck.resolve_resume(str(tmp_path / "fresh"), "unused")
 

@@ -52,11 +52,17 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 
 
 def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
-    """``auto`` → the newest checkpoint of ``run_dir`` (None if there is none); a run folder → its
-    newest; a checkpoint folder → itself. A path with no checkpoint is an error."""
-    if resume == "auto":
-        found = list_checkpoints(Path(run_dir) / "checkpoints")
-        return found[-1] if found else None
+    """``auto`` → the newest checkpoint of ``run_dir`` (none: an error); ``auto-or-new`` → the same, None if
+    there is none (start a new run); a run folder → its newest; a checkpoint folder → itself."""
+    if resume in ("auto", "auto-or-new"):
+        root = Path(run_dir) / "checkpoints"
+        found = list_checkpoints(root)
+        if found:
+            return found[-1]
+        if resume == "auto":  # a typo'd --out must not silently train from scratch
+            raise CheckpointError(f"--resume auto: no checkpoint in {root}; pass --resume auto-or-new to start "
+                                  f"a new run when there is none")
+        return None
     path = Path(resume)
     if (path / "trainer_state.json").is_file():
         return path
