@@ -41,7 +41,7 @@ def image_dir(tmp_path_factory):
 
 
 def check_sample(sample, frames, size):
-    assert set(sample) == {"pixels", "caption", "has_text", "cond_frame", "key", "meta"}
+    assert set(sample) - {"position"} == {"pixels", "caption", "has_text", "cond_frame", "key", "meta", "epoch"}
     assert sample["pixels"].shape == (3, frames, *size) and sample["pixels"].dtype == torch.float32
     assert -1 <= sample["pixels"].min() and sample["pixels"].max() <= 1
     assert sample["cond_frame"].shape == (3, *size) and sample["cond_frame"].dtype == torch.float32

@@ -50,6 +50,7 @@ class DataConfig:
     num_frames: int = 16
     fps: float = 8.0
     num_workers: int = 0
+    prefetch_factor: int = 2  # samples each worker decodes ahead
     # mixing (per optimizer micro-step)
     image_batch_size: int = 8
     video_batch_size: int = 4

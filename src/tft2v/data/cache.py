@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
+from tft2v.data.sharding import EpochSampler, shard_indices, shard_length, worker_shard
 from tft2v.errors import TFT2VError
 from tft2v.jsonio import read_json
 
@@ -264,33 +265,19 @@ class CachedSource(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _shard(self) -> tuple[int, int]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.rank * workers + worker, self.world_size * workers
-
     def _order(self, epoch: int) -> np.ndarray:
-        shard, num_shards = self._shard()
-        order = np.arange(len(self))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self))
-        mine = order[shard::num_shards]
-        if len(mine) == 0:
-            raise TFT2VError(f"cache stream {self.stream!r} has {len(self)} samples, fewer than its "
-                             f"{num_shards} readers (ranks x workers)")
-        return mine
+        return shard_indices(len(self), self.seed, epoch, *worker_shard(self.rank, self.world_size), self.shuffle)
 
     def __iter__(self) -> Iterator[dict]:
         return (self.sample(int(i)) for i in self._order(self.epoch))
 
     def iter_from(self, start: int) -> Iterator[dict]:
-        n = len(self._order(self.epoch))
-        epoch, offset = divmod(int(start), n)
-        epoch += self.epoch
-        while True:
-            for i in self._order(epoch)[offset:]:
-                yield self.sample(int(i))
-            epoch, offset = epoch + 1, 0
+        """Endless stream from this reader's ``start``-th sample (counted from epoch ``self.epoch``)."""
+        shard, num_shards = worker_shard(self.rank, self.world_size)
+        first = start + self.epoch * shard_length(len(self), shard, num_shards)
+        sampler = EpochSampler(len(self), self.seed, shard, num_shards, self.shuffle, first)
+        for epoch, index, position in sampler:
+            yield {**self.sample(index), "epoch": epoch, "position": position - first + start}
 
     def _open(self, rel: str):
         # Opened lazily in the reading process (DataLoader workers must not share handles).

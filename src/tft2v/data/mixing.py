@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tft2v.data.media_source import collate
 from tft2v.errors import TFT2VError
 
 STREAMS = ("images", "videos", "captioned_videos")
@@ -71,30 +72,15 @@ class MixConfig:
         return math.floor((slot + 1) * r + 1e-9) > math.floor(slot * r + 1e-9)
 
 
-def collate(samples: list[dict]) -> dict:
-    """Stack SAMPLE dicts into a BATCH: pixels (B, 3, F, H, W), cond_frame (B, 3, H, W), has_text (B,),
-    caption/key/meta lists."""
-    if not samples:
-        raise TFT2VError("cannot collate an empty list of samples")
-    shapes = {tuple(s["pixels"].shape) for s in samples}
-    if len(shapes) != 1:
-        raise TFT2VError(f"samples in one batch have different pixel shapes {sorted(shapes)}; "
-                         f"keys {[s['key'] for s in samples]}")
-    return {
-        "pixels": torch.stack([s["pixels"] for s in samples]),
-        "caption": [s["caption"] for s in samples],
-        "has_text": torch.tensor([bool(s["has_text"]) for s in samples], dtype=torch.bool),
-        "cond_frame": torch.stack([s["cond_frame"] for s in samples]),
-        "key": [s["key"] for s in samples],
-        "meta": [s["meta"] for s in samples],
-    }
-
-
 class _Cursor:
-    """An endless iterator over one stream that counts what it hands out."""
+    """An endless iterator over one stream that counts what it hands out.
+
+    ``consumed`` is the stream position after the last sample handed out: a sample that carries its
+    ``position`` (finite sources count skipped files there too) sets it, others count one each.
+    """
 
     def __init__(self, name: str, stream: Iterable[dict], start: int) -> None:
-        self.name, self.stream, self.consumed = name, stream, start
+        self.name, self.stream, self.consumed, self.epoch = name, stream, start, None
         if hasattr(stream, "iter_from"):
             self._it = stream.iter_from(start)
         else:
@@ -114,7 +100,8 @@ class _Cursor:
 
     def take(self) -> dict:
         sample = self._next()
-        self.consumed += 1
+        self.consumed = sample["position"] + 1 if "position" in sample else self.consumed + 1
+        self.epoch = sample.get("epoch", self.epoch)
         return sample
 
 
@@ -138,19 +125,20 @@ class MixedLoader:
             raise TFT2VError("text-free video slots need a video stream (or set labelled_ratio to 1)")
         self.config, self.collate_fn = config, collate_fn
         self.streams = {"images": images, "videos": videos, "captioned_videos": captioned_videos}
-        self._state = {"step": 0, "video_slots": 0, "consumed": dict.fromkeys(STREAMS, 0)}
+        self._state = {"step": 0, "video_slots": 0, "consumed": dict.fromkeys(STREAMS, 0), "epochs": {}}
 
     def state_dict(self) -> dict:
-        """Position after the last yielded step: steps done, video slots used, samples read per stream."""
+        """Position after the last yielded step: steps done, video slots used, stream positions (samples
+        read, skipped files included) and the epoch each stream is in (None before its first sample)."""
         return {"step": self._state["step"], "video_slots": self._state["video_slots"],
-                "consumed": dict(self._state["consumed"])}
+                "consumed": dict(self._state["consumed"]), "epochs": dict(self._state["epochs"])}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume: the next iteration starts at ``state['step']`` exactly."""
         try:
             consumed = {k: int(state["consumed"].get(k, 0)) for k in STREAMS}
             self._state = {"step": int(state["step"]), "video_slots": int(state["video_slots"]),
-                           "consumed": consumed}
+                           "consumed": consumed, "epochs": dict(state.get("epochs", {}))}
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise TFT2VError(f"bad mixing-loader state {state!r}: {e}") from None
 
@@ -171,6 +159,7 @@ class MixedLoader:
                 out["video"] = self.collate_fn([self._video(cursors) for _ in range(cfg.video_batch_size)])
             self._state["step"] = step + 1
             self._state["consumed"].update({k: c.consumed for k, c in cursors.items()})
+            self._state["epochs"].update({k: c.epoch for k, c in cursors.items() if c.epoch is not None})
             yield out
 
     @staticmethod

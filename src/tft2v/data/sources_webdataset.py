@@ -1,17 +1,25 @@
-"""WebDataset tar shards in the img2dataset / video2dataset layout, streamed with ``webdataset``.
+"""WebDataset tar shards in the img2dataset / video2dataset layout.
 
-Layout: samples are the SAMPLE dicts of ``tft2v.data.sources`` (``pixels`` float32 ``(C, F, H, W)``).
+Layout: samples are the SAMPLE dicts of ``tft2v.data.media_source`` (``pixels`` float32 ``(C, F, H, W)``).
 A shard holds members ``<key>.<ext>``: the media (``.jpg/.jpeg/.png/.webp`` or ``.mp4/.webm/...``) and an
-optional caption (``.txt``, or ``.json`` with a ``caption``/``text`` field). Shards come from local paths,
-brace patterns (``data/{00000..00099}.tar``) or any URL ``webdataset.gopen`` opens (http(s), pipe:, ...).
-Shards are split over ranks × workers when there are enough of them, otherwise every worker streams all
-shards and keeps every G-th sample. Order: seeded shard permutation, then a ``shuffle_buffer`` of samples.
-A shard that cannot be opened or ends mid-member is counted as ``bad_shard`` and the stream goes on.
+optional caption (``.txt``, or ``.json`` with a ``caption``/``text`` field).
+
+* Local uncompressed shards (paths, brace patterns ``data/{00000..00099}.tar``, ``::``-joined lists) are
+  indexed once — member offsets from the tar headers, captions read — and become a
+  :class:`tft2v.data.sources.ListSource` whose items are read by offset at decode time: the same
+  per-epoch permutation, rank split and exact resume by position as any list, i.e. by (shard, offset).
+* URLs ``webdataset.gopen`` opens (http(s), pipe:, ...) and compressed shards cannot be read by offset;
+  :class:`TarShardSource` streams them: a seeded shard permutation per epoch, split over ranks × workers
+  when there are enough shards (otherwise every worker streams all shards and keeps every G-th sample),
+  then a ``shuffle_buffer``. A resume of such a stream reads (without training on) what was used before.
+A shard that cannot be opened or ends mid-member is counted as ``bad_shard`` and the rest goes on.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tarfile
 from typing import Iterator
 
 import braceexpand
@@ -19,8 +27,9 @@ import numpy as np
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from tft2v.data.robust import classify
-from tft2v.data.sources import MediaSource, Item
+from tft2v.data.media_source import Item, MediaSource, TarMember
+from tft2v.data.robust import SkipStats, classify
+from tft2v.data.sharding import epoch_order
 from tft2v.errors import TFT2VError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -33,6 +42,73 @@ def expand_urls(spec: str) -> list[str]:
     if not urls:
         raise TFT2VError(f"no shards in {spec!r}")
     return urls
+
+
+def is_streamed_spec(spec: str) -> bool:
+    """Whether ``spec`` names shards that can only be streamed (URLs, pipes, compressed tars)."""
+    if "://" in spec or spec.startswith("pipe:"):
+        return True
+    return is_tar_spec(spec) and any(u.endswith((".tgz", ".tar.gz")) for u in expand_urls(spec))
+
+
+def is_tar_spec(spec: str) -> bool:
+    """Whether ``spec`` names tar shards (a .tar path, a brace pattern, ``::``-joined shards)."""
+    return "://" in spec or spec.startswith("pipe:") or spec.endswith((".tar", ".tar}", ".tgz", ".tar.gz")) \
+        or ("{" in spec and ".." in spec) or "::" in spec
+
+
+def index_tar_shards(spec: str, kind: str, stats: SkipStats) -> list[Item]:
+    """Items of every sample in local shards, media as :class:`TarMember` (read at decode time).
+
+    Missing shards count ``missing``; a shard cut inside a member keeps the samples before the cut and
+    counts ``bad_shard``; a sample without a ``kind`` member counts ``wrong_type``.
+    """
+    media_keys = IMAGE_KEYS if kind == "image" else VIDEO_KEYS
+    items: list[Item] = []
+    for path in expand_urls(spec):
+        if not os.path.isfile(path):
+            stats.add_skip("missing", path, "shard not found")
+            continue
+        for key, members in _shard_groups(path, stats):
+            media_key = next((k for k in media_keys if k in members), None)
+            if media_key is None:
+                stats.add_skip("wrong_type", f"{path}#{key}", f"no {kind} member, found {sorted(members)}")
+                continue
+            items.append(Item(key=key, media=members[media_key], caption=_indexed_caption(members),
+                              meta={"source": f"{path}#{key}.{media_key}", "shard": path}))
+    return items
+
+
+def _shard_groups(path: str, stats: SkipStats) -> Iterator[tuple[str, dict]]:
+    """(key, {ext: TarMember | caption bytes}) per complete sample of a local shard, in tar order."""
+    size = os.path.getsize(path)
+    key, members = None, {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for info in tar:
+                prefix, suffix = base_plus_ext(info.name)
+                if prefix is None or not info.isfile():
+                    continue
+                if key is not None and prefix != key:
+                    yield key, members
+                    key, members = None, {}
+                key = prefix
+                if info.offset_data + info.size > size:
+                    raise tarfile.ReadError(f"{info.name} is cut at byte {size}")
+                suffix = suffix.lower()
+                # Captions are tiny: read them now; media stays on disk until its sample is decoded.
+                members[suffix] = tar.extractfile(info).read() if suffix in ("txt", "json") else TarMember(
+                    path, info.offset_data, info.size)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        # The samples before the break are whole and stay; the one being read when it broke is dropped.
+        stats.add_skip("bad_shard", path, f"{type(exc).__name__}: {exc}")
+        return
+    if key is not None:
+        yield key, members
+
+
+def _indexed_caption(members: dict) -> str:
+    return caption_of({k: v for k, v in members.items() if k in ("txt", "json")})
 
 
 def caption_of(sample: dict) -> str:
@@ -59,10 +135,7 @@ class TarShardSource(MediaSource):
         self.media_keys = IMAGE_KEYS if self.kind == "image" else VIDEO_KEYS
 
     def _iter_items(self, rng, shard, num_shards):
-        urls = list(self.urls)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(urls))
-            urls = [urls[i] for i in order]
+        urls = [self.urls[i] for i in epoch_order(len(self.urls), self.seed, self.epoch, self.shuffle)]
         split_shards = len(urls) >= num_shards
         if split_shards:
             urls = urls[shard::num_shards]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from tft2v.data import shapes_spec as spec
+from tft2v.data.sharding import EpochSampler
 from tft2v.errors import TFT2VError
 
 KINDS = ("images", "videos", "captioned_videos")
@@ -134,19 +135,9 @@ class ToyStream:
             raise TFT2VError(f"toy set {data.kind!r} is empty")
         self.data, self.seed, self.shuffle = data, seed, shuffle
 
-    def _order(self, epoch: int) -> np.ndarray:
-        n = len(self.data)
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, epoch]).permutation(n)
-
     def iter_from(self, start: int) -> Iterator[dict]:
-        n = len(self.data)
-        epoch, offset = divmod(start, n)
-        while True:
-            for i in self._order(epoch)[offset:]:
-                yield self.data.sample(int(i))
-            epoch, offset = epoch + 1, 0
+        for epoch, index, position in EpochSampler(len(self.data), self.seed, shuffle=self.shuffle, start=start):
+            yield {**self.data.sample(index), "epoch": epoch, "position": position}
 
     def __iter__(self) -> Iterator[dict]:
         return self.iter_from(0)

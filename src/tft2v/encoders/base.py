@@ -99,22 +99,26 @@ def check_images(images: torch.Tensor) -> torch.Tensor:
     return images.float()
 
 
-def clip_preprocess(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """CLIP preprocessing: (B, 3, H, W) in [-1, 1] -> (B, 3, R, R) normalised with CLIP mean/std.
+def clip_preprocess(images: torch.Tensor, resolution: int | tuple[int, int], mean=CLIP_MEAN,
+                    std=CLIP_STD) -> torch.Tensor:
+    """CLIP preprocessing: (B, 3, H, W) in [-1, 1] -> (B, 3, h, w) normalised with ``mean``/``std``.
 
-    Resize the shorter side to R (bicubic, antialiased), centre-crop R x R, then normalise.
+    Resize to cover (h, w) = ``resolution`` (bicubic, antialiased; the shorter side for a square),
+    clamp the bicubic overshoot as an 8-bit image would, centre-crop, normalise. The one CLIP
+    preprocessing: encoders and the data sources' ``encoder_image_transform`` both use it.
     """
     images = check_images(images)
+    out_h, out_w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     x = (images.clamp(-1, 1) + 1) / 2  # [-1, 1] -> [0, 1]
     h, w = x.shape[-2:]
-    scale = resolution / min(h, w)
-    new_h, new_w = max(resolution, round(h * scale)), max(resolution, round(w * scale))
+    scale = max(out_h / h, out_w / w)
+    new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
     if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-    top, left = (new_h - resolution) // 2, (new_w - resolution) // 2
-    x = x[:, :, top : top + resolution, left : left + resolution]
-    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+    x = x[:, :, top : top + out_h, left : left + out_w]
+    mean = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

@@ -103,9 +103,11 @@ def toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: b
 
 
 def _source_streams(cfg: Config, rank: int, world_size: int, images: bool, videos: bool, captioned: bool) -> dict:
+    """Finite sources read by ``data.num_workers`` processes each, resumable by position; streamed
+    (remote) tar shards through a plain DataLoader."""
     from torch.utils.data import DataLoader
 
-    from tft2v.data.sources import build_source
+    from tft2v.data.sources import ListSource, SourceStream, build_source
 
     d = cfg.data
     specs = {"images": (images, d.images, "image"), "videos": (videos, d.videos, "video"),
@@ -119,7 +121,10 @@ def _source_streams(cfg: Config, rank: int, world_size: int, images: bool, video
             raise ConfigError(f"this recipe needs data.{name} (a folder, manifest, list or tar shards)")
         source = build_source(spec, kind=kind, data_dir=d.data_dir or None, num_frames=d.num_frames, fps=d.fps,
                               size=(d.height, d.width), seed=cfg.seed, rank=rank, world_size=world_size)
-        out[name] = DataLoader(source, batch_size=None, num_workers=d.num_workers) if d.num_workers else source
+        if isinstance(source, ListSource):
+            out[name] = SourceStream(source, d.num_workers, d.prefetch_factor)
+        else:
+            out[name] = DataLoader(source, batch_size=None, num_workers=d.num_workers) if d.num_workers else source
     return out
 
 
