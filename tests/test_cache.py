@@ -230,7 +230,7 @@ TRAIN_SETS = {
     "data.video_batch_size": 2, "encoder.args": json.dumps(ENCODER_ARGS),
     "model.unet": "{model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, attention_scales: [0.5],"
                   " head_dim: 8, init_temporal_heads: 1, norm_num_groups: 4, condition_channels: 0, dropout: 0.0}",
-    "train.max_steps": 2, "train.checkpoint_every": 0, "train.progress": False, "train.tensorboard": False,
+    "train.max_steps": 2, "train.checkpoint_every": 0, "train.progress": False, "train.trackers": "[]",
     "train.export": False,
 }
 

@@ -4,6 +4,7 @@ checkpoint on resume, and experiment trackers (TensorBoard, offline wandb) throu
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,77 @@ def test_continue_run_logs_branch_off_and_in_place(tmp_path):
     assert read_rows(tmp_path / "old/metrics.jsonl") == [{"step": 1}, {"step": 2}]
     continue_run_logs(tmp_path / "old", None, 0)  # auto-or-new without checkpoint: the rows are redone
     assert (tmp_path / "old/metrics.jsonl").read_text() == ""
+
+
+# -- experiment trackers through accelerate -------------------------------------------------------
+
+
+def tracked_run(run: Path, trackers: tuple[str, ...], start_step: int = 0) -> None:
+    """Log two steps through RunLogger with ``trackers`` enabled on a CPU Accelerator."""
+    from accelerate import Accelerator
+
+    from tft2v.config import load_config
+    from tft2v.train.logging import RunLogger, accelerator_kwargs
+
+    cfg = load_config(None, [f"out_dir={run}", f"train.trackers={list(trackers)}"])
+    acc = Accelerator(cpu=True, **accelerator_kwargs(cfg.train.trackers, cfg.out_dir))
+    log = RunLogger(run, 10, start_step, progress=False, accelerator=acc, config=cfg)
+    log.log(start_step + 1, {"loss": 0.5, "image/loss": 0.25})
+    log.log(start_step + 2, {"loss": 0.4, "summary": {"steps": 2}})
+    log.close()
+    log.close()
+
+
+def test_tensorboard_tracker_writes_events_through_accelerate(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tracked_run(tmp_path / "run", ("tensorboard",))
+    events = EventAccumulator(str(tmp_path / "run/tensorboard/tft2v")).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 0.5), (2, pytest.approx(0.4))]
+    assert [e.step for e in events.Scalars("image/loss")] == [1]
+    assert [r["step"] for r in read_rows(tmp_path / "run/metrics.jsonl")] == [1, 2]  # JSONL is written too
+    hparams = next((tmp_path / "run/tensorboard/tft2v").glob("*/hparams.yml")).read_text()
+    assert "train.trackers" in hparams and "optim.lr" in hparams
+
+
+def test_no_trackers_writes_only_jsonl(tmp_path):
+    tracked_run(tmp_path / "run", ())
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl"]
+
+
+def test_unknown_tracker_is_a_one_line_config_error(tmp_path):
+    from tft2v.config import load_config
+
+    msg = one_line_error("train.trackers must be one of", load_config, None, ["train.trackers=[tensorboard, mlflow]"])
+    assert "'mlflow'" in msg
+
+
+def test_wandb_not_installed_is_a_one_line_config_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from tft2v.train.logging import accelerator_kwargs
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    one_line_error("wandb package is not installed", accelerator_kwargs, ("tensorboard", "wandb"), tmp_path)
+
+
+def test_legacy_tensorboard_key_still_loads(tmp_path):
+    from tft2v.config import config_from_dict, load_config
+
+    assert config_from_dict({"train": {"tensorboard": False}}).train.trackers == ()
+    assert load_config(None, ["train.tensorboard=true"]).train.trackers == ("tensorboard",)
+    one_line_error("replaced by train.trackers", load_config, None, ["train.tensorboard=true", "train.trackers=[]"])
+
+
+def test_wandb_tracker_runs_offline_inside_the_run_folder(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "unset")  # registered first so the test restores the original
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tracked_run(tmp_path / "run", ("wandb",))
+    runs = list((tmp_path / "run/wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert not (tmp_path / "run/tensorboard").exists()
+    assert [r["step"] for r in read_rows(tmp_path / "run/metrics.jsonl")] == [1, 2]

@@ -20,7 +20,7 @@ def tiny_overrides(out_dir, **extra) -> list[str]:
         "recipe.image_tokens_on_videos": False,
         "optim.lr": 1e-3, "optim.warmup_steps": 1,
         "train.max_steps": 3, "train.log_every": 1, "train.checkpoint_every": 0,
-        "train.progress": False, "train.tensorboard": False, "train.export": False,
+        "train.progress": False, "train.trackers": "[]", "train.export": False,
     }
     sets.update(extra)
     return [f"{k}={v}" for k, v in sets.items()]

@@ -26,6 +26,7 @@ INIT_KINDS = ("scratch", "sd21", "vgen", "pretrained")
 DROPOUT_TARGETS = ("empty", "negative")
 TRAINABLE = ("all", "condition_encoders")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TRACKERS = ("tensorboard", "wandb")  # experiment trackers, through accelerate (wandb runs offline)
 
 
 @dataclass(frozen=True)
@@ -167,11 +168,13 @@ class TrainConfig:
     validation_steps: int = 25
     guidance_scale: float = 9.0
     progress: bool = True
-    tensorboard: bool = True
+    trackers: tuple[str, ...] = ("tensorboard",)  # any of TRACKERS; [] = metrics.jsonl only
     export: bool = True  # write the pipeline model folder at the end
 
     def __post_init__(self):
         _choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        for name in self.trackers:
+            _choice("train.trackers", name, TRACKERS)
         if self.max_steps < 1 or self.grad_accum < 1 or self.keep_last < 1 or self.log_every < 1:
             raise ConfigError("train.max_steps, grad_accum, keep_last and log_every must be >= 1")
 
@@ -298,6 +301,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return out
 
 
+def _migrate(data: dict) -> dict:
+    """Read configs written before ``train.trackers`` replaced ``train.tensorboard`` (saved runs stay loadable)."""
+    train = data.get("train")
+    if not isinstance(train, dict) or "tensorboard" not in train:
+        return data
+    if "trackers" in train:
+        raise ConfigError("train.tensorboard was replaced by train.trackers; set only train.trackers")
+    train = dict(train)
+    train["trackers"] = ["tensorboard"] if train.pop("tensorboard") else []
+    return {**data, "train": train}
+
+
 def _deepcopy(d):
     return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
 
@@ -315,12 +330,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"cannot parse {p}: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p} must hold a mapping at the top level")
-    return _build(Config, apply_overrides(data, list(overrides)))
+    return _build(Config, _migrate(apply_overrides(data, list(overrides))))
 
 
 def config_from_dict(data: dict) -> Config:
     """Validate a nested dict (e.g. a saved ``config.yaml``) into a Config."""
-    return _build(Config, data)
+    return _build(Config, _migrate(data))
 
 
 def dump_config(cfg: Config, path: str | Path | None = None) -> str:

@@ -39,7 +39,7 @@ BASE_CONFIG = {
     "schedule": {"prediction_type": "v_prediction", "offset_noise": 0.1},
     "recipe": {"text_dropout": 0.1, "image_token_dropout": 0.1},
     "optim": {"lr": 2e-3, "warmup_steps": 20, "max_grad_norm": 1.0, "ema_decay": 0.0},
-    "train": {"log_every": 10, "checkpoint_every": 0, "keep_last": 1, "progress": False, "tensorboard": False,
+    "train": {"log_every": 10, "checkpoint_every": 0, "keep_last": 1, "progress": False, "trackers": [],
               "guidance_scale": 3.0},
 }
 

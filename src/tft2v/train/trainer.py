@@ -42,12 +42,15 @@ def _build_accelerator(cfg: Config):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    from tft2v.train.logging import accelerator_kwargs
+
     # Steps alternate branches (and image tokens / conditions may be absent), so not every parameter
     # receives a gradient in every backward.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # cpu=True on GPU-less machines lets torchrun-launched processes form a gloo group (MULTI_CPU).
+    # train.trackers (TensorBoard, wandb) log through accelerate, their files inside the run folder.
     return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp],
-                       cpu=not torch.cuda.is_available())
+                       cpu=not torch.cuda.is_available(), **accelerator_kwargs(cfg.train.trackers, cfg.out_dir))
 
 
 def _seed_globals(seed: int, rank: int) -> None:
@@ -112,7 +115,7 @@ class Trainer:
         self.recipe = Recipe(cfg.recipe, cfg.schedule, self.encoder, self.autoencoder,
                              build_training_scheduler(cfg.schedule), depth_model=cfg.recipe.depth_model or None)
         self.log = RunLogger(self.run_dir, cfg.train.max_steps, self.step, enabled=acc.is_main_process,
-                             progress=cfg.train.progress, tensorboard=cfg.train.tensorboard)
+                             progress=cfg.train.progress, accelerator=acc, config=cfg)
 
     # -- one optimizer step ---------------------------------------------------------------------
 
