@@ -199,7 +199,7 @@ def test_training_step_from_cache_equals_step_from_pixels(world, branch, name, k
     from tft2v.config import RecipeConfig
     from tft2v.data.mixing import collate
     from tft2v.diffusion import ScheduleConfig, build_training_scheduler
-    from tft2v.train.recipe import Recipe, step_generator
+    from tft2v.train.recipe import Recipe, sample_generators
 
     ae = VideoAutoencoder.from_pretrained(world["root"] / "vae")
     enc = build_encoder("toy", **ENCODER_ARGS)
@@ -214,7 +214,8 @@ def test_training_step_from_cache_equals_step_from_pixels(world, branch, name, k
     grads = []
     for batch in (collate(raw), collate_cached(cached)):
         unet.zero_grad()
-        loss, logged = recipe.branch_loss(unet, unet, batch, branch, step_generator(5, 3, 0), "cpu")
+        loss, logged = recipe.branch_loss(unet, unet, batch, branch,
+                                            sample_generators(5, 3, branch, 0, len(batch["key"])), "cpu")
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in unet.parameters() if p.grad is not None]))
     assert float(grads[0][0]) > 0

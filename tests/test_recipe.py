@@ -14,7 +14,7 @@ from tft2v.encoders import build_encoder
 from tft2v.autoencoder import build_autoencoder
 from tft2v.data.mixing import collate
 from tft2v.models import TFT2VUNet
-from tft2v.train.recipe import Recipe, step_generator
+from tft2v.train.recipe import Recipe, sample_generators
 
 WORLD = ToyWorld(size=32, frames=4)
 
@@ -46,12 +46,12 @@ def recipe(parts, **kw):
 def loss(parts, branch, seed=0, **kw):
     torch.manual_seed(0)  # the UNet's own dropout layers draw from the global RNG
     out, logged = recipe(parts, **kw).branch_loss(parts["unet"], parts["unet"], parts[branch], branch,
-                                                  step_generator(seed, 0, 0), "cpu")
+                                                  sample_generators(seed, 0, branch, 0, 2), "cpu")
     return out, logged
 
 
 def inputs(parts, branch, seed=0, **kw):
-    return recipe(parts, **kw).inputs(parts[branch], branch, step_generator(seed, 0, 0), "cpu")
+    return recipe(parts, **kw).inputs(parts[branch], branch, sample_generators(seed, 0, branch, 0, 2), "cpu")
 
 
 def test_semi_supervised_text_and_motion_branch_empty_text(parts):

@@ -100,12 +100,15 @@ def noisy_inputs(
     cfg: ScheduleConfig,
     generator: torch.Generator | None = None,
     t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw (t, noise) and return ``(x_t, t, target)`` for one training forward on ``x0`` (B, C, F, H, W)."""
+    """Return ``(x_t, t, target)`` for one training forward on ``x0`` (B, C, F, H, W); ``t`` and
+    ``noise`` (offset noise included) are drawn from ``generator`` unless given."""
     if x0.ndim != 5:
         raise ValueError(f"x0 must be (B, C, F, H, W), got shape {tuple(x0.shape)}")
     if t is None:
         t = sample_timesteps(x0.shape[0], cfg.num_train_timesteps, generator, device=x0.device)
-    noise = sample_noise(tuple(x0.shape), cfg.offset_noise, generator, x0.device, x0.dtype)
+    if noise is None:
+        noise = sample_noise(tuple(x0.shape), cfg.offset_noise, generator, x0.device, x0.dtype)
     x_t = add_noise(scheduler, x0, noise, t)
     return x_t, t, prediction_target(scheduler, x0, noise, t, cfg.prediction_type)

@@ -16,18 +16,20 @@ picks the embeddings exactly as it would have computed them, drawing the same ra
 * compositional: conditions are extracted on the fly from the same pixels, with the model's own
   condition dropout masks.
 
-All randomness of a step comes from the ``generator`` passed in, so a step is a pure function of
-(weights, batch, generator state) — which is what makes resuming exact.
+All randomness of a step comes from the per-sample ``generators`` passed in (on the batch's device),
+so a step is a pure function of (weights, batch, generator states) — which is what makes resuming
+exact and the draws independent of batch size, micro-batching and the number of ranks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from tft2v.config import RecipeConfig
-from tft2v.diffusion import ScheduleConfig, noisy_inputs
+from tft2v.diffusion import ScheduleConfig, noisy_inputs, sample_noise, sample_timesteps
 from tft2v.errors import TFT2VError
 from tft2v.losses import diffusion_loss, temporal_coherence_loss
 
@@ -63,8 +65,9 @@ class Recipe:
         return torch.ones(b)
 
     @torch.no_grad()
-    def inputs(self, batch: dict, branch: str, generator: torch.Generator, device) -> dict:
-        """Model inputs and the regression target of one branch.
+    def inputs(self, batch: dict, branch: str, generators: list[torch.Generator], device) -> dict:
+        """Model inputs and the regression target of one branch; sample ``i`` draws all of its randomness
+        from ``generators[i]`` (see :func:`sample_generators`), so it does not depend on batching.
 
         Returns ``x_t`` (B, C, F, h, w), ``t`` (B,), ``target`` like x_t and the keyword inputs
         ``encoder_hidden_states`` (B, L(+N), D), ``image_embeds`` (B, D_img) | None,
@@ -73,14 +76,20 @@ class Recipe:
         cfg = self.cfg
         cached = "latent_mean" in batch
         if cached:
-            std = batch.get("latent_std")
-            x0 = self.autoencoder.sample_posterior(batch["latent_mean"].to(device),
-                                                   None if std is None else std.to(device), generator)
+            mean, std = batch["latent_mean"].to(device), batch.get("latent_std")
+            std = None if std is None else std.to(device)
         else:
             pixels = batch["pixels"].to(device)  # (B, 3, F, H, W)
-            x0 = self.autoencoder.encode(pixels, generator=generator).float()
-        b = x0.shape[0]
-        x_t, t, target = noisy_inputs(self.noise_scheduler, x0, self.schedule, generator)
+            mean, std = self.autoencoder.posterior(pixels)
+        b = mean.shape[0]
+        if len(generators) != b:
+            raise TFT2VError(f"{len(generators)} generators for a batch of {b}")
+        x0 = _per_sample(generators, lambda i, g: self.autoencoder.sample_posterior(
+            mean[i : i + 1], None if std is None else std[i : i + 1], g))  # (B, C, F, h, w)
+        s = self.schedule
+        t = _per_sample(generators, lambda i, g: sample_timesteps(1, s.num_train_timesteps, g, device))  # (B,)
+        noise = _per_sample(generators, lambda i, g: sample_noise((1, *x0.shape[1:]), s.offset_noise, g, device))
+        x_t, t, target = noisy_inputs(self.noise_scheduler, x0, s, t=t, noise=noise)
 
         if cached:
             # Cached tokens are the caption's; text-free samples get the empty-string embedding.
@@ -93,7 +102,7 @@ class Recipe:
                 # Text-free videos see the empty caption; labelled ones keep theirs (semi-supervised).
                 captions = [c if bool(h) else "" for c, h in zip(captions, batch["has_text"])]
             text = self.encoder.encode_text(captions).float().to(device)  # (B, L, D)
-        drop = torch.rand(b, generator=generator, device=device) < cfg.text_dropout
+        drop = _uniform(generators, device) < cfg.text_dropout  # (B,)
         uncond = self._fixed_text(cfg.negative_prompt if cfg.text_dropout_to == "negative" else "", device)
         text = torch.where(drop.view(b, 1, 1), uncond.expand_as(text), text)
 
@@ -107,31 +116,41 @@ class Recipe:
             frame = batch["cond_frame"] if branch == "video" else batch["pixels"][:, :, 0]  # (B, 3, H, W)
             image_embeds = self.encoder.encode_image(frame.to(device)).float().to(device)
         if wants_image:
-            masks["image"] = torch.rand(b, generator=generator, device=device) >= cfg.image_token_dropout
+            masks["image"] = _uniform(generators, device) >= cfg.image_token_dropout
 
         conditions = None
         if cfg.conditions:
-            from tft2v.data.conditions import extract_conditions
-
             if cached:
                 raise TFT2VError("recipe.conditions are extracted from pixels; a data.cache holds latents only")
-            conditions = extract_conditions(pixels, list(cfg.conditions), generator=generator,
-                                            depth_model=self.depth_model or None)
+            conditions = self._conditions(pixels, generators)
         return {"x_t": x_t, "t": t, "target": target, "encoder_hidden_states": text,
                 "image_embeds": image_embeds, "conditions": conditions, "dropout_masks": masks}
 
-    def branch_loss(self, model: Callable, unet, batch: dict, branch: str, generator: torch.Generator,
+    def _conditions(self, pixels: torch.Tensor, generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
+        """The recipe's conditions of ``pixels`` (B, 3, F, H, W); each sample's inpainting mask from its generator."""
+        from tft2v.data.conditions import extract_conditions, masked_video, random_masks
+
+        names = list(self.cfg.conditions)
+        out = extract_conditions(pixels, [n for n in names if n != "masked"], depth_model=self.depth_model)
+        if "masked" in names:
+            h, w = pixels.shape[-2:]
+            mask = _per_sample(generators, lambda i, g: random_masks(1, h, w, generator=g))  # (B, 1, H, W)
+            out["masked"] = masked_video(pixels, mask)
+        return {name: out[name] for name in names}
+
+    def branch_loss(self, model: Callable, unet, batch: dict, branch: str, generators: list[torch.Generator],
                     device) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted loss of one branch, ``w·mean_b(L_base + λ·L_coh)``, and its logged parts.
 
         ``model`` is the callable to train (possibly DDP/FSDP-wrapped); ``unet`` the bare
-        TFT2VUNet, asked for condition dropout masks.
+        TFT2VUNet, asked for condition dropout masks; ``generators`` one per sample.
         """
-        inp = self.inputs(batch, branch, generator, device)
+        inp = self.inputs(batch, branch, generators, device)
         masks = inp["dropout_masks"]
         if inp["conditions"] and self.cfg.condition_dropout:
-            masks.update(unet.sample_dropout_masks(inp["x_t"].shape[0], list(inp["conditions"]), generator,
-                                                   device=device))
+            names = list(inp["conditions"])
+            per_sample = [unet.sample_dropout_masks(1, names, g, device=device) for g in generators]
+            masks.update({k: torch.cat([m[k] for m in per_sample]) for k in per_sample[0]})
         pred = model(inp["x_t"], inp["t"], encoder_hidden_states=inp["encoder_hidden_states"],
                      image_embeds=inp["image_embeds"], conditions=inp["conditions"], dropout_masks=masks or None)
         base = diffusion_loss(pred, inp["target"])  # (B,)
@@ -147,9 +166,28 @@ class Recipe:
         return weight * loss, logged
 
 
-def step_generator(seed: int, step: int, rank: int, micro: int = 0, device="cpu") -> torch.Generator:
-    """The generator of one (step, rank, micro-batch): seeded from the run seed, so a resumed run
-    draws exactly the noise, timesteps and dropout the uninterrupted run drew."""
-    g = torch.Generator(device=device)
-    g.manual_seed((((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro) % (2**63))
-    return g
+def sample_generators(seed: int, step: int, branch: str, first: int, count: int, device="cpu") -> list[torch.Generator]:
+    """One generator per sample ``first .. first+count-1`` of a (step, branch), on ``device``.
+
+    The sample index counts over the whole optimizer step — (micro-batch · world size + rank) · B + i —
+    so every (step, rank, micro-batch, branch, sample) has its own stream, a resumed run draws exactly
+    what the uninterrupted one drew, and the draws do not depend on how a step's samples are split into
+    micro-batches or ranks (grad_accum 2 × B equals one batch of 2B).
+    """
+    out = []
+    for index in range(first, first + count):
+        state = np.random.SeedSequence([seed, step, BRANCHES.index(branch), index]).generate_state(2, np.uint32)
+        g = torch.Generator(device=device)
+        g.manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)  # 62 bits, below the 2**63 limit
+        out.append(g)
+    return out
+
+
+def _per_sample(generators: list[torch.Generator], draw: Callable[[int, torch.Generator], torch.Tensor]) -> torch.Tensor:
+    """``cat([draw(i, g_i)])`` along the batch: each sample's value comes from its own generator."""
+    return torch.cat([draw(i, g) for i, g in enumerate(generators)])
+
+
+def _uniform(generators: list[torch.Generator], device) -> torch.Tensor:
+    """(B,) uniforms in [0, 1), one per sample's generator."""
+    return _per_sample(generators, lambda i, g: torch.rand(1, generator=g, device=device))

@@ -1,12 +1,14 @@
-"""The training loop: accelerate (single process, DDP, FSDP, DeepSpeed), the TF-T2V recipe per step.
+"""The training loop: accelerate (single process, DDP; FSDP see the README), the TF-T2V recipe per step.
 
-One optimizer step = ``train.grad_accum`` mixing-loader steps; each carries an image micro-batch
-(content branch, (B, 3, 1, H, W)) and/or a video micro-batch (motion branch, (B, 3, F, H, W)). Every
-branch runs forward + backward in turn (gradient accumulation), and gradients are synchronised across
-ranks only on the last backward of the step, so both branches update the shared UNet in ONE
-optimizer step on one device. The randomness of a step comes from a generator seeded by
-(seed, step, rank, micro-batch); model dropout uses the global torch RNG, which the checkpoints save
-and restore — together this makes ``--resume`` continue bit-exactly.
+One optimizer step = ``train.grad_accum`` mixing-loader steps (micro-batches); each carries an image
+micro-batch (content branch, (B, 3, 1, H, W)) and/or a video micro-batch (motion branch,
+(B, 3, F, H, W)). Both branches of a micro-batch are summed into one loss and ONE backward, and the
+micro-batches accumulate under ``accelerator.accumulate`` — so both branches update the shared UNet in
+one optimizer step, and gradients are synchronised once per step under DDP/FSDP/DeepSpeed alike
+(DeepSpeed steps inside ``backward`` when it is not told about accumulation). Each sample draws its
+randomness from its own generator (:func:`tft2v.train.recipe.sample_generators`); model dropout uses
+the global torch RNG, which the checkpoints save and restore — together this makes ``--resume``
+continue bit-exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tft2v.train.data import (
     check_data_paths,
 )
 from tft2v.train.logging import RunLogger
-from tft2v.train.recipe import BRANCHES, Recipe, step_generator
+from tft2v.train.recipe import BRANCHES, Recipe, sample_generators
 
 OOM_HINT = ("lower data.image_batch_size / data.video_batch_size, set model.gradient_checkpointing=true, "
             "train.mixed_precision=bf16, or raise train.grad_accum")
@@ -50,7 +52,8 @@ def _build_accelerator(cfg: Config):
     # cpu=True on GPU-less machines lets torchrun-launched processes form a gloo group (MULTI_CPU).
     # train.trackers (TensorBoard, wandb) log through accelerate, their files inside the run folder.
     return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp],
-                       cpu=not torch.cuda.is_available(), **accelerator_kwargs(cfg.train.trackers, cfg.out_dir))
+                       gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available(),
+                       **accelerator_kwargs(cfg.train.trackers, cfg.out_dir))
 
 
 def _seed_globals(seed: int, rank: int) -> None:
@@ -60,12 +63,21 @@ def _seed_globals(seed: int, rank: int) -> None:
     torch.manual_seed(seed * 7919 + rank)
 
 
-def _trainable_parameters(cfg: Config, unet) -> list[torch.nn.Parameter]:
+def _freeze_for_recipe(cfg: Config, unet) -> None:
     if cfg.recipe.trainable == "condition_encoders":
         # VideoComposer-style stage: only the condition encoders learn; the video UNet stays fixed.
         unet.requires_grad_(False)
         unet.condition_encoders.requires_grad_(True)
-    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def _depth_model(cfg: Config, device):
+    """The recipe's depth network, loaded once and moved to ``device`` (or the 'luminance' fallback)."""
+    path = cfg.recipe.depth_model
+    if "depth" not in cfg.recipe.conditions or not path or path == "luminance":
+        return path or None
+    from tft2v.data.conditions_depth import load_depth_model
+
+    return load_depth_model(path).to(device)
 
 
 class Trainer:
@@ -90,9 +102,14 @@ class Trainer:
             ckpt_io.load_unet_weights(self.resume_from, self.unet)
         if cfg.model.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-        self.params = _trainable_parameters(cfg, self.unet)
+        _freeze_for_recipe(cfg, self.unet)
+        # Wrap first, then build the optimizer and EMA over the wrapped parameters: under FSDP those are
+        # the (sharded) parameters the optimizer must step.
+        self.model = acc.prepare(self.unet)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.optimizer = acc.prepare(optimizer)
         # Not passed to accelerate.prepare: it would step the schedule once per process.
         self.lr_scheduler = get_cosine_schedule_with_warmup(optimizer, o.warmup_steps, cfg.train.max_steps)
         self.ema = None
@@ -100,8 +117,6 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.params, decay=o.ema_decay)
-        self.model, self.optimizer = acc.prepare(self.unet, optimizer)
-        if self.ema is not None:
             self.ema.to(self.device)  # shadow weights live beside the (now moved) model weights
         if cfg.model.compile:
             self.model = torch.compile(self.model)
@@ -113,38 +128,35 @@ class Trainer:
             self.step = state["step"]
             self.loader.load_state_dict(state["loader"])
         self.recipe = Recipe(cfg.recipe, cfg.schedule, self.encoder, self.autoencoder,
-                             build_training_scheduler(cfg.schedule), depth_model=cfg.recipe.depth_model or None)
+                             build_training_scheduler(cfg.schedule), depth_model=_depth_model(cfg, self.device))
         self.log = RunLogger(self.run_dir, cfg.train.max_steps, self.step, enabled=acc.is_main_process,
                              progress=cfg.train.progress, accelerator=acc, config=cfg)
 
     # -- one optimizer step ---------------------------------------------------------------------
 
     def train_step(self, batches: list[dict]) -> dict:
-        """Forward/backward every branch of every micro-batch, then one optimizer step. Returns logs."""
+        """Forward/backward every micro-batch (both branches in one backward), then one optimizer step."""
         acc, cfg = self.accelerator, self.cfg
-        work = [(m, b) for m, batch in enumerate(batches) for b in BRANCHES if batch[b] is not None]
         logged: dict[str, float] = {}
         total = 0.0
-        for i, (micro, branch) in enumerate(work):
-            g = step_generator(cfg.seed, self.step, self.rank, micro, device=self.device)
-            sync = i == len(work) - 1  # all-reduce gradients once, on the step's last backward
-            with nullcontext() if sync else acc.no_sync(self.model):
+        grad_norm = None
+        for micro, batch in enumerate(batches):
+            with acc.accumulate(self.model):
                 with acc.autocast():
-                    loss, parts = self.recipe.branch_loss(self.model, self.unet, batches[micro][branch], branch,
-                                                          g, self.device)
-                acc.backward(loss / len(batches))
+                    loss, parts = self._micro_loss(batch, micro)
+                acc.backward(loss)  # accelerate divides by grad_accum
+                if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
+                    norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
+                    grad_norm = None if norm is None else float(norm)  # None under DeepSpeed
+                self.optimizer.step()  # a no-op until the step's last micro-batch
+                self.optimizer.zero_grad(set_to_none=True)
             total += float(loss.detach()) / len(batches)
             for k, v in parts.items():
                 logged[k] = logged.get(k, 0.0) + v / len(batches)
         loss_all = acc.reduce(torch.tensor([total], device=self.device), "mean").item()
         if not math.isfinite(loss_all):
             self._nan_stop(loss_all)
-        grad_norm = None
-        if cfg.optim.max_grad_norm > 0:
-            grad_norm = float(acc.clip_grad_norm_(self.params, cfg.optim.max_grad_norm))
-        self.optimizer.step()
         self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.step(self.params)
         self.step += 1
@@ -152,6 +164,22 @@ class Trainer:
         if grad_norm is not None:
             out["grad_norm"] = grad_norm
         return out
+
+    def _micro_loss(self, batch: dict, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sum of the branch losses of one micro-batch; sample ``i`` of a branch gets the generator of
+        its index in the whole step, (micro · world + rank) · B + i."""
+        loss, parts = None, {}
+        for branch in BRANCHES:
+            if batch[branch] is None:
+                continue
+            b = len(batch[branch]["key"])
+            first = (micro * self.accelerator.num_processes + self.rank) * b
+            gens = sample_generators(self.cfg.seed, self.step, branch, first, b, device=self.device)
+            branch_loss, branch_parts = self.recipe.branch_loss(self.model, self.unet, batch[branch], branch, gens,
+                                                                self.device)
+            loss = branch_loss if loss is None else loss + branch_loss
+            parts.update(branch_parts)
+        return loss, parts
 
     def _nan_stop(self, value: float) -> None:
         path = self.save(debug=True)
