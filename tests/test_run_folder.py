@@ -230,3 +230,15 @@ def test_wandb_tracker_runs_offline_inside_the_run_folder(tmp_path, monkeypatch)
     assert os.environ["WANDB_MODE"] == "offline"
     assert not (tmp_path / "run/tensorboard").exists()
     assert [r["step"] for r in read_rows(tmp_path / "run/metrics.jsonl")] == [1, 2]
+
+
+def test_trainer_logs_to_tensorboard_through_accelerate(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from train_fixtures import tiny_config
+
+    from tft2v.train import train
+
+    train(tiny_config(tmp_path / "run", **{"train.max_steps": 2, "train.trackers": "[tensorboard]"}))
+    events = EventAccumulator(str(tmp_path / "run/tensorboard/tft2v")).Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
+    assert {"video/loss", "lr", "grad_norm"} <= set(events.Tags()["scalars"])
