@@ -1,7 +1,11 @@
-"""``tft2v train CONFIG.yaml [--set key=value ...] [--resume DIR|auto] [--out DIR]``.
+"""``tft2v train CONFIG.yaml [--set key=value ...] [--resume DIR|auto|auto-or-new | --overwrite] [--out DIR]``.
 
 Runs single-process or under ``accelerate launch`` / ``torchrun`` (DDP, FSDP, DeepSpeed): every rank
 runs this same command. Heavy imports happen inside the command so ``--help`` stays fast.
+
+The run folder (``--out``) holds one run: a new or empty folder starts one, ``--resume`` continues it,
+``--overwrite`` replaces it; training into a folder that holds a run without either is an error
+(see tft2v.train.run_folder).
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ def train(
     overrides: Optional[list[str]] = typer.Option(
         None, "--set", help="Dotted override key=value, repeatable (e.g. --set optim.lr=1e-4)."),
     resume: Optional[str] = typer.Option(
-        None, "--resume", help="A run folder, a checkpoint folder, or 'auto' (newest checkpoint of --out)."),
+        None, "--resume",
+        help="Continue a run: 'auto' (newest checkpoint of --out; none is an error), 'auto-or-new' (the same, "
+             "or a new run when there is none: for restartable job scripts), a run folder or a checkpoint "
+             "folder (also of another run: branches off into --out)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Delete the run already in --out (its checkpoints, logs, tensorboard, "
+                                   "validation, model; not other files) and start over."),
     out: Optional[str] = typer.Option(None, "--out", help="Run folder (overrides out_dir in the config)."),
 ) -> None:
     """Train TF-T2V: content branch on images, motion branch on text-free videos, one optimizer step."""
@@ -27,4 +37,4 @@ def train(
     sets = list(overrides or [])
     if out is not None:
         sets.append(f"out_dir={out}")
-    run_training(load_config(config, sets), resume=resume)
+    run_training(load_config(config, sets), resume=resume, overwrite=overwrite)
