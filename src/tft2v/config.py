@@ -170,6 +170,7 @@ class TrainConfig:
     progress: bool = True
     trackers: tuple[str, ...] = ("tensorboard",)  # any of TRACKERS; [] = metrics.jsonl only
     export: bool = True  # write the pipeline model folder at the end
+    log_samples: bool = False  # samples.jsonl: the keys every step consumed, per rank (tft2v.train.sample_log)
 
     def __post_init__(self):
         _choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)

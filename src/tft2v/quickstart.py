@@ -176,7 +176,7 @@ def _calibrate(base: dict, out: Path, seed: int, log) -> tuple[float, float, flo
         cfg = _load(merge_config(base, merge_config(extra, {"seed": seed, "out_dir": str(out / f"calib_{name}"),
                                                             "train": {"max_steps": 4, "export": False}})))
         with _quiet(Path(cfg.out_dir)):
-            trainer = Trainer(cfg)
+            trainer = Trainer(cfg, overwrite=True)  # the quickstart owns its run folders
         batches = iter(trainer.loader)
         trainer.model.train()
         trainer.train_step([next(batches)])  # warm-up
@@ -213,7 +213,7 @@ def _train(cfg_dict: dict, log) -> dict:
 
     t0 = time.perf_counter()
     with _quiet(Path(cfg_dict["out_dir"])):
-        summary = train(_load(cfg_dict))
+        summary = train(_load(cfg_dict), overwrite=True)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     log(f"  {Path(cfg_dict['out_dir']).name}: {summary['steps']} steps in {summary['wall_s']} s, "
         f"loss {summary['loss_first']} -> {summary['loss_last']}")

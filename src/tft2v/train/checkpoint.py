@@ -145,7 +145,8 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
             torch.save(scaler.state_dict(), tmp / "scaler.pt")
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "trainer_state.json").write_text(json.dumps(
-            {"step": step, "world_size": accelerator.num_processes, "debug": debug}, indent=2))
+            {"step": step, "world_size": accelerator.num_processes, "debug": debug,
+             "epochs": loader_state.get("epochs", {})}, indent=2))
     accelerator.wait_for_everyone()
     if main:
         if final.exists():  # re-saving a step (e.g. after a resume): swap the old one out first

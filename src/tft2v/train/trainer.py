@@ -34,6 +34,8 @@ from tft2v.train.data import (
     check_data_paths,
 )
 from tft2v.train.logging import RunLogger
+from tft2v.train.run_folder import continue_run_logs, prepare_run_folder
+from tft2v.train.sample_log import SampleLog, step_row
 from tft2v.train.recipe import BRANCHES, Recipe, sample_generators
 
 OOM_HINT = ("lower data.image_batch_size / data.video_batch_size, set model.gradient_checkpointing=true, "
@@ -83,7 +85,7 @@ def _depth_model(cfg: Config, device):
 class Trainer:
     """Holds a run's components; ``run()`` trains to ``train.max_steps`` and returns a summary dict."""
 
-    def __init__(self, cfg: Config, resume: str | None = None):
+    def __init__(self, cfg: Config, resume: str | None = None, overwrite: bool = False):
         from diffusers.optimization import get_cosine_schedule_with_warmup
 
         from tft2v.diffusion import build_training_scheduler
@@ -97,7 +99,8 @@ class Trainer:
         self.encoder = build_encoder_from_config(cfg).to(self.device)
         self.autoencoder = build_autoencoder_from_config(cfg).to(self.device)
         self.unet = build_unet(cfg, self.encoder, self.autoencoder)
-        self.resume_from = ckpt_io.resolve_resume(resume, self.run_dir) if resume else None
+        self.resume_from = prepare_run_folder(self.run_dir, resume, overwrite, acc.is_main_process)
+        acc.wait_for_everyone()  # --overwrite clears the folder on the main process first
         if self.resume_from is not None:
             ckpt_io.load_unet_weights(self.resume_from, self.unet)
         if cfg.model.gradient_checkpointing:
@@ -127,6 +130,9 @@ class Trainer:
                                                 lr_scheduler=self.lr_scheduler, ema=self.ema, scaler=acc.scaler)
             self.step = state["step"]
             self.loader.load_state_dict(state["loader"])
+        if resume and acc.is_main_process:
+            # Steps after the checkpoint (all of them for "auto-or-new" without one) are logged again.
+            continue_run_logs(self.run_dir, self.resume_from, self.step)
         self.recipe = Recipe(cfg.recipe, cfg.schedule, self.encoder, self.autoencoder,
                              build_training_scheduler(cfg.schedule), depth_model=_depth_model(cfg, self.device))
         self.log = RunLogger(self.run_dir, cfg.train.max_steps, self.step, enabled=acc.is_main_process,
@@ -235,9 +241,15 @@ class Trainer:
         last_ckpt = None
         self.model.train()
         batches = iter(self.loader)
+        sample_log = SampleLog(self.run_dir, self.accelerator) if t.log_samples else None
         try:
             while self.step < end:
-                logs = self.train_step([next(batches) for _ in range(t.grad_accum)])
+                micro_batches = [next(batches) for _ in range(t.grad_accum)]
+                logs = self.train_step(micro_batches)
+                epochs = self.loader.state_dict()["epochs"]
+                logs["epoch"] = step_row(self.step, self.rank, [], epochs)["epoch"]
+                if sample_log is not None:
+                    sample_log.write(step_row(self.step, self.rank, micro_batches, epochs))
                 losses.append(logs["loss"])
                 self.log.advance(logs["loss"])
                 if self.step % t.log_every == 0 or self.step == end:
@@ -253,6 +265,9 @@ class Trainer:
             if "out of memory" in str(e).lower():
                 raise TFT2VError(f"out of memory at step {self.step + 1}: {OOM_HINT}") from None
             raise
+        finally:
+            if sample_log is not None:
+                sample_log.close()
         if last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:08d}"):
             last_ckpt = self.save()
         videos = [] if t.validate_every and self.step % t.validate_every == 0 else self.validate()
@@ -289,6 +304,7 @@ def _format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def train(cfg: Config, resume: str | None = None) -> dict:
-    """Train per ``cfg`` (optionally resuming: a run/checkpoint folder or "auto"); returns the summary."""
-    return Trainer(cfg, resume).run()
+def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> dict:
+    """Train per ``cfg`` (optionally resuming: a run/checkpoint folder, "auto" or "auto-or-new"; or
+    ``overwrite`` a previous run in ``out_dir``); returns the summary."""
+    return Trainer(cfg, resume, overwrite).run()
