@@ -40,6 +40,9 @@ def test_all_conditions_shapes_and_ranges(video):
 def test_channel_counts_match_the_model():
     models = pytest.importorskip("tft2v.models.conditions")
     assert models.CONDITION_CHANNELS == VGEN_CHANNELS
+    # One list of names: the extractor's are the model's, in the documented order.
+    assert CONDITION_NAMES == tuple(models.CONDITION_CHANNELS)
+    assert CONDITION_NAMES == ("sketch", "single_sketch", "depth", "motion", "masked", "local_image")
 
 
 def test_sketch_marks_object_edges_only(video):

@@ -1,5 +1,7 @@
 """Depth conditions: loading a tiny local depth network (TorchScript or state dict), VGen scaling."""
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -43,6 +45,22 @@ def test_torchscript_model_loads_and_scales_like_vgen(tmp_path, video):
     assert clamped.max() == pytest.approx(2.0)
     via_path = extract_conditions(video, ["depth"], depth_model=str(path))["depth"]
     assert torch.allclose(via_path, depth)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_depth_path_is_read_once_until_the_file_changes(tmp_path, video, monkeypatch):
+    path = tmp_path / "depth.pt"
+    torch.jit.script(TinyDepth()).save(str(path))
+    reads = []
+    jit_load = torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: reads.append(a) or jit_load(*a, **k))
+    first = extract_conditions(video, ["depth"], depth_model=str(path))["depth"]
+    assert torch.equal(extract_conditions(video, ["depth"], depth_model=path)["depth"], first)
+    assert len(reads) == 1  # a training loop passing the path every step reads it once
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a rewritten file
+    extract_conditions(video, ["depth"], depth_model=str(path))
+    assert len(reads) == 2
 
 
 def test_state_dict_model_and_input_size(tmp_path, video):

@@ -17,6 +17,9 @@ masked         4   ``cat(video·(1−m), 1−m)`` with one random mask m per sam
                    shared by all frames: irregular strokes 70 %, rectangle 20 %, uncrop 10 %
 local_image    3   the first frame in [0, 1] repeated over F
 =============  ==  =========================================================================
+
+Every condition is made on the video's device; the random masks draw from the given generator on the
+generator's own device.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tft2v.data.conditions_depth import DepthEstimator, load_depth_model, luminance
+from tft2v.data.conditions_depth import DepthEstimator, cached_depth_model, luminance
 from tft2v.data.conditions_motion import estimate_motion
 from tft2v.errors import TFT2VError
+from tft2v.models.conditions import CONDITION_CHANNELS
 
-CONDITION_NAMES = ("sketch", "single_sketch", "depth", "motion", "masked", "local_image")
+CONDITION_NAMES = tuple(CONDITION_CHANNELS)  # the models' list is the one source of names and order
 MASK_KINDS = ("irregular", "rectangle", "uncrop")
 MASK_PROBS = (0.7, 0.2, 0.1)  # VGen's irregular / rectangle / uncrop mix
 _SKETCH_FLOOR = 0.05  # luminance gradient below which a clip is treated as flat (no edges)
@@ -45,10 +49,13 @@ def extract_conditions(
 ) -> dict[str, torch.Tensor]:
     """Compute the named conditions of a video batch ``(B, 3, F, H, W)`` in [-1, 1].
 
-    ``generator`` seeds the random masks ("masked"). ``depth_model`` is a :class:`DepthEstimator`, a
-    path to a TorchScript depth network, or the string ``"luminance"`` for the documented crude
-    fallback; it is required for "depth". ``motion_vectors`` ``(B, 2, F, H, W)`` (e.g. from
-    :func:`tft2v.data.conditions_motion.read_codec_motion_vectors`) are used for "motion" when given;
+    Every condition is made on ``video.device``. ``generator`` seeds the random masks ("masked"); it
+    draws on its own device (training: the model's). ``depth_model`` is a :class:`DepthEstimator` on
+    the video's device (training loads it once: ``load_depth_model(path).to(device)``), a path to a
+    TorchScript / exported depth network (one-off use: loaded on first use and kept), or the string
+    ``"luminance"`` for the documented crude fallback; it is required for "depth". ``motion_vectors``
+    ``(B, 2, F, H, W)`` (e.g. from :func:`tft2v.data.conditions_motion.read_codec_motion_vectors`) are
+    used for "motion" when given (moved to the video's device, like the pixels they come with);
     otherwise motion is estimated from the frames by block matching.
     """
     _check_video(video)
@@ -67,7 +74,8 @@ def extract_conditions(
         elif name == "motion":
             out[name] = _motion(video, motion_vectors)
         elif name == "masked":
-            out[name] = masked_video(video, random_masks(video.shape[0], *video.shape[-2:], generator=generator))
+            masks = random_masks(video.shape[0], *video.shape[-2:], generator=generator, device=video.device)
+            out[name] = masked_video(video, masks)
         else:
             out[name] = local_image(video)
     return out
@@ -97,8 +105,12 @@ def local_image(video: torch.Tensor) -> torch.Tensor:
 
 def masked_video(video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """VGen's masked condition ``cat(video·(1−m), 1−m)``: video (B, 3, F, H, W), mask (B, 1, H, W)
-    with 1 = hidden → (B, 4, F, H, W)."""
+    with 1 = hidden, on the video's device → (B, 4, F, H, W)."""
     _check_video(video)
+    if mask.device != video.device:
+        # Moving it here would hide a caller that builds masks on the wrong device every step.
+        raise TFT2VError(f"mask is on {mask.device} but the video is on {video.device}; make the mask on the "
+                         f"video's device (random_masks(..., device=video.device))")
     b, _, f, h, w = video.shape
     if mask.shape != (b, 1, h, w):
         raise TFT2VError(f"mask must be {(b, 1, h, w)} for this video, got {tuple(mask.shape)}")
@@ -112,16 +124,23 @@ def random_masks(
     width: int,
     generator: torch.Generator | None = None,
     probs: tuple[float, float, float] = MASK_PROBS,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Random inpainting/outpainting masks (B, 1, H, W), 1 = hidden; kind per sample drawn with
-    ``probs`` over (irregular strokes, rectangle, uncrop border). Without ``generator`` the masks are
-    drawn from a fixed seed (0), so results are always reproducible."""
+    """Random inpainting/outpainting masks (B, 1, H, W) float on ``device``, 1 = hidden; kind per
+    sample drawn with ``probs`` over (irregular strokes, rectangle, uncrop border).
+
+    The kinds and shapes are drawn from ``generator`` on the generator's own device; ``device``
+    defaults to the generator's. Without ``generator`` they come from a fixed CPU seed (0), so the
+    default masks are reproducible and the same on every device."""
     if len(probs) != 3 or min(probs) < 0 or sum(probs) <= 0:
         raise TFT2VError(f"mask probs must be three non-negative weights, got {probs}")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    kinds = torch.multinomial(torch.tensor(probs, dtype=torch.float64), batch, replacement=True, generator=g)
-    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-    masks = torch.zeros(batch, 1, height, width)
+    g = generator if generator is not None else torch.Generator(device="cpu").manual_seed(0)
+    device = torch.device(device) if device is not None else g.device
+    weights = torch.tensor(probs, dtype=torch.float64, device=g.device)  # float64: CPU draws as before
+    kinds = torch.multinomial(weights, batch, replacement=True, generator=g)
+    ys, xs = torch.meshgrid(torch.arange(height, device=device) + 0.5, torch.arange(width, device=device) + 0.5,
+                            indexing="ij")  # pixel centres (H, W)
+    masks = torch.zeros(batch, 1, height, width, device=device)
     for i, kind in enumerate(kinds.tolist()):
         draw = (_irregular, _rectangle, _uncrop)[kind]
         masks[i, 0] = draw(ys, xs, g).float()
@@ -129,14 +148,16 @@ def random_masks(
 
 
 def _rand(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
-    return lo + (hi - lo) * torch.rand((), generator=g).item()
+    # Drawn where the generator lives (a CUDA generator cannot fill a CPU tensor); the value drives
+    # host-side geometry, hence .item().
+    return lo + (hi - lo) * torch.rand((), generator=g, device=g.device).item()
 
 
 def _irregular(ys: torch.Tensor, xs: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """1–4 thick random polyline strokes (a free-form brush mask)."""
     h, w = ys.shape
     side = min(h, w)
-    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask = torch.zeros(h, w, dtype=torch.bool, device=ys.device)
     for _ in range(int(_rand(g, 1, 5))):
         radius = _rand(g, 0.05, 0.12) * side
         x, y = _rand(g, 0, w), _rand(g, 0, h)
@@ -173,12 +194,17 @@ def _box(ys: torch.Tensor, xs: torch.Tensor, g: torch.Generator, lo: float, hi: 
 
 
 def _depth(video: torch.Tensor, depth_model) -> torch.Tensor:
+    """(B, 3, F, H, W) → (B, 1, F, H, W) on the video's device."""
     if depth_model is None:
         raise TFT2VError("condition 'depth' needs depth_model= (a DepthEstimator, a TorchScript path, or 'luminance')")
     if isinstance(depth_model, str) and depth_model == "luminance":
         return luminance(video)
     if not isinstance(depth_model, DepthEstimator):
-        depth_model = load_depth_model(depth_model)
+        # A path (CLI / web UI): loaded once and kept, so it is ours to move. A DepthEstimator belongs
+        # to the caller, who moves it once; it raises if it sits elsewhere.
+        depth_model = cached_depth_model(depth_model)
+        if depth_model.device not in (None, video.device):
+            depth_model.to(video.device)
     return depth_model(video)
 
 

@@ -5,10 +5,20 @@ Interface: a depth network is any ``torch.nn.Module`` (or TorchScript module) ma
 nearer, as MiDaS does. :class:`DepthEstimator` runs it frame by frame over a video batch
 ``(B, 3, F, H, W)`` and returns ``(B, 1, F, H, W)`` with VGen's post-processing
 ``clamp(raw / depth_std, 0, depth_clamp)`` (VGen: MiDaS v3 DPT-Large, std 20, clamp 10).
+
+Training loads the network once and moves it to the batch's device once::
+
+    depth = load_depth_model(path).to(device)
+    extract_conditions(video, ["depth"], depth_model=depth)
+
+A path given to :func:`tft2v.data.conditions.extract_conditions` instead (one-off CLI / web UI use) is
+loaded on first use and kept (:func:`cached_depth_model`), not reread on every call.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from pathlib import Path
 
 import torch
@@ -18,9 +28,10 @@ from torch import nn
 from tft2v.errors import CheckpointError, TFT2VError
 
 
-class DepthEstimator:
+class DepthEstimator(nn.Module):
     """A depth network (in eval mode) plus its input size and VGen-style output scaling; frames go
-    through it ``chunk`` at a time."""
+    through it ``chunk`` at a time. A module: ``.to(device)`` moves the network, and it must sit on
+    the video's device when called."""
 
     def __init__(
         self,
@@ -32,12 +43,25 @@ class DepthEstimator:
     ) -> None:
         if depth_std <= 0 or depth_clamp <= 0:
             raise TFT2VError(f"depth_std and depth_clamp must be > 0, got {depth_std}, {depth_clamp}")
+        super().__init__()
         self.net = net  # expected in eval mode (exported programs cannot switch modes)
         self.input_size, self.depth_std, self.depth_clamp, self.chunk = input_size, depth_std, depth_clamp, chunk
 
+    @property
+    def device(self) -> torch.device | None:
+        """Where the network's weights are; None for a network without weights."""
+        for t in itertools.chain(self.net.parameters(), self.net.buffers()):
+            return t.device
+        return None
+
     @torch.no_grad()
-    def __call__(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, 3, F, H, W) in [-1, 1] → (B, 1, F, H, W) in [0, depth_clamp]."""
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, F, H, W) in [-1, 1] → (B, 1, F, H, W) in [0, depth_clamp], on the video's device."""
+        device = self.device
+        if device is not None and device != video.device:
+            # Moving a large network per call would hide a per-step copy; the caller moves it once.
+            raise TFT2VError(f"the depth model is on {device} but the video is on {video.device}; "
+                             f"move it once with .to({str(video.device)!r}) after loading")
         b, _, f, h, w = video.shape
         frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, 3, h, w)  # (B·F, 3, H, W)
         outs = []
@@ -75,6 +99,9 @@ def load_depth_model(path: Path | str, module: nn.Module | None = None, **kwargs
     is its state dict (``.safetensors``, or ``.pt``/``.pth`` read with ``weights_only=True``; a
     ``{'state_dict': ...}`` wrapper is accepted) and is loaded strictly. ``kwargs`` go to
     :class:`DepthEstimator` (``input_size``, ``depth_std``, ``depth_clamp``).
+
+    The estimator comes back on the CPU (an exported program: on the device it was saved from); move it
+    once with ``.to(device)``. Load it once per run: this reads the whole file.
     """
     path = Path(path)
     if not path.is_file():
@@ -111,3 +138,19 @@ def load_depth_model(path: Path | str, module: nn.Module | None = None, **kwargs
             f"depth weights {path} do not match the module: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     return DepthEstimator(module.eval(), **kwargs)
+
+
+def cached_depth_model(path: Path | str) -> DepthEstimator:
+    """:func:`load_depth_model` of a TorchScript / exported file, kept across calls: the same unchanged
+    file is read once (a rewritten file, by size or mtime, is read again). Only the latest file is kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise TFT2VError(f"depth model file {path} not found")
+    stat = path.stat()
+    return _load_stamped(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_stamped(path: str, mtime_ns: int, size: int) -> DepthEstimator:
+    # mtime_ns and size are only part of the cache key, so a rewritten file misses the cache.
+    return load_depth_model(path)

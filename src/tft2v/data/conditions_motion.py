@@ -194,8 +194,8 @@ def _block_match(prev: torch.Tensor, cur: torch.Tensor, radius: int, window: int
     padded = F.pad(prev, (radius,) * 4, mode="replicate")
     shifts = torch.arange(-radius, radius + 1, device=cur.device)
     costs = []
-    for dy in shifts.tolist():
-        for dx in shifts.tolist():
+    for dy in range(-radius, radius + 1):  # host ints: no device→host copy of `shifts`
+        for dx in range(-radius, radius + 1):
             moved = padded[:, :, radius - dy : radius - dy + h, radius - dx : radius - dx + w]
             costs.append((cur - moved).abs().sum(dim=1))
     cost = torch.stack(costs, dim=1)  # (N, side², H, W), index = (dy + r)·side + (dx + r)

@@ -11,14 +11,18 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from tft2v.errors import TFT2VError
+
 # Condition name → input channels (VGen's compositions; "masked" = 3 masked-image + 1 mask channel).
+# The one list of condition names: tft2v.data.conditions.CONDITION_NAMES is this dict's keys, in this
+# order (the extractor's documented order).
 CONDITION_CHANNELS: dict[str, int] = {
-    "depth": 1,
     "sketch": 1,
+    "single_sketch": 1,
+    "depth": 1,
     "motion": 2,
     "masked": 4,
     "local_image": 3,
-    "single_sketch": 1,
 }
 
 
@@ -93,7 +97,11 @@ def condition_dropout_masks(
 ) -> dict[str, torch.Tensor]:
     """Keep-masks (B,) bool per named input, VGen's DropPath scheme: each sample is "all dropped"
     with ``p_all_zero``, "all kept" with ``p_all_keep`` (disjoint), and otherwise each input is dropped
-    independently for ~``p`` of the remaining samples (a fresh choice per input)."""
+    independently for ~``p`` of the remaining samples (a fresh choice per input).
+
+    The masks are drawn on ``device`` (default: the generator's device, else CPU) with ``generator``,
+    which must live there."""
+    device = _draw_device(generator, device)
     u = torch.rand(batch_size, generator=generator, device=device)
     all_zero = u < p_all_zero
     all_keep = (u >= p_all_zero) & (u < p_all_zero + p_all_keep)
@@ -103,6 +111,23 @@ def condition_dropout_masks(
         dropped = free & (torch.rand(batch_size, generator=generator, device=device) < p)
         masks[name] = ~(all_zero | dropped)
     return masks
+
+
+def _draw_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device:
+    """The device to draw on: ``device``, else the generator's, else CPU. A generator only draws on its
+    own device; torch would reject a mismatch deep inside ``rand``, so name both devices here."""
+    if device is None:
+        return generator.device if generator is not None else torch.device("cpu")
+    device = torch.device(device)
+    if generator is not None and not _same_device(generator.device, device):
+        raise TFT2VError(f"the generator is on {generator.device} but the masks are asked for on {device}; "
+                         f"make the generator on {device}")
+    return device
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # "cuda" (no index) means the current device; treat it as matching any index of that type.
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 def apply_keep_mask(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
