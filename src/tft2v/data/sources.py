@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from tft2v.data.media_source import Item, MediaSource, collate
 from tft2v.data.sharding import EpochSampler, shard_indices
@@ -72,6 +72,19 @@ def _no_collate(sample):
     return sample
 
 
+class _ByKey(Dataset):
+    """Map-style view of a ListSource (an IterableDataset, which a DataLoader will not give a sampler)."""
+
+    def __init__(self, source: ListSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict | None:
+        return self.source[key]
+
+
 class SourceStream:
     """A finite source read by ``num_workers`` DataLoader processes, resumable at any position.
 
@@ -86,7 +99,7 @@ class SourceStream:
     def iter_from(self, start: int) -> Iterator[dict]:
         if self.num_workers == 0:
             return self.source.iter_from(start)
-        loader = DataLoader(self.source, sampler=self.source.sampler(start), batch_size=None,
+        loader = DataLoader(_ByKey(self.source), sampler=self.source.sampler(start), batch_size=None,
                             num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
                             collate_fn=_no_collate, generator=torch.Generator().manual_seed(self.source.seed))
         return (s for s in loader if s is not None)
