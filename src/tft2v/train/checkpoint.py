@@ -2,18 +2,23 @@
 
 A checkpoint is a folder ``<run>/checkpoints/step-XXXXXXXX/``:
 
-* ``unet/`` — the non-EMA weights as a diffusers folder (``config.json`` + safetensors);
-* ``unet_ema/`` + ``ema.pt`` — the EMA weights beside them (when EMA is on) and the EMA's counters;
-* ``optimizer.pt`` (``optimizer_rank{r}.pt`` when the optimizer is sharded), ``lr_scheduler.pt``,
-  ``scaler.pt`` (fp16 only) — loaded with ``weights_only=True``;
+* ``unet/`` — the non-EMA weights as a diffusers folder (``config.json`` + safetensors), always the
+  FULL weights (gathered from every rank under FSDP);
+* ``unet_ema/`` + ``ema.pt`` — the EMA weights beside them (when EMA is on, full as well) and the EMA's
+  counters; under FSDP ``ema_rank{r}.pt`` instead of ``ema.pt``: each rank's shards of the EMA weights;
+* ``optimizer.pt``, ``lr_scheduler.pt``, ``scaler.pt`` (fp16 only) — loaded with ``weights_only=True``.
+  Under FSDP2 the optimizer is saved sharded by accelerate (:func:`accelerate.utils.save_fsdp_optimizer`:
+  ``optimizer_0/``, a torch.distributed.checkpoint folder with SHARDED_STATE_DICT, ``optimizer.bin``
+  with FULL_STATE_DICT); under DeepSpeed ``optimizer_rank{r}.pt`` (untested);
 * ``rank{r}.json`` — python/numpy RNG states and the rank's data-loader position (mixing state);
   ``rank{r}_rng.pt`` — torch CPU (+ CUDA) RNG states;
-* ``trainer_state.json`` (step, world size) and ``config.yaml`` (the resolved config).
+* ``trainer_state.json`` (step, world size, distributed type) and ``config.yaml`` (the resolved config).
 
-Writing goes to a hidden temp folder that is renamed into place when complete, so a crash (even
-SIGKILL) mid-save never leaves a half checkpoint that ``--resume auto`` would pick. Only the last
-``keep_last`` checkpoints are kept; ``debug-step-*`` folders (NaN stops) are never pruned or resumed.
-Model tensors are ``(B, C, F, H, W)``-agnostic state dicts.
+Saving is collective: every rank calls :func:`save_checkpoint` (under FSDP the full weights, EMA ones
+included, are gathered with every rank taking part). Writing goes to a hidden temp folder that is
+renamed into place when complete, so a crash (even SIGKILL) mid-save never leaves a half checkpoint
+that ``--resume auto`` would pick. Only the last ``keep_last`` checkpoints are kept; ``debug-step-*``
+folders (NaN stops) are never pruned or resumed. Model tensors are ``(B, C, F, H, W)``-agnostic state dicts.
 """
 
 from __future__ import annotations
@@ -110,43 +115,67 @@ def ema_weights(ema, params: list[torch.nn.Parameter]):
         ema.restore(params)
 
 
+def is_fsdp2(accelerator) -> bool:
+    """Whether ``accelerator`` shards the model with FSDP2 (``fully_shard``)."""
+    return bool(getattr(accelerator, "is_fsdp2", False))
+
+
 def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, optimizer, lr_scheduler,
                     loader_state: dict, config_yaml: str, ema=None, ema_params=None, scaler=None, keep_last: int = 3,
                     debug: bool = False) -> Path:
-    """Write a checkpoint of every rank's state; collective (all ranks must call it). Returns its path."""
+    """Write a checkpoint of every rank's state; collective (all ranks must call it). Returns its path.
+
+    ``ema_params``: the (prepared, possibly sharded) parameters the EMA tracks — the trainable ones.
+    """
     root = Path(root)
     rank, main = accelerator.process_index, accelerator.is_main_process
     final = root / checkpoint_name(step, debug)
     tmp = root / f".tmp-{final.name}"
-    state_dict = accelerator.get_state_dict(model)  # full weights, gathered under FSDP/DeepSpeed
+    fsdp = is_fsdp2(accelerator)
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
 
+    # Collectives first, in the same order on every rank: full weights, full EMA weights, optimizer.
+    # accelerate's get_state_dict: the full weights (under FSDP2 gathered onto the main process, CPU; {}
+    # on the others), else the model's own tensors.
+    weights = accelerator.get_state_dict(model)
+    if main:
+        _save_unet(unet, _cpu(weights), tmp / "unet")
+    del weights
+    if ema is not None:
+        with ema_weights(ema, ema_params):  # each rank swaps its own shards in, then all gather
+            weights = accelerator.get_state_dict(model)  # FSDP2: gathered on the main process, {} elsewhere
+            if main:  # written inside the block: unsharded, ``weights`` are the live tensors
+                _save_unet(unet, _cpu(weights), tmp / "unet_ema")
+            del weights
+        if fsdp:
+            torch.save(_local_ema_state(ema), tmp / f"ema_rank{rank}.pt")
+        elif main:
+            torch.save(ema.state_dict(), tmp / "ema.pt")
+    if fsdp:
+        from accelerate.utils import save_fsdp_optimizer
+
+        fill_lazy_adam_state(optimizer)
+        save_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, tmp)
+    elif accelerator.distributed_type.value == "DEEPSPEED":
+        torch.save(optimizer.state_dict(), tmp / f"optimizer_rank{rank}.pt")
+    elif main:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+
     plain, tensors = _rng_state()
     (tmp / f"rank{rank}.json").write_text(json.dumps({"rng": plain, "loader": loader_state}))
     torch.save(tensors, tmp / f"rank{rank}_rng.pt")
-    sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
-    if sharded:
-        torch.save(optimizer.state_dict(), tmp / f"optimizer_rank{rank}.pt")
     if main:
-        _save_unet(unet, {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp / "unet")
-        if ema is not None:
-            # ``ema_params``: the parameters the EMA tracks (only the trainable ones)
-            with ema_weights(ema, ema_params):
-                _save_unet(unet, {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()},
-                           tmp / "unet_ema")
-            torch.save(ema.state_dict(), tmp / "ema.pt")
-        if not sharded:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
         if scaler is not None:
             torch.save(scaler.state_dict(), tmp / "scaler.pt")
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "trainer_state.json").write_text(json.dumps(
             {"step": step, "world_size": accelerator.num_processes, "debug": debug,
-             "epochs": loader_state.get("epochs", {})}, indent=2))
+             "distributed_type": accelerator.distributed_type.value, "epochs": loader_state.get("epochs", {})},
+            indent=2))
     accelerator.wait_for_everyone()
     if main:
         if final.exists():  # re-saving a step (e.g. after a resume): swap the old one out first
@@ -161,9 +190,74 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
     return final
 
 
+def _cpu(state_dict: dict) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+
+
+def model_class(unet) -> type:
+    """``unet``'s own class: FSDP2's ``fully_shard`` swaps in a subclass (``FSDPTFT2VUNet``)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return type(unet)
+    return next(c for c in type(unet).__mro__ if not issubclass(c, FSDPModule))
+
+
+def fill_lazy_adam_state(optimizer) -> None:
+    """Give each trainable parameter that has not had a gradient yet (a branch or image tokens absent so
+    far) the state Adam/AdamW would create at its first step: zeros, step 0 — which steps exactly like no
+    state at all. torch's sharded optimizer state dict (what accelerate saves under FSDP2) refuses to
+    load a checkpoint that lacks a trainable parameter's state. Other optimizers are left alone."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+    if not isinstance(inner, torch.optim.Adam):  # AdamW is an Adam
+        return
+    for group in inner.param_groups:
+        for p in group["params"]:
+            if not p.requires_grad or inner.state.get(p):
+                continue
+            # as torch.optim.Adam._init_group creates it (the dtype of torch.optim.optimizer._get_scalar_dtype)
+            dtype = torch.float64 if torch.get_default_dtype() == torch.float64 and not group["fused"] else torch.float32
+            step = (torch.zeros((), dtype=dtype, device=p.device) if group["capturable"] or group["fused"]
+                    else torch.tensor(0.0, dtype=dtype))
+            state = {"step": step, "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            inner.state[p] = state
+
+
+def _local_ema_state(ema) -> dict:
+    """``ema.state_dict()`` with this rank's shards of the (DTensor) shadow weights as plain tensors."""
+    state = dict(ema.state_dict())
+    state["shadow_params"] = [p.to_local().detach().cpu().clone() if hasattr(p, "to_local") else p.detach().cpu()
+                              for p in state["shadow_params"]]
+    return state
+
+
+def _load_local_ema_state(ema, state: dict) -> None:
+    """Inverse of :func:`_local_ema_state`: the saved shards go back into DTensors like ``ema``'s own."""
+    from torch.distributed.tensor import DTensor
+
+    current = ema.shadow_params
+    if len(state["shadow_params"]) != len(current):
+        raise CheckpointError(f"EMA checkpoint holds {len(state['shadow_params'])} tensors, the model "
+                              f"{len(current)}")
+    state = dict(state)
+    state["shadow_params"] = [
+        DTensor.from_local(local.to(p.device, p.dtype), p.device_mesh, p.placements, run_check=False,
+                           shape=p.shape, stride=p.stride()) if isinstance(p, DTensor) else local.to(p.device)
+        for local, p in zip(state["shadow_params"], current)]
+    ema.load_state_dict(state)
+
+
 def _save_unet(unet, state_dict: dict, directory: Path) -> None:
     directory.mkdir(parents=True)
     unet.save_config(directory)
+    config = directory / "config.json"
+    own = model_class(unet).__name__
+    if json.loads(config.read_text()).get("_class_name") != own:  # FSDPTFT2VUNet under FSDP2
+        config.write_text(json.dumps({**json.loads(config.read_text()), "_class_name": own}, indent=2,
+                                     sort_keys=True) + "\n")
     safetensors.torch.save_file(state_dict, directory / WEIGHTS_NAME)
 
 
@@ -189,8 +283,10 @@ def _load(path: Path):
         raise CheckpointError(f"checkpoint file missing: {path}") from None
 
 
-def load_training_state(path: str | Path, *, accelerator, optimizer, lr_scheduler, ema=None, scaler=None) -> dict:
+def load_training_state(path: str | Path, *, accelerator, optimizer, lr_scheduler, ema=None, scaler=None,
+                        model=None) -> dict:
     """Restore optimizer, LR schedule, EMA, scaler and this rank's RNG; return {"step", "loader"}.
+    Collective under FSDP (``model``: the prepared model, needed there for the sharded optimizer).
 
     The UNet weights are loaded separately (:func:`load_unet_weights`) before the model is wrapped.
     """
@@ -199,11 +295,24 @@ def load_training_state(path: str | Path, *, accelerator, optimizer, lr_schedule
     if state["world_size"] != accelerator.num_processes:
         raise CheckpointError(f"checkpoint {path} was written by {state['world_size']} processes, "
                               f"this run has {accelerator.num_processes}; exact resume needs the same number")
-    sharded = (path / f"optimizer_rank{rank}.pt").is_file()
-    optimizer.load_state_dict(_load(path / (f"optimizer_rank{rank}.pt" if sharded else "optimizer.pt")))
+    fsdp_checkpoint = (path / "optimizer_0").is_dir() or (path / "optimizer.bin").is_file()
+    if fsdp_checkpoint != is_fsdp2(accelerator):
+        written = "with" if fsdp_checkpoint else "without"
+        raise CheckpointError(f"checkpoint {path} was written {written} FSDP; resume it the same way "
+                              f"(accelerate launch --config_file configs/accelerate_fsdp.yaml for FSDP)")
+    if fsdp_checkpoint:
+        from accelerate.utils import load_fsdp_optimizer
+
+        load_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, path)
+    else:
+        sharded = (path / f"optimizer_rank{rank}.pt").is_file()
+        optimizer.load_state_dict(_load(path / (f"optimizer_rank{rank}.pt" if sharded else "optimizer.pt")))
     lr_scheduler.load_state_dict(_load(path / "lr_scheduler.pt"))
     if ema is not None:
-        ema.load_state_dict(_load(path / "ema.pt"))
+        if (path / f"ema_rank{rank}.pt").is_file():
+            _load_local_ema_state(ema, _load(path / f"ema_rank{rank}.pt"))
+        else:
+            ema.load_state_dict(_load(path / "ema.pt"))
     if scaler is not None:
         scaler.load_state_dict(_load(path / "scaler.pt"))
     per_rank = json.loads((path / f"rank{rank}.json").read_text())

@@ -42,20 +42,71 @@ OOM_HINT = ("lower data.image_batch_size / data.video_batch_size, set model.grad
             "train.mixed_precision=bf16, or raise train.grad_accum")
 
 
+# FSDP units: with accelerate's TRANSFORMER_BASED_WRAP each of these UNet blocks is sharded on its own
+# (configs/accelerate_fsdp.yaml names them; they are also the default when a config names none).
+FSDP_BLOCKS = ("ResBlock", "SpatialTransformer", "TemporalTransformer")
+
+
+def _fsdp_plugin():
+    """The FSDP plugin ``accelerate launch`` describes in its FSDP_* variables, or None without FSDP.
+
+    Only FSDP2 (``fully_shard``) is supported: FSDP1 wraps each block in a FullyShardedDataParallel
+    module, which the UNet's forward (dispatching on its block classes) does not see through.
+    """
+    import os
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from tft2v.errors import ConfigError
+
+    named = "FSDP_AUTO_WRAP_POLICY" in os.environ
+    plugin = FullyShardedDataParallelPlugin(
+        auto_wrap_policy=None if named else "transformer_based_wrap",
+        transformer_cls_names_to_wrap=None if os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP") else list(FSDP_BLOCKS))
+    if plugin.fsdp_version != 2:
+        raise ConfigError(f"FSDP version {plugin.fsdp_version} is not supported; set fsdp_version: 2 in the "
+                          f"accelerate config (see configs/accelerate_fsdp.yaml)")
+    return plugin
+
+
 def _build_accelerator(cfg: Config):
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
     from tft2v.train.logging import accelerator_kwargs
 
     # Steps alternate branches (and image tokens / conditions may be absent), so not every parameter
     # receives a gradient in every backward.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    fsdp = _fsdp_plugin()
     # cpu=True on GPU-less machines lets torchrun-launched processes form a gloo group (MULTI_CPU).
     # train.trackers (TensorBoard, wandb) log through accelerate, their files inside the run folder.
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp],
-                       gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available(),
-                       **accelerator_kwargs(cfg.train.trackers, cfg.out_dir))
+    acc = Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp], fsdp_plugin=fsdp,
+                      gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available(),
+                      **accelerator_kwargs(cfg.train.trackers, cfg.out_dir))
+    if fsdp is not None and acc.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate only turns FSDP on for accelerator devices; FSDP2 itself runs on CPU over gloo. Set
+        # it as accelerate does on GPUs: in both shared states (each AcceleratorState() call re-reads
+        # PartialState's).
+        from accelerate.state import PartialState
+
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        acc.state.distributed_type = DistributedType.FSDP
+        acc.state.fsdp_plugin = fsdp
+    return acc
+
+
+def _broadcast_weights(unet, device) -> None:
+    """Every rank takes the main process's initial weights (ranks seed their init differently). DDP
+    does this itself; FSDP2 shards each rank's own tensors as they are."""
+    import torch.distributed as dist
+
+    unet.to(device)
+    with torch.no_grad():
+        for tensor in unet.state_dict().values():
+            dist.broadcast(tensor, src=0)
 
 
 def _seed_globals(seed: int, rank: int) -> None:
@@ -106,13 +157,15 @@ class Trainer:
         if cfg.model.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         _freeze_for_recipe(cfg, self.unet)
-        # Wrap first, then build the optimizer and EMA over the wrapped parameters: under FSDP those are
-        # the (sharded) parameters the optimizer must step.
-        self.model = acc.prepare(self.unet)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
-        optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        self.optimizer = acc.prepare(optimizer)
+        optimizer = torch.optim.AdamW([p for p in self.unet.parameters() if p.requires_grad], lr=o.lr,
+                                      betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        if ckpt_io.is_fsdp2(acc):
+            _broadcast_weights(self.unet, self.device)
+        # Model and optimizer in one prepare call (FSDP2 and DeepSpeed need both: fully_shard swaps the
+        # optimizer's parameters for the sharded ones); the EMA is built over the prepared parameters.
+        self.model, self.optimizer = acc.prepare(self.unet, optimizer)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         # Not passed to accelerate.prepare: it would step the schedule once per process.
         self.lr_scheduler = get_cosine_schedule_with_warmup(optimizer, o.warmup_steps, cfg.train.max_steps)
         self.ema = None
@@ -127,7 +180,8 @@ class Trainer:
         self.step = 0
         if self.resume_from is not None:
             state = ckpt_io.load_training_state(self.resume_from, accelerator=acc, optimizer=self.optimizer,
-                                                lr_scheduler=self.lr_scheduler, ema=self.ema, scaler=acc.scaler)
+                                                lr_scheduler=self.lr_scheduler, ema=self.ema, scaler=acc.scaler,
+                                                model=self.model)
             self.step = state["step"]
             self.loader.load_state_dict(state["loader"])
         if resume and acc.is_main_process:
@@ -201,16 +255,18 @@ class Trainer:
             keep_last=self.cfg.train.keep_last, debug=debug)
 
     def validate(self) -> list[Path]:
-        """Validation videos from the EMA weights when EMA is on (what export writes), else the live ones."""
-        from tft2v.train.checkpoint import ema_weights
-        from tft2v.train.validation import validation_videos
+        """Validation videos from the EMA weights when EMA is on (what export writes), else the live ones.
+        Every rank takes part (under FSDP the full weights are gathered); the main process samples."""
+        from tft2v.train.validation import sampling_unet, validation_videos
 
         paths = []
-        if self.accelerator.is_main_process and self.cfg.train.validation_prompts:
-            with ema_weights(self.ema, self.params), self.accelerator.autocast():
-                paths = validation_videos(self.unet, self.encoder, self.autoencoder, self.cfg, self.step,
-                                          self.run_dir / "validation")
-            self.log.message(f"validation step {self.step}: {len(paths)} videos in {paths[0].parent}")
+        if self.cfg.train.validation_prompts:
+            with sampling_unet(self.accelerator, self.model, self.unet, self.ema, self.params) as unet:
+                if unet is not None:
+                    with self.accelerator.autocast():
+                        paths = validation_videos(unet, self.encoder, self.autoencoder, self.cfg, self.step,
+                                                  self.run_dir / "validation")
+                    self.log.message(f"validation step {self.step}: {len(paths)} videos in {paths[0].parent}")
         self.accelerator.wait_for_everyone()
         return paths
 

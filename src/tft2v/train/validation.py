@@ -5,12 +5,15 @@ unconditional branch) through :func:`tft2v.sampling.denoise`, decodes them to (B
 in [-1, 1] and writes one file per prompt (mp4 via :func:`tft2v.export_video`; a PNG grid of the
 frames when the video writer is unavailable). Noise is seeded from the run seed, so the videos of
 successive validations differ only by the weights. With EMA on, those weights are the EMA weights
-(:func:`tft2v.train.checkpoint.ema_weights`), the ones the exported model folder carries.
+(:func:`tft2v.train.checkpoint.ema_weights`), the ones the exported model folder carries. Every rank
+takes part (:func:`sampling_unet`): under FSDP the full weights are gathered, then the main process
+samples alone with a full copy.
 """
 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,37 @@ from tft2v.errors import TFT2VError
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:48] or "empty"
+
+
+@contextmanager
+def sampling_unet(accelerator, model, unet, ema=None, params=None):
+    """Collective (every rank enters): yields, on the main process, a UNet holding the full weights —
+    the EMA ones when ``ema`` is given — and None on the other ranks.
+
+    Unsharded (single process, DDP) that is ``unet`` itself with the EMA weights swapped in (and back
+    out on exit, bit-exactly). Under FSDP2 every rank swaps its EMA shards in, the full weights are
+    gathered onto the main process and loaded into a copy of the UNet built from its config (on the
+    meta device first, so building it draws nothing from the global RNG that training dropout uses).
+    """
+    from tft2v.train.checkpoint import ema_weights, is_fsdp2, model_class
+
+    main = accelerator.is_main_process
+    if not is_fsdp2(accelerator):
+        if not main:
+            yield None
+            return
+        with ema_weights(ema, params):
+            yield unet
+        return
+    with ema_weights(ema, params):
+        weights = accelerator.get_state_dict(model)  # gathered: {} off the main process
+    if not main:
+        yield None
+        return
+    with torch.device("meta"):
+        copy = model_class(unet).from_config(unet.config)
+    copy.load_state_dict(weights, assign=True)
+    yield copy.to(accelerator.device).eval()
 
 
 @torch.no_grad()
