@@ -151,3 +151,34 @@ def test_unet_step_with_all_conditions_on_the_batch_device(video):
         with on_batch_device():
             got = step(generator)
     assert got.device == video.device and torch.equal(got, expected)
+
+
+def test_compositional_recipe_step_on_the_batch_device(video, depth):
+    """The whole training step of the compositional recipe: posterior, timesteps, noise, text/image
+    dropout, all six conditions with the per-sample inpainting masks, condition dropout, loss."""
+    from tft2v.autoencoder import build_autoencoder
+    from tft2v.config import RecipeConfig
+    from tft2v.diffusion import ScheduleConfig, build_training_scheduler
+    from tft2v.encoders import build_encoder
+    from tft2v.train.recipe import Recipe, sample_generators
+
+    names = tuple(CONDITION_CHANNELS)
+    # pixel space: the 32x32 latent is the frame, so the condition encoders pool from 8x that
+    unet = tiny_unet(in_channels=3, out_channels=3, context_dim=16, image_embed_dim=32, conditions=names,
+                     condition_pixel_size=(256, 256))
+    encoder = build_encoder("toy", text_dim=16, image_dim=32, max_length=4)
+    schedule = ScheduleConfig()
+    recipe = Recipe(RecipeConfig(conditions=names, text_dropout=0.5, image_token_dropout=0.5), schedule, encoder,
+                    build_autoencoder("none"), build_training_scheduler(schedule), depth_model=depth)
+    batch = {"pixels": video, "cond_frame": video[:, :, 2], "caption": ["a red circle", ""],
+             "has_text": torch.tensor([True, False]), "key": ["a", "b"]}
+
+    def step():
+        gens = sample_generators(3, 7, "video", 0, 2, device=video.device)
+        return recipe.branch_loss(unet, unet, batch, "video", gens, video.device)[0]
+
+    with torch.no_grad():
+        expected = step()
+        with on_batch_device():
+            got = step()
+    assert got.device == video.device and torch.equal(got, expected)

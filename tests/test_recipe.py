@@ -97,7 +97,7 @@ def test_text_free_videos_switch(parts):
     on, _ = loss(parts, "video")
     off, logged = loss(parts, "video", text_free_videos=False)
     assert not torch.equal(on, off)
-    w = recipe(parts, text_free_videos=False).sample_weights(parts["video"], "video")
+    w = recipe(parts, text_free_videos=False).sample_weights(parts["video"], "video", "cpu")
     assert w.tolist() == [1.0, 0.0]
     # Only the labelled sample contributes: its per-sample loss is the branch loss.
     assert float(off.detach()) == pytest.approx(logged["video/base"] + 0.1 * logged["video/coherence"], rel=1e-5)

@@ -56,13 +56,12 @@ class Recipe:
             self._text_cache[prompt] = self.encoder.encode_text([prompt]).float()
         return self._text_cache[prompt].to(device)
 
-    def sample_weights(self, batch: dict, branch: str) -> torch.Tensor:
-        """(B,) float weights of the samples in the loss: with ``text_free_videos`` off, text-free videos
-        get weight 0. Masking (not dropping) keeps every rank's graph the same shape under DDP."""
-        b = len(batch["has_text"])
+    def sample_weights(self, batch: dict, branch: str, device) -> torch.Tensor:
+        """(B,) float weights of the samples in the loss, on ``device``: with ``text_free_videos`` off,
+        text-free videos get weight 0. Masking (not dropping) keeps every rank's graph the same shape under DDP."""
         if branch == "video" and not self.cfg.text_free_videos:
-            return batch["has_text"].float()
-        return torch.ones(b)
+            return batch["has_text"].to(device).float()
+        return torch.ones(len(batch["has_text"]), device=device)
 
     @torch.no_grad()
     def inputs(self, batch: dict, branch: str, generators: list[torch.Generator], device) -> dict:
@@ -155,7 +154,7 @@ class Recipe:
                      image_embeds=inp["image_embeds"], conditions=inp["conditions"], dropout_masks=masks or None)
         base = diffusion_loss(pred, inp["target"])  # (B,)
         coherence = temporal_coherence_loss(pred, inp["target"], reduction="none")  # (B,), 0 for F = 1
-        w = self.sample_weights(batch, branch).to(base.device)
+        w = self.sample_weights(batch, branch, base.device)
         per_sample = base + self.cfg.coherence_weight * coherence if self.cfg.coherence_weight else base
         loss = (w * per_sample).sum() / w.sum().clamp(min=1.0)
         weight = self.cfg.video_loss_weight if branch == "video" else self.cfg.image_loss_weight
