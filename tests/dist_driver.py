@@ -27,7 +27,7 @@ CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circl
             "a cyan square", "a magenta triangle", "a white circle", "a red square"]
 
 
-def global_batch(step: int, n: int, frames: int, size: int) -> dict:
+def global_batch_of(step: int, n: int, frames: int, size: int) -> dict:
     """The whole step's samples: {"image": ..., "video": ...}, each branch n samples."""
     g = torch.Generator().manual_seed(1000 + step)
     out = {}
@@ -45,6 +45,49 @@ def take(batch: dict, start: int, count: int) -> dict:
     return {branch: {k: v[start:start + count] for k, v in part.items()} for branch, part in batch.items()}
 
 
+def run(out, steps: int, global_batch: int = 4, save_at=(), resume=None, validate: bool = False,
+        export: bool = False, sets: dict | None = None) -> dict:
+    """Train ``steps`` steps of the tiny config in ``out`` (this process's share of each global batch);
+    returns (and writes to ``out/driver_rank{r}.json``) the per-step losses and what else was asked for."""
+    from tft2v.train import Trainer
+
+    overrides = {"train.max_steps": steps, "optim.ema_decay": 0.9, "optim.warmup_steps": 1,
+                 "train.validation_prompts": "['a red circle', 'a blue square']", "train.validation_frames": 2,
+                 "train.validation_steps": 3, **(sets or {})}
+    cfg = tiny_config(out, **overrides)
+    trainer = Trainer(cfg, resume=None if resume is None else str(resume))
+    acc = trainer.accelerator
+    world, rank, accum = acc.num_processes, acc.process_index, cfg.train.grad_accum
+    b = global_batch // (world * accum)
+    assert b * world * accum == global_batch, "global batch must split evenly"
+    losses = {}
+    while trainer.step < steps:
+        whole = global_batch_of(trainer.step, global_batch, cfg.data.num_frames, cfg.data.height)
+        micro = [take(whole, (m * world + rank) * b, b) for m in range(accum)]
+        logs = trainer.train_step(micro)
+        losses[str(trainer.step)] = logs["loss"]  # JSON keys
+        if trainer.step in save_at:
+            trainer.save()
+    result = {"losses": losses, "world": world, "distributed_type": acc.distributed_type.value,
+              "model_class": type(trainer.model).__name__}
+    if validate:
+        from tft2v.train.validation import sample_validation_clips, sampling_unet
+
+        with sampling_unet(acc, trainer.model, trainer.unet, trainer.ema, trainer.params) as unet:
+            if unet is not None:
+                torch.save(sample_validation_clips(unet, trainer.encoder, trainer.autoencoder, cfg),
+                           Path(out) / "validation_clips.pt")
+        result["validation"] = [str(p) for p in trainer.validate()]  # the trainer's own, files on disk
+    if export:
+        from tft2v.train.checkpoint import list_checkpoints
+
+        model_dir = trainer.export(list_checkpoints(Path(out) / "checkpoints")[-1])
+        result["model"] = None if model_dir is None else str(model_dir)
+    (Path(out) / f"driver_rank{rank}.json").write_text(json.dumps(result))
+    trainer.log.close()
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -55,45 +98,9 @@ def main() -> None:
     ap.add_argument("--validate", action="store_true")
     ap.add_argument("--export", action="store_true")
     ap.add_argument("--set", nargs="*", default=[])
-    args = ap.parse_args()
-
-    from tft2v.train import Trainer
-
-    extra = dict(s.split("=", 1) for s in args.set)
-    overrides = {"train.max_steps": args.steps, "optim.ema_decay": 0.9, "optim.warmup_steps": 1,
-                 "train.validation_prompts": "['a red circle', 'a blue square']", "train.validation_frames": 2,
-                 "train.validation_steps": 3, **extra}
-    cfg = tiny_config(args.out, **overrides)
-    trainer = Trainer(cfg, resume=args.resume)
-    acc = trainer.accelerator
-    world, rank, accum = acc.num_processes, acc.process_index, cfg.train.grad_accum
-    b = args.global_batch // (world * accum)
-    assert b * world * accum == args.global_batch, "global batch must split evenly"
-    save_at = {int(s) for s in args.save_at.split(",") if s}
-    losses = {}
-    while trainer.step < args.steps:
-        whole = global_batch(trainer.step, args.global_batch, cfg.data.num_frames, cfg.data.height)
-        micro = [take(whole, (m * world + rank) * b, b) for m in range(accum)]
-        logs = trainer.train_step(micro)
-        losses[trainer.step] = logs["loss"]
-        if trainer.step in save_at:
-            trainer.save()
-    result = {"losses": losses, "world": world, "distributed_type": acc.distributed_type.value,
-              "model_class": type(trainer.model).__name__}
-    if args.validate:
-        from tft2v.train.validation import sample_validation_clips, sampling_unet
-
-        with sampling_unet(acc, trainer.model, trainer.unet, trainer.ema, trainer.params) as unet:
-            if unet is not None:
-                torch.save(sample_validation_clips(unet, trainer.encoder, trainer.autoencoder, cfg),
-                           Path(args.out) / "validation_clips.pt")
-        result["validation"] = [str(p) for p in trainer.validate()]  # the trainer's own, files on disk
-    if args.export:
-        from tft2v.train.checkpoint import list_checkpoints
-
-        model_dir = trainer.export(list_checkpoints(Path(args.out) / "checkpoints")[-1])
-        result["model"] = None if model_dir is None else str(model_dir)
-    (Path(args.out) / f"driver_rank{rank}.json").write_text(json.dumps(result))
+    a = ap.parse_args()
+    run(a.out, a.steps, a.global_batch, {int(s) for s in a.save_at.split(",") if s}, a.resume, a.validate, a.export,
+        dict(s.split("=", 1) for s in a.set))
 
 
 if __name__ == "__main__":
