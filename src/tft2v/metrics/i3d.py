@@ -23,6 +23,7 @@ return_features=True)`` on 224×224 input.
 from __future__ import annotations
 
 import hashlib
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -190,9 +191,14 @@ def read_state_dict(path: str | Path, kind: str | None = None) -> dict[str, torc
         raise CheckpointError(f"{path} is a TorchScript network{hint}")
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols before failing on foreign files
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickles carrying code, truncated files, ...
-            raise CheckpointError(f"cannot read weights {path}: {str(e).splitlines()[0]}{hint}") from e
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if why.startswith("Weights only load failed") or "could not find MARK" in why or "invalid load key" in why:
+                why = "not a plain tensor state dict"
+            raise CheckpointError(f"cannot read weights {path}: {why}{hint}") from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
