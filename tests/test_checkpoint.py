@@ -108,3 +108,34 @@ def test_mismatch_errors(tmp_path):
     (path / "trainer_state.json").write_text('{"step": 1, "world_size": 4, "debug": false}')
     with pytest.raises(CheckpointError, match="4 processes"):
         ck.load_training_state(path, accelerator=Accelerator(cpu=True), optimizer=opt, lr_scheduler=sched)
+
+
+def test_filled_lazy_adam_state_steps_like_no_state():
+    """Under FSDP the optimizer is saved through torch's sharded state dict, which needs a state for every
+    trainable parameter: fill_lazy_adam_state gives the ones without a gradient so far zeros and step 0,
+    and training then goes on bit-exactly as without it (unused parameters stay untouched)."""
+    runs = []
+    for fill in (False, True):
+        torch.manual_seed(0)
+        used, later, never = (torch.nn.Parameter(torch.randn(3)) for _ in range(3))
+        opt = torch.optim.AdamW([used, later, never], lr=1e-2, weight_decay=0.1)
+        for step in range(4):
+            loss = used.square().sum() + (later.sin().sum() if step >= 2 else 0)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step == 1 and fill:
+                ck.fill_lazy_adam_state(opt)
+                assert set(opt.state) == {used, later, never}
+                assert float(opt.state[later]["step"]) == 0 and not opt.state[later]["exp_avg"].any()
+        runs.append([used.detach().clone(), later.detach().clone(), never.detach().clone()])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_sharded_checkpoint_refused_without_fsdp(tmp_path):
+    unet, opt, sched = parts()
+    path = save(tmp_path, 1, unet, opt, sched)
+    (path / "optimizer_0").mkdir()  # what accelerate's save_fsdp_optimizer writes under FSDP2
+    with pytest.raises(CheckpointError, match="written with FSDP"):
+        ck.load_training_state(path, accelerator=Accelerator(cpu=True), optimizer=opt, lr_scheduler=sched)
