@@ -3,29 +3,51 @@
 A clip is ``(3, F, H, W)`` in ``[-1, 1]`` (a batch ``(B, 3, F, H, W)``); uint8 ``(F, H, W, C)`` exists
 only at the file I/O edge. Works for any frame size and length. Definitions (all in pixels/frames):
 
-* **object** in a frame: brightness ``v`` = max over RGB. Background level ``bg`` = median of ``v``,
-  ``peak`` = max of ``v``. An object is present when ``peak - bg ≥ min_contrast`` and the largest
-  8-connected component of ``v > (bg + peak) / 2`` (half-maximum, which stays on the true edge under
-  blur) has ≥ ``min_pixels`` pixels.
+* **object** in a frame: brightness ``v`` = max over RGB, background level ``bg`` = median of ``v``,
+  ``peak`` = max of ``v``; the candidate is the largest 8-connected component of
+  ``v > (bg + peak) / 2`` (half-maximum, which stays on the true edge under blur). It is an object
+  only when it stands out as one — otherwise the frame is **empty** and nothing is guessed:
+
+  - contrast ``peak - bg ≥ min_contrast`` and ≥ ``min_pixels`` pixels;
+  - signal to noise: (median ``v`` on it − median ``v`` around it) ≥ ``min_snr`` × the background's
+    robust spread (1.4826 × MAD of ``v`` outside the grown component, at least one grey level);
+  - one object: the component holds ≥ ``min_dominance`` of all above-threshold pixels;
+  - colourful: the saturation ``(max − min) / max`` of its median RGB is ≥ ``min_saturation``.
+
 * **colour**: the component's median RGB, scaled to unit max channel (so dim or blurred objects keep
   their hue), nearest palette colour (``shapes_spec.COLOURS``, scaled the same way).
-* **shape**: fill ratio = soft area / bounding-box area, where soft area sums the coverage
+* **shape**: fill ratio = soft area / soft bounding-box area, where the coverage
   ``clip((v - bg) / (level - bg), 0, 1)`` (``level`` = 90th percentile of ``v`` on the component)
-  around the component, and the box sides sum the per-column / per-row maximum coverage (circle
-  ≈ π/4, square ≈ 1). Blur conserves summed coverage, which keeps the ratio robust. Triangles are
-  told by **skewness** instead (blur inflates their fill): the larger of the standardised third
-  moments of the coverage along x and y, ≈ 0.57 for a triangle and 0 for symmetric shapes.
+  is summed around the component and the box sides sum the per-column / per-row maximum coverage
+  (circle ≈ π/4, square ≈ 1). Triangles are told by **skewness** instead (blur inflates their fill):
+  the larger of the standardised third moments of the coverage along x and y, ≈ 0.57 for a
+  triangle and 0 for symmetric shapes.
+* **present** (per clip): the object is found in ≥ half the frames (``presence`` = the fraction).
+  Colour, shape, track statistics and motion are read only from present clips; an absent clip has
+  colour/shape/direction ``None``, which scores as wrong against any prompt.
 * **track**: coverage-weighted centroid ``(x, y)`` per frame (``None`` where absent).
 * **direction**: with ``net`` = last minus first present centroid over ``span`` frames, the clip moves
   when ``|net| ≥ min_speed · span`` (0.25 px/frame default, i.e. ≥ 3.75 px over 16 frames); the
   direction is the ``MOTION_VECTORS`` entry with the largest dot product with ``net``; else ``None``.
-* **coherent** motion: present in ≥ 75% of frames, moving, ≥ 75% of per-frame steps agree with the
-  direction (positive dot product), and straightness ``|net| / path length ≥ 0.5``.
-* **smoothness**: mean ``|c[t+1] - 2 c[t] + c[t-1]|`` over consecutive present frames (lower = smoother).
-* **pixel consistency**: ``1 - mean |x[t+1] - x[t]|`` with pixels in ``[0, 1]`` (1 = static clip).
+* **moving**: present in ≥ 75% of frames and moves.
+* **coherent** motion: moving, ≥ 75% of per-frame steps agree with the direction (positive dot
+  product), and straightness ``|net| / path length ≥ 0.5``.
+* **smoothness** (track roughness): mean ``|c[t+1] - 2 c[t] + c[t-1]|`` over consecutive present
+  frames (lower = smoother).
+* **object consistency**: per consecutive frame pair, ``1 - mean |x[t+1] - shift(x[t], Δc)|`` over the
+  object's pixels (both frames' components, grown by one pixel), where ``shift`` moves frame ``t`` by
+  the object's own centroid step ``Δc`` (bilinear) — how well the object keeps its appearance while
+  it moves; a pair where either frame has no object scores 0. Mean over all pairs of a present clip.
+  Unlike pixel consistency, a static clip does not win it by standing still (it is judged only on
+  **moving** clips) and a vanishing object loses it.
+* **pixel consistency**: ``1 - mean |x[t+1] - x[t]|`` with pixels in ``[0, 1]`` (1 = static clip; kept
+  for reference, a frozen or empty clip maximises it).
 * **direction alignment** (prompts naming a motion): cosine between ``net`` and the prompted direction
   when the clip moves, else 0 — a graded version of direction accuracy (chance level 0), so small
   evaluation sets still resolve a difference between models.
+
+Measurements behind the thresholds (noise batteries, ground-truth accuracy) are in
+``benchmarks/RESULTS.md`` ("Shapes-world detector").
 """
 
 from __future__ import annotations
@@ -42,14 +64,31 @@ from tft2v.errors import TFT2VError
 _NAMES = tuple(spec.COLOURS)
 _PALETTE = np.array([spec.COLOURS[c] for c in _NAMES], dtype=np.float64)
 _PALETTE_HUE = _PALETTE / _PALETTE.max(axis=1, keepdims=True)  # (6, 3) unit max channel
-# Measured fills on the generator's clips: square ≈ 1.00, circle ≈ 0.79 (π/4), triangle ≈ 0.57 (not
-# 1/2: the thin apex rows shorten the soft height). Thresholds sit halfway between neighbours.
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+# Fill thresholds sit halfway between the generator's measured fills (square 1.00, circle 0.79, triangle 0.57).
 _SQUARE_MIN_FILL = 0.89
 _CIRCLE_MIN_FILL = 0.68
-# Skewness (below) measures ≈ 0.58 on sharp triangles and ≥ 0.17 under a σ = 0.8 px blur, while
-# circles and squares, aliased or blurred, stay ≤ 0.11.
+# Triangles skew ≥ 0.17 even under a σ = 0.8 px blur; circles and squares stay ≤ 0.11.
 _TRIANGLE_MIN_SKEW = 0.14
-_EIGHT = np.ones((3, 3), dtype=bool)
+
+# A palette object is ≥ 0.86 brighter than the brightest background; a quarter of that finds faded ones.
+MIN_CONTRAST = 0.25
+# A third of the smallest object's half-maximum area (a 6 px triangle, ≈ 18 px).
+MIN_PIXELS = 6
+# Objects stand ≥ 15 background spreads out even under σ = 0.05 pixel noise; noise blobs stay ≤ 7.
+MIN_SNR = 8.0
+# One object per clip: noise scatters its above-threshold pixels over many components.
+MIN_DOMINANCE = 2 / 3
+# Palette colours have saturation ≥ 0.78 (≥ 0.73 blurred into the background); grey noise has ~0.
+MIN_SATURATION = 0.4
+# A clip shows an object when it is found in at least half the frames; otherwise nothing is guessed.
+MIN_PRESENCE = 0.5
+# Moving and coherent clips must keep the object in view for most of the clip.
+MOVING_MIN_PRESENCE = 0.75
+# Coherent: most per-frame steps go the clip's way and the path is not a zig-zag.
+COHERENT_MIN_AGREEMENT = 0.75
+COHERENT_MIN_STRAIGHTNESS = 0.5
 
 
 def _as_numpy_clip(clip) -> np.ndarray:
@@ -60,27 +99,42 @@ def _as_numpy_clip(clip) -> np.ndarray:
     return np.clip((np.moveaxis(x, 0, -1) + 1.0) / 2.0, 0.0, 1.0)
 
 
-def detect_object(frame: np.ndarray, min_contrast: float = 0.25, min_pixels: int = 3) -> dict | None:
-    """One frame float (H, W, 3) in [0, 1] → ``{colour, shape, fill, skew, centroid (x, y), area}`` or None."""
+def _find(frame: np.ndarray, min_contrast: float, min_pixels: int, min_snr: float, min_dominance: float,
+          min_saturation: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """The object's component mask, median RGB and background level in one frame, or None (empty)."""
     v = frame.max(axis=-1)  # (H, W)
     bg, peak = float(np.median(v)), float(v.max())
     if peak - bg < min_contrast:
         return None
     labels, n = ndimage.label(v > (bg + peak) / 2, structure=_EIGHT)
+    if n == 0:
+        return None
     sizes = np.bincount(labels.ravel())[1:]  # component sizes, label 1..n
-    if n == 0 or sizes.max() < min_pixels:
+    if sizes.max() < min_pixels or sizes.max() < min_dominance * sizes.sum():
         return None
     comp = labels == (int(sizes.argmax()) + 1)
+    around = ~ndimage.binary_dilation(comp, structure=_EIGHT, iterations=2)
+    if not around.any():
+        return None
+    rest = v[around]
+    spread = max(1.4826 * float(np.median(np.abs(rest - np.median(rest)))), 1 / 255)
+    if float(np.median(v[comp])) - float(np.median(rest)) < min_snr * spread:
+        return None
     rgb = np.median(frame[comp], axis=0)
+    if (rgb.max() - rgb.min()) < min_saturation * max(float(rgb.max()), 1e-6):
+        return None
+    return comp, rgb, bg
+
+
+def _describe(frame: np.ndarray, comp: np.ndarray, rgb: np.ndarray, bg: float) -> dict:
+    v = frame.max(axis=-1)
     hue = rgb / max(rgb.max(), 1e-6)
     colour = _NAMES[int(np.argmin(((_PALETTE_HUE - hue) ** 2).sum(axis=1)))]
-
     level = float(np.percentile(v[comp], 90))
     coverage = np.clip((v - bg) / max(level - bg, 1e-6), 0.0, 1.0)
     # Soft area over the component grown by one pixel: catches the blurred rim, not other blobs.
     coverage = coverage * ndimage.binary_dilation(comp, structure=_EIGHT)
-    # Soft bounding box: summed per-column / per-row maximum coverage measures the extent with
-    # sub-pixel precision (an integer box is off by up to a pixel, ±30% of a 6 px object's area).
+    # Summed per-column / per-row maxima measure the extent with sub-pixel precision.
     col_max, row_max = coverage.max(axis=0), coverage.max(axis=1)  # (W,), (H,)
     total = coverage.sum()
     fill = float(total / max(col_max.sum() * row_max.sum(), 1e-6))
@@ -98,42 +152,84 @@ def detect_object(frame: np.ndarray, min_contrast: float = 0.25, min_pixels: int
         shape = "triangle"
     else:
         shape = "square" if fill >= _SQUARE_MIN_FILL else "circle"
-    return {"colour": colour, "shape": shape, "fill": fill, "skew": skew, "centroid": tuple(centroid), "area": float(total)}
+    return {"colour": colour, "shape": shape, "fill": fill, "skew": skew, "centroid": tuple(centroid),
+            "area": float(total)}
+
+
+def _detect(frame: np.ndarray, **thresholds) -> tuple[dict, np.ndarray] | None:
+    found = _find(frame, **{**_DEFAULTS, **thresholds})
+    if found is None:
+        return None
+    comp, rgb, bg = found
+    return _describe(frame, comp, rgb, bg), comp
+
+
+_DEFAULTS = {"min_contrast": MIN_CONTRAST, "min_pixels": MIN_PIXELS, "min_snr": MIN_SNR,
+             "min_dominance": MIN_DOMINANCE, "min_saturation": MIN_SATURATION}
+
+
+def detect_object(frame: np.ndarray, min_contrast: float = MIN_CONTRAST, min_pixels: int = MIN_PIXELS,
+                  min_snr: float = MIN_SNR, min_dominance: float = MIN_DOMINANCE,
+                  min_saturation: float = MIN_SATURATION) -> dict | None:
+    """One frame float (H, W, 3) in [0, 1] → ``{colour, shape, fill, skew, centroid (x, y), area}``, or
+    None when the frame shows no object (see the module docstring for what counts as one)."""
+    found = _detect(frame, min_contrast=min_contrast, min_pixels=min_pixels, min_snr=min_snr,
+                    min_dominance=min_dominance, min_saturation=min_saturation)
+    return None if found is None else found[0]
 
 
 def _majority(values: list[str]) -> str | None:
     return Counter(values).most_common(1)[0][0] if values else None
 
 
-def analyse_clip(clip, min_speed: float = 0.25, min_contrast: float = 0.25) -> dict:
+def _pair_consistency(a: np.ndarray, b: np.ndarray, mask_a: np.ndarray, mask_b: np.ndarray, step) -> float:
+    """1 − mean |b − a shifted by ``step`` (x, y)| over both objects' pixels grown by one."""
+    dy, dx = float(step[1]), float(step[0])
+    moved = ndimage.shift(a, (dy, dx, 0.0), order=1, mode="nearest")
+    moved_mask = ndimage.shift(mask_a.astype(np.float64), (dy, dx), order=1, mode="constant") > 0.5
+    region = ndimage.binary_dilation(moved_mask | mask_b, structure=_EIGHT)
+    return float(1.0 - np.abs(b[region] - moved[region]).mean())
+
+
+def analyse_clip(clip, min_speed: float = 0.25, min_contrast: float = MIN_CONTRAST) -> dict:
     """One clip (3, F, H, W) in [-1, 1] → per-clip detections and motion statistics (JSON-ready)."""
     x = _as_numpy_clip(clip)  # (F, H, W, 3)
     num_frames = x.shape[0]
-    dets = [detect_object(frame, min_contrast) for frame in x]
-    present = [t for t, d in enumerate(dets) if d is not None]
+    found = [_detect(frame, min_contrast=min_contrast) for frame in x]
+    dets = [f[0] if f is not None else None for f in found]
+    seen = [t for t, d in enumerate(dets) if d is not None]
+    presence = len(seen) / num_frames
+    present = presence >= MIN_PRESENCE
     track = [list(d["centroid"]) if d is not None else None for d in dets]
     out = {
-        "colour": _majority([dets[t]["colour"] for t in present]),
-        "shape": _majority([dets[t]["shape"] for t in present]),
-        "fill": float(np.median([dets[t]["fill"] for t in present])) if present else None,
-        "skew": float(np.median([dets[t]["skew"] for t in present])) if present else None,
-        "presence": len(present) / num_frames,
+        "present": present,
+        "presence": presence,
+        "colour": _majority([dets[t]["colour"] for t in seen]) if present else None,
+        "shape": _majority([dets[t]["shape"] for t in seen]) if present else None,
+        "fill": float(np.median([dets[t]["fill"] for t in seen])) if present else None,
+        "skew": float(np.median([dets[t]["skew"] for t in seen])) if present else None,
         "track": track,
         "direction": None,
         "displacement": None,
         "step_agreement": None,
         "straightness": None,
+        "moving": False,
         "coherent": False,
         "smoothness": None,
+        "object_consistency": None,
         "pixel_consistency": float(1.0 - np.abs(np.diff(x, axis=0)).mean()) if num_frames > 1 else None,
     }
-    if len(present) < 2:
+    if not present or len(seen) < 2:
         return out
-    c = np.array([track[t] for t in present])  # (P, 2)
-    gaps = np.diff(present)[:, None]  # frames between consecutive detections
+    pairs = [_pair_consistency(x[t], x[t + 1], found[t][1], found[t + 1][1],
+                               np.subtract(dets[t + 1]["centroid"], dets[t]["centroid"]))
+             if dets[t] is not None and dets[t + 1] is not None else 0.0 for t in range(num_frames - 1)]
+    out["object_consistency"] = float(np.mean(pairs))
+    c = np.array([track[t] for t in seen])  # (P, 2)
+    gaps = np.diff(seen)[:, None]  # frames between consecutive detections
     steps = np.diff(c, axis=0) / gaps  # (P-1, 2) px/frame
     net = c[-1] - c[0]
-    span = present[-1] - present[0]
+    span = seen[-1] - seen[0]
     path = float((np.linalg.norm(steps, axis=1) * gaps[:, 0]).sum())
     out["displacement"] = net.round(4).tolist()
     out["straightness"] = float(np.linalg.norm(net) / path) if path > 0 else 0.0
@@ -142,10 +238,10 @@ def analyse_clip(clip, min_speed: float = 0.25, min_contrast: float = 0.25) -> d
         best = int(np.argmax(vectors @ net))
         out["direction"] = spec.MOTIONS[best]
         out["step_agreement"] = float((steps @ vectors[best] > 0).mean())
-        out["coherent"] = bool(
-            out["presence"] >= 0.75 and out["step_agreement"] >= 0.75 and out["straightness"] >= 0.5
-        )
-    consecutive = [i for i in range(1, len(present) - 1) if present[i + 1] - present[i - 1] == 2]
+        out["moving"] = bool(presence >= MOVING_MIN_PRESENCE)
+        out["coherent"] = bool(out["moving"] and out["step_agreement"] >= COHERENT_MIN_AGREEMENT
+                               and out["straightness"] >= COHERENT_MIN_STRAIGHTNESS)
+    consecutive = [i for i in range(1, len(seen) - 1) if seen[i + 1] - seen[i - 1] == 2]
     if consecutive:
         second = np.array([c[i + 1] - 2 * c[i] + c[i - 1] for i in consecutive])
         out["smoothness"] = float(np.linalg.norm(second, axis=1).mean())
@@ -166,15 +262,20 @@ def _score(clips: list[dict]) -> dict:
         "direction_accuracy": _mean([c["direction_correct"] for c in clips]),
         "direction_alignment": _mean([c["direction_alignment"] for c in clips]),
         "num_direction_prompts": sum(c["direction_correct"] is not None for c in clips),
+        "present_fraction": _mean([c["present"] for c in clips]),
+        "moving_fraction": _mean([c["moving"] for c in clips]),
         "coherent_fraction": _mean([c["coherent"] for c in clips]),
+        "right_and_coherent": _mean([c["right_and_coherent"] for c in clips]),
         "presence": _mean([c["presence"] for c in clips]),
         "smoothness": _mean([c["smoothness"] for c in clips]),
+        "moving_consistency": _mean([c["object_consistency"] for c in clips if c["moving"]]),
         "pixel_consistency": _mean([c["pixel_consistency"] for c in clips]),
     }
 
 
 def score_clip(analysis: dict, prompt: str | None) -> dict:
-    """Adds the prompt's parse and ``*_correct`` flags (None when the prompt does not name that part)."""
+    """Adds the prompt's parse and ``*_correct`` flags (None when the prompt does not name that part).
+    An absent object names nothing, so it is wrong on every part the prompt names."""
     colour, shape, motion = spec.parse_caption(prompt) if prompt else (None, None, None)
     alignment = None
     if motion is not None:
@@ -182,14 +283,19 @@ def score_clip(analysis: dict, prompt: str | None) -> dict:
         if analysis["direction"] is not None:
             net, want = np.asarray(analysis["displacement"]), np.asarray(spec.MOTION_VECTORS[motion], np.float64)
             alignment = float(net @ want / (np.linalg.norm(net) * np.linalg.norm(want)))
+    colour_ok = None if colour is None else analysis["colour"] == colour
+    shape_ok = None if shape is None else analysis["shape"] == shape
     return {
         **analysis,
         "prompt": prompt,
         "expected": {"colour": colour, "shape": shape, "motion": motion},
-        "colour_correct": None if colour is None else analysis["colour"] == colour,
-        "shape_correct": None if shape is None else analysis["shape"] == shape,
+        "colour_correct": colour_ok,
+        "shape_correct": shape_ok,
         "direction_correct": None if motion is None else analysis["direction"] == motion,
         "direction_alignment": alignment,
+        # The held-out claim's test: appearance from images composed with motion from videos.
+        "right_and_coherent": None if colour is None or shape is None else bool(
+            colour_ok and shape_ok and analysis["coherent"]),
     }
 
 
