@@ -33,7 +33,8 @@ only at the file I/O edge. Works for any frame size and length. Definitions (all
 * **coherent** motion: moving, ≥ 75% of per-frame steps agree with the direction (positive dot
   product), and straightness ``|net| / path length ≥ 0.5``.
 * **smoothness** (track roughness): mean ``|c[t+1] - 2 c[t] + c[t-1]|`` over consecutive present
-  frames (lower = smoother).
+  frames (lower = smoother). A still object is perfectly smooth, so comparisons of models use
+  ``moving_smoothness``, the mean over moving clips only.
 * **object consistency**: per consecutive frame pair, ``1 - mean |x[t+1] - shift(x[t], Δc)|`` over the
   object's pixels (both frames' components, grown by one pixel), where ``shift`` moves frame ``t`` by
   the object's own centroid step ``Δc`` (bilinear) — how well the object keeps its appearance while
@@ -93,7 +94,8 @@ COHERENT_MIN_STRAIGHTNESS = 0.5
 
 def _as_numpy_clip(clip) -> np.ndarray:
     """(3, F, H, W) in [-1, 1] (tensor or array) → float64 (F, H, W, 3) in [0, 1]."""
-    x = clip.detach().cpu().double().numpy() if isinstance(clip, torch.Tensor) else np.asarray(clip, np.float64)
+    # numpy, not torch, for the conversion: torch's thread pool costs more than the copy on a busy CPU.
+    x = np.asarray(clip.detach().cpu().numpy() if isinstance(clip, torch.Tensor) else clip, np.float64)
     if x.ndim != 4 or x.shape[0] != 3:
         raise TFT2VError(f"a clip must be (3, F, H, W), got {tuple(x.shape)}")
     return np.clip((np.moveaxis(x, 0, -1) + 1.0) / 2.0, 0.0, 1.0)
@@ -268,6 +270,7 @@ def _score(clips: list[dict]) -> dict:
         "right_and_coherent": _mean([c["right_and_coherent"] for c in clips]),
         "presence": _mean([c["presence"] for c in clips]),
         "smoothness": _mean([c["smoothness"] for c in clips]),
+        "moving_smoothness": _mean([c["smoothness"] for c in clips if c["moving"]]),
         "moving_consistency": _mean([c["object_consistency"] for c in clips if c["moving"]]),
         "pixel_consistency": _mean([c["pixel_consistency"] for c in clips]),
     }
