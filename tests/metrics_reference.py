@@ -9,6 +9,8 @@
   the real network and tiny test-width ones alike.
 * :func:`converted_weights` / :func:`real_network` — the real FID / FVD weights shipped in registry
   packages, converted with ``tft2v convert`` and loaded once per test process (shared by test files).
+* :func:`write_tiny_i3d` / :func:`write_tiny_inception` / :func:`write_tiny_clip` — small random networks
+  for CLI tests.
 * :func:`tf_named_i3d_torchscript` — a TorchScript I3D whose parameters carry TF-style names and DHWIO
   kernels, with StyleGAN-V's detector signature ``(x, rescale, resize, return_features)``: a stand-in
   for ``i3d_torchscript.pt`` (not shipped by any registry package) in converter tests.
@@ -248,3 +250,68 @@ def real_network(kind: str, feature: str = "logits"):
 
     path = converted_weights(kind)
     return load_inception(path) if kind == "inception" else load_i3d(path, feature=feature)
+
+
+# ------------------------------------------------------------------------------ tiny networks for CLI tests
+def calibrate_bn(net: nn.Module, x: torch.Tensor) -> None:
+    """Sets every BatchNorm's running stats from one batch, so a random deep net keeps unit-scale
+    activations (default init shrinks them ~6× per layer) and its features actually vary."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: after one batch, running stats = batch stats
+    net.train()
+    with torch.no_grad():
+        net(x)
+    net.eval()
+
+
+def write_tiny_i3d(path, seed: int = 0) -> Path:
+    """A random I3D at 1/16 width (calibrated batch norm) saved as a state dict."""
+    from tft2v.metrics.i3d import InceptionI3D
+
+    torch.manual_seed(seed)
+    net = InceptionI3D(num_classes=400, width=1 / 16)
+    calibrate_bn(net, torch.rand(4, 3, 8, 32, 32, generator=torch.Generator().manual_seed(seed + 10)) * 2 - 1)
+    torch.save(net.state_dict(), path)
+    return Path(path)
+
+
+def write_tiny_inception(path, seed: int = 0) -> Path:
+    """A random FID InceptionV3 at 1/8 width (calibrated batch norm) saved as a state dict."""
+    from tft2v.metrics.inception import FIDInceptionV3
+
+    torch.manual_seed(seed)
+    net = FIDInceptionV3(width=1 / 8, num_classes=1008)
+    calibrate_bn(net, torch.rand(8, 3, 75, 75, generator=torch.Generator().manual_seed(seed + 11)) * 2 - 1)
+    torch.save(net.state_dict(), path)
+    return Path(path)
+
+
+def write_tiny_clip(folder) -> Path:
+    """A tiny random transformers CLIPModel folder with a character-level BPE tokenizer."""
+    import json
+    import string
+
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + list(string.ascii_lowercase)
+    tokens += [c + "</w>" for c in string.ascii_lowercase]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokens), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=40, eos_token_id=eos,
+                         bos_token_id=0, pad_token_id=eos),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
+                           num_hidden_layers=2, num_attention_heads=4),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -36,8 +36,12 @@ def _device_of(module) -> torch.device:
     return next(iter(module.parameters()), torch.empty(0)).device
 
 
-def _accumulate(stats: dict, nets: dict, videos: torch.Tensor) -> None:
-    """Feeds a batch ``(B, 3, F, H, W)`` to each given feature network and its running stats."""
+def _accumulate(stats: dict, nets: dict, videos: torch.Tensor, shapes: dict | None = None) -> None:
+    """Feeds a batch ``(B, 3, F, H, W)`` to each given feature network and its running stats; counts the
+    clip shapes ``"FxHxW"`` in ``shapes``."""
+    if shapes is not None:
+        key = "x".join(str(n) for n in videos.shape[2:])
+        shapes[key] = shapes.get(key, 0) + videos.shape[0]
     for name, net in nets.items():
         if net is not None:
             feats = net(videos.to(_device_of(net)))  # (B, D) for I3D, (B·F, D) for Inception
@@ -60,19 +64,22 @@ def evaluate_videos(
     ``videos``: clips ``(3, F, H, W)`` in [-1, 1] (or one ``(B, 3, F, H, W)`` tensor); ``prompts``: one
     per clip (``None`` entries allowed); ``reference``: real clips for FVD/FID; ``i3d`` / ``inception``:
     feature extractors from :func:`load_i3d` / :func:`load_inception`; ``clip``: a :class:`CLIPScorer`.
-    CLIPSIM averages only over clips that have a prompt.
+    CLIPSIM averages only over clips that have a prompt. ``clip_shapes`` in the result counts the clips of
+    each ``"FxHxW"`` per set; FVD needs one frame count in both sets (I3D features of clips of different
+    lengths are not comparable), so a mismatch is an error.
     """
     nets = {"i3d": i3d, "inception": inception}
     gen: dict[str, FeatureStats] = {}
     sums = {"clipsim": 0.0, "n_clipsim": 0, "frame_consistency": 0.0, "n_consistency": 0}
     scored: list[dict] = []
+    shapes: dict[str, dict[str, int]] = {"generated": {}, "reference": {}}
     n = 0
     for videos_b in batched(videos, batch_size):
         b = videos_b.shape[0]
         batch_prompts = list(prompts[n : n + b]) if prompts is not None else [None] * b
         if len(batch_prompts) != b:
             raise TFT2VError(f"got {len(prompts)} prompts for more videos than that")
-        _accumulate(gen, nets, videos_b)
+        _accumulate(gen, nets, videos_b, shapes["generated"])
         if clip is not None:
             with_text = [i for i, p in enumerate(batch_prompts) if p]
             if with_text:
@@ -94,9 +101,16 @@ def evaluate_videos(
     ref: dict[str, FeatureStats] = {}
     if reference is not None and (i3d is not None or inception is not None):
         result["num_reference"] = 0
+        lengths = {int(k.split("x")[0]) for k in shapes["generated"]}
         for videos_b in batched(reference, batch_size):  # one pass feeds both networks
-            _accumulate(ref, nets, videos_b)
+            if i3d is not None and (len(lengths) > 1 or videos_b.shape[2] not in lengths):
+                raise TFT2VError(f"FVD compares clips of one length: generated clips have {sorted(lengths)} frames, "
+                                 f"a reference clip {videos_b.shape[2]}; score the same frames of each (--eval-frames)")
+            _accumulate(ref, nets, videos_b, shapes["reference"])
             result["num_reference"] += videos_b.shape[0]
+        if result["num_reference"] == 0:
+            raise TFT2VError("no reference videos to compare with")
+    result["clip_shapes"] = {k: v for k, v in shapes.items() if v}
     for metric, name in (("fvd", "i3d"), ("fid", "inception")):
         if nets[name] is None:
             result["skipped"][metric] = f"no {name} network given"
