@@ -6,7 +6,8 @@ import torch
 from tft2v.data import shapes_spec as spec
 from tft2v.data.toy import generate
 from tft2v.metrics.toy import evaluate_toy
-from tft2v.quickstart import (BASE_CONFIG, EVAL_SEEDS, REDUCED_EVAL_SEEDS, VARIANTS, Budget, appearance_prompts,
+from tft2v.quickstart import (BASE_CONFIG, EVAL_SEEDS, PLANS, REDUCED_EVAL_SEEDS, VARIANTS, Budget, Plan,
+                              appearance_prompts,
                               count_clips, direction_prompts, evaluation_prompts, merge_config, variant_config)
 from tft2v.quickstart_report import claims, slow_machine_note, write_report
 
@@ -36,6 +37,18 @@ def test_budget_on_a_slow_machine_samples_fewer_clips_and_trains_less():
     assert fast.eval_seeds == EVAL_SEEDS and slow.eval_seeds == REDUCED_EVAL_SEEDS
     assert count_clips(slow.eval_seeds) < count_clips(fast.eval_seeds) and slow.sample_steps == 8
     assert slow.content_steps < fast.content_steps and _planned_s(fast) <= 0.95 * 600 and _planned_s(slow) <= 0.95 * 600
+
+
+def test_the_default_plan_is_the_same_work_on_any_machine():
+    fast, slow = Budget(total_s=0), Budget(total_s=0)
+    fast.image_step_s, fast.mixed_step_s, fast.sample_s_per_clip_step = 0.2, 0.28, 0.084
+    slow.image_step_s, slow.mixed_step_s, slow.sample_s_per_clip_step = 0.74, 1.33, 0.255
+    for b in (fast, slow):
+        b.follow(PLANS["default"])
+    steps = lambda b: (b.content_steps, b.variant_steps, b.sample_steps, b.eval_seeds)  # noqa: E731
+    assert steps(fast) == steps(slow) == (750, 250, 8, EVAL_SEEDS)
+    assert slow.predicted_s() > 3 * fast.predicted_s()  # only the ETA depends on the machine
+    assert fast.predicted_s() == pytest.approx(_planned_s(fast))
 
 
 def test_variant_config_continues_from_the_content_stage_with_a_warmup(tmp_path):
@@ -136,9 +149,12 @@ def test_quickstart_end_to_end_small(tmp_path):
         "data": {"num_frames": 4, "toy_images": 200, "toy_videos": 100, "toy_captioned_videos": 40,
                  "image_batch_size": 8, "video_batch_size": 2},
         "model": {"unet": {"model_channels": 16, "channel_mult": [1, 2], "attention_scales": [0.5], "head_dim": 8}}})
-    report = run_quickstart(tmp_path, minutes=0.3, seed=0, base=tiny, log=lambda *_: None)
+    said = []
+    report = run_quickstart(tmp_path, seed=0, base=tiny, log=said.append, plan=Plan("tiny", 20, 20, 8, (1, 1)))
     text = report.read_text()
     assert "## The paper's claims at toy scale" in text and "4 frames per clip" in text
+    assert "fixed plan 'tiny'" in text and said[1].startswith("plan 'tiny': content stage 20 steps, 20 steps")
+    assert said[2].startswith("ETA on this machine: ~")
     assert (tmp_path / "losses.png").is_file() and (tmp_path / "timing.json").is_file()
     for v in VARIANTS:
         assert (tmp_path / "runs" / v.name / "model" / "model_index.json").is_file()

@@ -9,8 +9,11 @@ it for the same number of steps each, so the comparisons differ only in what the
 * ``semi_supervised``  — TF-T2V + captioned videos for half the video slots (semi-supervised).
 
 Each is sampled on the same prompts and seeds and scored with the analytic shapes-world evaluators
-(tft2v.metrics.toy). The step counts are fitted to the time budget from a measured calibration, and
-the report says how the minutes were spent. Videos are (B, 3, F, H, W) in [-1, 1] throughout.
+(tft2v.metrics.toy). By default the run follows a fixed :class:`Plan` (steps, batch sizes, seeds), so
+the same commit and seed do the same work and give the same numbers on any machine (up to float
+differences between CPUs); a short calibration only predicts the wall time. ``--minutes N`` is the
+explicit budget mode: the step counts are fitted to N minutes instead, and the report says so.
+Videos are (B, 3, F, H, W) in [-1, 1] throughout.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 import torch
 
 from tft2v.data import shapes_spec as spec
+from tft2v.errors import TFT2VError
 
 # The toy model: a space-to-depth "latent" (32×32×3 → 16×16×12) and a small UNet with the full
 # TF-T2V anatomy (temporal convs, spatial + temporal transformers, image tokens).
@@ -127,6 +131,21 @@ def merge_config(base: dict, extra: dict) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The work of one quickstart run, identical on every machine."""
+
+    name: str
+    content_steps: int
+    variant_steps: int
+    sample_steps: int
+    eval_seeds: tuple[int, int] = EVAL_SEEDS
+
+
+# The default plan: the step counts the 10-minute budget gave on the reference 2-core box.
+PLANS = {"default": Plan("default", content_steps=750, variant_steps=250, sample_steps=MIN_SAMPLE_STEPS)}
+
+
 @dataclass
 class Budget:
     """Seconds per phase, fitted from the measured cost of one step of each kind."""
@@ -140,6 +159,18 @@ class Budget:
     sample_steps: int = 20
     spent: dict = field(default_factory=dict)
     eval_seeds: tuple[int, int] = EVAL_SEEDS
+
+    def predicted_s(self) -> float:
+        """Seconds the training and sampling of the current step counts take at the calibrated speeds."""
+        per_variant_step = self.image_step_s / 4 + 3 * self.mixed_step_s
+        clips = count_clips(self.eval_seeds)
+        return (self.content_steps * self.image_step_s + self.variant_steps * per_variant_step
+                + clips * self.sample_steps * self.sample_s_per_clip_step)
+
+    def follow(self, plan: Plan) -> None:
+        """Take the plan's step counts and seeds (the fixed mode: the calibration only predicts time)."""
+        self.content_steps, self.variant_steps = plan.content_steps, plan.variant_steps
+        self.sample_steps, self.eval_seeds = plan.sample_steps, plan.eval_seeds
 
     def fit(self) -> None:
         """Split the budget: ~25 % sampling (8–20 DPM++ steps per clip), 5 % calibration, export and
@@ -236,30 +267,41 @@ def _sample(model_dir: Path, prompts: list[str], steps: int, seed: int, batch: i
     return torch.cat(out)
 
 
-def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float = 10.0, seed: int = 0, log=print,
-                   base: dict | None = None) -> Path:
+def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float | None = None, seed: int = 0, log=print,
+                   base: dict | None = None, plan: str | Plan = "default") -> Path:
     """Train, sample, evaluate and write ``out_dir/report.md``; returns the report path.
 
-    ``base`` replaces :data:`BASE_CONFIG` (e.g. a smaller model for a smoke test)."""
+    Runs the fixed plan ``plan`` (a name in :data:`PLANS` or a :class:`Plan`), or with ``minutes`` fits
+    the step counts to that budget instead. ``base`` replaces :data:`BASE_CONFIG` (e.g. a smaller model
+    for a smoke test)."""
     from tft2v.metrics.toy import evaluate_toy
     from tft2v.quickstart_report import write_report
 
+    if isinstance(plan, str):
+        if plan not in PLANS:
+            raise TFT2VError(f"unknown plan {plan!r}; expected one of {sorted(PLANS)}")
+        plan = PLANS[plan]
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    budget = Budget(total_s=minutes * 60)
+    budget = Budget(total_s=(minutes or 0) * 60)
     t0 = time.perf_counter()
     base = BASE_CONFIG if base is None else base
     budget.image_step_s, budget.mixed_step_s, budget.sample_s_per_clip_step = _calibrate(base, out / "runs", seed, log)
-    budget.fit()
+    if minutes is None:
+        budget.follow(plan)
+    else:
+        budget.fit()
     n_clips = count_clips(budget.eval_seeds)
     budget.spent["calibration"] = time.perf_counter() - t0
-    log(f"plan: content stage {budget.content_steps} steps, {budget.variant_steps} steps per variant, "
+    mode = f"plan '{plan.name}'" if minutes is None else f"fitted to a {minutes:g}-minute budget"
+    log(f"{mode}: content stage {budget.content_steps} steps, {budget.variant_steps} steps per variant, "
         f"{budget.sample_steps} DPM-Solver++ steps per clip, {n_clips} clips in all"
         + ("" if budget.eval_seeds == EVAL_SEEDS else
            f" ({budget.eval_seeds[0]}/{budget.eval_seeds[1]} seeds per prompt instead of "
            f"{EVAL_SEEDS[0]}/{EVAL_SEEDS[1]}: sampling is slow on this machine)"))
+    log(f"ETA on this machine: ~{(budget.predicted_s() + budget.spent['calibration']) / 60:.1f} min")
 
     runs = out / "runs"
     t0 = time.perf_counter()
@@ -291,7 +333,7 @@ def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float = 10.0
             + (f", direction {d['direction_accuracy']:.2f}" if d else ""))
 
     budget.spent["total (before the report)"] = time.perf_counter() - t_start
-    report = write_report(out, results, budget, content, seed=seed, minutes=minutes, data=base["data"])
+    report = write_report(out, results, budget, content, seed=seed, minutes=minutes, data=base["data"], plan=plan.name)
     (out / "timing.json").write_text(json.dumps({k: round(v, 1) for k, v in budget.spent.items()}, indent=2))
     log(f"report: {report}")
     return report

@@ -185,17 +185,20 @@ def slow_machine_note(content_steps: int, minutes: float) -> list[str]:
             f"For a comparable run here: `tft2v quickstart --minutes {longer}`.", ""]
 
 
-def write_report(out: Path, results: dict, budget, content: dict, seed: int, minutes: float, data: dict) -> Path:
+def write_report(out: Path, results: dict, budget, content: dict, seed: int, minutes: float | None, data: dict,
+                 plan: str = "default") -> Path:
     """Writes pictures and ``report.md`` into ``out``; returns the report path. ``data`` is the runs'
-    ``data`` config section (frame size and count)."""
+    ``data`` config section (frame size and count); ``minutes`` None means the fixed plan ``plan`` ran."""
     pics = out / "samples"
     pics.mkdir(exist_ok=True)
     lines = ["# tft2v quickstart: TF-T2V on the shapes world", "",
              f"Offline CPU run ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), "
-             f"budget {minutes:g} min, seed {seed}. Frames {data['height']}×{data['width']}, "
+             + (f"fixed plan '{plan}' (the same steps and seeds on every machine)" if minutes is None else
+                f"budget mode: step counts fitted to {minutes:g} min on this machine")
+             + f", seed {seed}. Frames {data['height']}×{data['width']}, "
              f"{data['num_frames']} frames per clip. Held-out combos (never in any video): "
              + ", ".join(f"{c} {s}" for c, s in spec.HELD_OUT) + ".", "",
-             *slow_machine_note(content["steps"], minutes),
+             *(slow_machine_note(content["steps"], minutes) if minutes is not None else []),
              "## The paper's claims at toy scale", "", "| claim | numbers | verdict |", "|---|---|---|"]
     lines += [f"| {c} | {e} | **{v}** |" for c, e, v in claims(results)]
     lines += ["", "## Metrics per variant", "",
@@ -234,11 +237,11 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
                      out / "losses.png")
     if plot:
         lines += ["## Training losses", "", f"![losses]({plot.name})", ""]
-    lines += ["## How the minutes were spent", "", "| phase | seconds |", "|---|---|"]
+    lines += ["## How the time was spent", "", "| phase | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in budget.spent.items()]
     lines += ["", f"Calibration: image step {budget.image_step_s:.2f} s, mixed step {budget.mixed_step_s:.2f} s, "
               f"{1000 * budget.sample_s_per_clip_step:.0f} ms per clip and sampling step.", "",
-              "Numbers are whatever this run produced; rerun with `--minutes N` for a longer, stronger run."]
+              "Numbers are whatever this run produced; `--minutes N` fits a longer (or shorter) run to N minutes."]
     metrics = {n: {"train": r["train"],
                    **{kind: {k: v for k, v in r[kind].items() if k != "clips"} if r[kind] else None
                       for kind in ("appearance", "direction", "all")}} for n, r in results.items()}

@@ -1,8 +1,9 @@
-"""``tft2v quickstart [--out DIR] [--minutes N] [--seed S]``: the main job, offline on a CPU."""
+"""``tft2v quickstart [--out DIR] [--plan NAME | --minutes N] [--seed S]``: the main job, offline on a CPU."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -11,7 +12,10 @@ from tft2v.errors import TFT2VError
 
 def quickstart(
     out: Path = typer.Option(Path("quickstart_out"), "--out", help="Folder for report.md, samples, plots, runs."),
-    minutes: float = typer.Option(10.0, "--minutes", help="Time budget; step counts are fitted to it."),
+    plan: str = typer.Option("default", "--plan", help="Fixed plan (steps, batches, seeds): the same work on "
+                                                      "every machine. Choices: default."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Budget mode instead of the plan: step counts "
+                                                                    "are fitted to N minutes on this machine."),
     seed: int = typer.Option(0, "--seed", help="Seed of data, training and sampling."),
 ) -> None:
     """Shapes world → train (content stage + 4 recipe variants) → sample → evaluate → report.md.
@@ -19,8 +23,10 @@ def quickstart(
     Shows TF-T2V's claims at toy scale: text-free videos give motion, the coherence loss smooths it,
     captioned videos add direction control, held-out colour×shape combos still come out right.
     """
-    if minutes <= 0:
-        raise TFT2VError(f"--minutes must be > 0, got {minutes}")
-    from tft2v.quickstart import run_quickstart
+    from tft2v.quickstart import PLANS, run_quickstart
 
-    run_quickstart(out, minutes=minutes, seed=seed)
+    if minutes is not None and minutes <= 0:
+        raise TFT2VError(f"--minutes must be > 0, got {minutes}")
+    if plan not in PLANS:
+        raise TFT2VError(f"--plan must be one of {sorted(PLANS)}, got {plan!r}")
+    run_quickstart(out, minutes=minutes, seed=seed, plan=plan)
