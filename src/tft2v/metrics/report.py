@@ -63,8 +63,10 @@ def protocol_markdown(result: dict) -> list[str]:
     for key, label in (("fvd", "FVD"), ("fid", "FID")):
         net = p.get(key)
         if net:
+            src = net.get("converted_from")
+            origin = f", converted from {src['source_file']} (sha256 {src['source_sha256']})" if src else ""
             lines.append(f"- {label}: {net['network']}, {net['features']} features; weights `{net['weights']}` "
-                         f"(sha256 {net['sha256']}); input: {net['preprocess']}")
+                         f"(sha256 {net['sha256']}{origin}); input: {net['preprocess']}")
     if "fid_num_frames" in result:
         lines.append(f"- FID over {result['fid_num_frames']} generated frames (every scored frame is an image)")
     if p.get("clip"):
