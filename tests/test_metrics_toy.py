@@ -10,27 +10,7 @@ from tft2v.data.toy import ToyWorld, _draw_background, generate, to_pixels
 from tft2v.errors import TFT2VError
 from tft2v.metrics.toy import analyse_clip, detect_object, evaluate_toy
 
-
-def draw(shape: str, colour: str, centres, size: float = 9, hw: int = 32) -> torch.Tensor:
-    """Object per frame at centres [(x, y), ...] on a dark background → (3, F, H, W) in [-1, 1].
-
-    Anti-aliased by 4×4 supersampling, like the shapes world renders (a hard-edged 9 px circle is
-    an almost-square blob that no detector could tell from a square)."""
-    ss = 4
-    ys, xs = (np.indices((hw * ss, hw * ss)) + 0.5) / ss  # sub-pixel sample positions
-    frames = []
-    for cx, cy in centres:
-        dx, dy, h = xs - cx, ys - cy, size / 2
-        if shape == "circle":
-            inside = dx * dx + dy * dy <= h * h
-        elif shape == "square":
-            inside = (abs(dx) <= h) & (abs(dy) <= h)
-        else:  # apex up, base at the bottom, base = height = size
-            inside = (dy <= h) & (2 * dx - dy <= h) & (-2 * dx - dy <= h)
-        alpha = inside.reshape(hw, ss, hw, ss).mean(axis=(1, 3))[..., None]  # (H, W, 1) coverage
-        frames.append(12.0 * (1 - alpha) + np.array(spec.COLOURS[colour], dtype=np.float64) * alpha)
-    x = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float()  # (3, F, H, W)
-    return x / 127.5 - 1
+from tests.toy_drawing import BACKGROUND, draw
 
 
 def test_red_circle_moving_left():
@@ -98,7 +78,7 @@ def test_empty_frames_have_no_object():
 
 def test_a_clip_seen_in_under_half_its_frames_names_nothing():
     clip = draw("circle", "red", [(8 + t, 16) for t in range(16)])
-    clip[:, 7:] = -1 + 2 * 12 / 255  # the object is in 7 of 16 frames only
+    clip[:, 7:] = BACKGROUND / 127.5 - 1  # the object is in 7 of 16 frames only
     c = analyse_clip(clip)
     assert c["presence"] == pytest.approx(7 / 16) and not c["present"]
     assert c["colour"] is None and c["shape"] is None and c["direction"] is None
@@ -182,7 +162,7 @@ def test_direction_alignment_is_the_cosine_to_the_prompted_direction():
 
 
 def test_object_consistency_needs_a_steady_moving_object():
-    bg = -1 + 2 * 12 / 255
+    bg = BACKGROUND / 127.5 - 1
     steady = draw("square", "blue", [(8 + t, 16) for t in range(16)])
     flicker = steady.clone()
     flicker[:, 1::2] = bg + (flicker[:, 1::2] - bg) * 0.7  # every other frame 30 % dimmer

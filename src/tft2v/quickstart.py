@@ -251,6 +251,10 @@ def _train(cfg_dict: dict, log) -> dict:
     return summary
 
 
+# Classifier-free guidance of the evaluation samples: the scale the toy runs validate with (train.guidance_scale).
+SAMPLE_GUIDANCE = 3.0
+
+
 def _sample(model_dir: Path, prompts: list[str], steps: int, seed: int, batch: int = 15) -> torch.Tensor:
     """(N, 3, F, H, W) in [-1, 1]; clip i uses generator seed ``seed + i`` whatever the batching."""
     from tft2v.pipeline import TFT2VPipeline
@@ -263,8 +267,19 @@ def _sample(model_dir: Path, prompts: list[str], steps: int, seed: int, batch: i
         part = prompts[start:start + batch]
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(part))]
         out.append(pipe(part, negative_prompt="", num_inference_steps=steps,
-                        guidance_scale=3.0, generator=gens, output_type="pt"))
+                        guidance_scale=SAMPLE_GUIDANCE, generator=gens, output_type="pt"))
     return torch.cat(out)
+
+
+def _evaluate(clips: torch.Tensor, appearance: list[str], directed: list[str]) -> dict:
+    """Scores every clip once; the appearance and direction summaries are views of those per-clip results."""
+    from tft2v.metrics.toy import evaluate_toy, summarise
+
+    every = evaluate_toy(clips, appearance + directed)
+    scored = every["clips"]
+    head, tail = scored[:len(appearance)], scored[len(appearance):]
+    return {"appearance": {**summarise(head), "clips": head},
+            "direction": {**summarise(tail), "clips": tail} if directed else None, "all": every}
 
 
 def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float | None = None, seed: int = 0, log=print,
@@ -274,7 +289,6 @@ def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float | None
     Runs the fixed plan ``plan`` (a name in :data:`PLANS` or a :class:`Plan`), or with ``minutes`` fits
     the step counts to that budget instead. ``base`` replaces :data:`BASE_CONFIG` (e.g. a smaller model
     for a smoke test)."""
-    from tft2v.metrics.toy import evaluate_toy
     from tft2v.quickstart_report import write_report
 
     if isinstance(plan, str):
@@ -319,17 +333,21 @@ def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float | None
         t0 = time.perf_counter()
         app, directed = evaluation_prompts(v.name, budget.eval_seeds)
         prompts = app + directed
-        clips = _sample(Path(summary["model"]), prompts, budget.sample_steps, seed=1000 * (seed + 1))
+        sample_seed = 1000 * (seed + 1)
+        clips = _sample(Path(summary["model"]), prompts, budget.sample_steps, seed=sample_seed)
         budget.spent[f"sample: {v.name}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         results[v.name] = {
             "variant": v, "train": summary, "clips": clips, "prompts": prompts,
-            "appearance": evaluate_toy(clips[:len(app)], app),
-            "direction": evaluate_toy(clips[len(app):], directed) if directed else None,
-            "all": evaluate_toy(clips, prompts),
+            "seeds": [sample_seed + i for i in range(len(prompts))],
+            "sampling": {"scheduler": "dpmpp", "steps": budget.sample_steps, "guidance": SAMPLE_GUIDANCE,
+                         "negative_prompt": ""},
+            **_evaluate(clips, app, directed),
         }
+        budget.spent[f"score: {v.name}"] = time.perf_counter() - t0
         a, d = results[v.name]["appearance"], results[v.name]["direction"]
-        log(f"  {v.name}: colour {a['colour_accuracy']:.2f}, shape {a['shape_accuracy']:.2f}, "
-            f"coherent {a['coherent_fraction']:.2f}"
+        log(f"  {v.name}: object present {a['present_fraction']:.2f}, colour {a['colour_accuracy']:.2f}, "
+            f"shape {a['shape_accuracy']:.2f}, moving {a['moving_fraction']:.2f}, coherent {a['coherent_fraction']:.2f}"
             + (f", direction {d['direction_accuracy']:.2f}" if d else ""))
 
     budget.spent["total (before the report)"] = time.perf_counter() - t_start

@@ -1,7 +1,10 @@
 """The quickstart's report: tables of the shapes-world metrics per variant, the paper's four claims
-side by side with a verdict computed from the numbers, sample filmstrips / GIFs and loss curves.
+side by side with a verdict computed from the numbers, every sampled clip as its own mp4 with a
+manifest, sample filmstrips / GIFs and loss curves.
 
-Clips are (N, 3, F, H, W) in [-1, 1]; pictures are written as uint8 PNG/GIF at the I/O edge.
+Clips are (N, 3, F, H, W) in [-1, 1]; pictures and videos are written as uint8 at the I/O edge. This
+module sits below :mod:`tft2v.quickstart` (which calls it) and imports nothing from it: what it needs
+about a variant travels in ``results``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import torch
 
 from tft2v.data import shapes_spec as spec
 from tft2v.metrics.stats import paired_difference, wilson_interval
-from tft2v.quickstart import TOY_COHERENCE_WEIGHT
 
 
 def _fmt(x, pct: bool = True) -> str:
@@ -103,8 +105,10 @@ def _count(results: dict, kind: str) -> int:
     return max(len(r[kind]["clips"]) for r in results.values() if r[kind])
 
 
-def _per_clip(summary: dict, key: str) -> list:
-    return [c[key] for c in summary["clips"]]
+def _per_clip(summary: dict, key: str, moving_only: bool = False) -> list:
+    """``key`` of every clip; with ``moving_only``, None for clips without a moving object (a still or
+    vanished object is perfectly smooth and consistent, so those measures compare moving clips only)."""
+    return [c[key] if not moving_only or c["moving"] else None for c in summary["clips"]]
 
 
 def _proportion(summary: dict, key: str) -> str:
@@ -114,33 +118,57 @@ def _proportion(summary: dict, key: str) -> str:
     return f"{sum(flags)}/{len(flags)} = {_fmt(sum(flags) / max(1, len(flags)))} [{_fmt(low)}, {_fmt(high)}]"
 
 
+def _coherence_weight(result: dict) -> float:
+    """A variant's coherence-loss weight λ, from its config overrides."""
+    return float(result["variant"].overrides.get("recipe", {}).get("coherence_weight", 0.0))
+
+
+# Held-out combos may trail the seen ones by this much and still "come out right" (3 of 22 clips).
+HELD_OUT_MARGIN = 0.15
+
+
 def claims(results: dict) -> list[tuple[str, str, str]]:
     """(claim, evidence, verdict) from the numbers — nothing hard-coded. Every comparison is paired
     (same prompts and seeds under both models) and counts as shown only when its 95 % bootstrap interval
-    excludes zero; proportions carry 95 % Wilson intervals."""
+    excludes zero; proportions carry 95 % Wilson intervals. A clip without an object counts as wrong,
+    and measures that a still or vanished object would win (consistency, roughness) compare only clips
+    that show a moving object."""
     app = {k: r["appearance"] for k, r in results.items()}
     out = []
 
-    coherent = paired_difference(_per_clip(app["images_only"], "coherent"), _per_clip(app["tft2v"], "coherent"))
-    rough = paired_difference(_per_clip(app["images_only"], "smoothness"), _per_clip(app["tft2v"], "smoothness"))
+    # (1) One change only: text-free videos (λ = 0) against image–text pairs alone.
+    base, tf = app["images_only"], app["text_free"]
+    coherent = paired_difference(_per_clip(base, "coherent"), _per_clip(tf, "coherent"))
+    moving = paired_difference(_per_clip(base, "moving"), _per_clip(tf, "moving"))
     verdict = ("holds" if coherent.positive else
-               "partly: objects persist and move smoothly instead of flickering; steady directed motion not shown"
-               if rough.negative else "not shown at this budget")
+               "partly: objects move, but not steadily in one direction" if moving.positive else
+               "not shown at this budget")
     out.append(("(1) text-free videos give coherent motion",
-                f"coherent-motion clips: image–text only {_proportion(app['images_only'], 'coherent')} → with "
-                f"text-free videos {_proportion(app['tft2v'], 'coherent')}, difference {coherent}; track roughness "
-                f"{_fmt(app['images_only']['smoothness'], False)} → {_fmt(app['tft2v']['smoothness'], False)} px, "
-                f"difference {rough}", verdict))
+                f"colour×shape prompts, image–text only → {results['text_free']['variant'].title}: coherent-motion "
+                f"clips {_proportion(base, 'coherent')} → {_proportion(tf, 'coherent')}, difference {coherent}; "
+                f"clips with a moving object {_proportion(base, 'moving')} → {_proportion(tf, 'moving')}, difference "
+                f"{moving}; track roughness of moving objects {_fmt(base['moving_smoothness'], False)} → "
+                f"{_fmt(tf['moving_smoothness'], False)} px", verdict))
 
-    consistency = paired_difference(_per_clip(app["text_free"], "pixel_consistency"),
-                                    _per_clip(app["tft2v"], "pixel_consistency"))
-    rough = paired_difference(_per_clip(app["text_free"], "smoothness"), _per_clip(app["tft2v"], "smoothness"))
+    # (2) Consistency of a moving object: pairs where both clips show one. A static model cannot win by
+    # standing still (its clips drop out and the moving-clip count must not fall) or by vanishing (a
+    # frame pair without the object scores 0).
+    a0, a1 = results["text_free"]["all"], results["tft2v"]["all"]
+    lam0, lam1 = _coherence_weight(results["text_free"]), _coherence_weight(results["tft2v"])
+    consistency = paired_difference(_per_clip(a0, "object_consistency", True), _per_clip(a1, "object_consistency", True))
+    moving = paired_difference(_per_clip(a0, "moving"), _per_clip(a1, "moving"))
+    rough = paired_difference(_per_clip(a0, "smoothness", True), _per_clip(a1, "smoothness", True))
+    holds = consistency.positive and not moving.negative and not rough.positive
     out.append(("(2) the coherence loss improves frame consistency",
-                f"pixel consistency λ=0 {_fmt(app['text_free']['pixel_consistency'], False)} → λ={TOY_COHERENCE_WEIGHT:g} "
-                f"{_fmt(app['tft2v']['pixel_consistency'], False)}, difference {consistency}; track roughness "
-                f"{_fmt(app['text_free']['smoothness'], False)} → {_fmt(app['tft2v']['smoothness'], False)} px, "
-                f"difference {rough}",
-                "holds" if consistency.positive and not rough.positive else "not shown at this budget"))
+                f"all {a0['num_clips']} prompts/seeds, λ={lam0:g} → λ={lam1:g}: object consistency along the track "
+                f"(moving objects) {_fmt(a0['moving_consistency'], False)} → {_fmt(a1['moving_consistency'], False)}, "
+                f"paired difference on the {consistency.pairs} pairs where both move {consistency}; clips with a "
+                f"moving object {_proportion(a0, 'moving')} → {_proportion(a1, 'moving')}, difference {moving} (must "
+                f"not fall); track roughness of moving objects {_fmt(a0['moving_smoothness'], False)} → "
+                f"{_fmt(a1['moving_smoothness'], False)} px, difference {rough} (must not rise). Pixel consistency, "
+                f"which a frozen or empty clip maximises, is not used: {_fmt(a0['pixel_consistency'], False)} → "
+                f"{_fmt(a1['pixel_consistency'], False)}",
+                "holds" if holds else "not shown at this budget"))
 
     d0, d1 = results["tft2v"]["direction"], results["semi_supervised"]["direction"]
     alignment = paired_difference(_per_clip(d0, "direction_alignment"), _per_clip(d1, "direction_alignment"))
@@ -151,27 +179,75 @@ def claims(results: dict) -> list[tuple[str, str, str]]:
                 f"{_fmt(d1['direction_alignment'], False)}, difference {alignment}",
                 "holds" if alignment.positive else "not shown at this budget"))
 
-    # Held-out combos "come out right" when they beat chance (1/6 colours, 1/3 shapes) with 95 %
-    # confidence and score close to the seen combos. Moving clips of held-out combos count too.
+    # (4) Held-out combos (appearance only ever seen in images) must come out right — colour and shape
+    # above chance with 95 % confidence — AND move coherently (motion learned from videos): clips right
+    # and coherent at once above the rate of a model that never saw a video, both close to seen combos.
     both = results["tft2v"]["all"]
     held = [c for c in both["clips"] if (c["expected"]["colour"], c["expected"]["shape"]) in set(spec.HELD_OUT)]
     seen = [c for c in both["clips"] if c not in held]
+    no_video = results["images_only"]["all"]["coherent_fraction"] or 0.0
     ok, parts = True, []
-    for key, chance in (("colour_correct", 1 / len(spec.COLOURS)), ("shape_correct", 1 / len(spec.SHAPES))):
+    for key, floor, label in (("colour_correct", 1 / len(spec.COLOURS), "colour"),
+                              ("shape_correct", 1 / len(spec.SHAPES), "shape"),
+                              ("right_and_coherent", no_video, "right and moving coherently")):
         h = [bool(c[key]) for c in held]
         s_ = [bool(c[key]) for c in seen]
         low, _ = wilson_interval(sum(h), len(h))
         rate_h, rate_s = sum(h) / max(1, len(h)), sum(s_) / max(1, len(s_))
-        ok &= low > chance and rate_h >= rate_s - 0.15
-        parts.append(f"{key.split('_')[0]} {_proportion({'clips': held}, key)} (seen combos {_fmt(rate_s)})")
+        ok &= bool(held) and low > floor and rate_h >= rate_s - HELD_OUT_MARGIN
+        parts.append(f"{label} {_proportion({'clips': held}, key)} (seen combos {_fmt(rate_s)})")
     out.append(("(4) held-out colour×shape combos still come out right",
-                "TF-T2V on combos never seen in any video: " + "; ".join(parts),
+                "TF-T2V on combos never seen in any video: " + "; ".join(parts)
+                + f"; the image-only model moves coherently in {_fmt(no_video)} of its clips",
                 "holds" if ok else "not shown at this budget"))
     return out
 
 
-# Content-stage steps of a 10-minute run on the reference 2-core box, where claims 1, 2 and 4 held
-# (benchmarks/RESULTS.md); a run with under half of them is flagged as too short to judge.
+# The detector's per-clip verdicts written to the manifest (tft2v.metrics.toy defines each).
+MANIFEST_VERDICTS = ("present", "presence", "colour", "shape", "direction", "moving", "coherent", "colour_correct",
+                     "shape_correct", "direction_correct", "direction_alignment", "right_and_coherent", "smoothness",
+                     "object_consistency", "pixel_consistency", "track")
+
+
+def _slug(prompt: str) -> str:
+    """A file-name part from a caption-grammar prompt: ``"a red circle moving left"`` → ``a-red-circle-moving-left``."""
+    return "-".join("".join(ch for ch in word if ch.isalnum()) for word in prompt.lower().split()) or "unconditional"
+
+
+def _rounded(value):
+    """Floats to 4 decimals (a ten-thousandth of a pixel), nested lists included."""
+    if isinstance(value, float):
+        return round(value, 4)
+    return [_rounded(v) for v in value] if isinstance(value, list) else value
+
+
+def write_clips(out: Path, results: dict, fps: float = 8) -> Path:
+    """Every sampled clip as its own video, ``samples/<variant>/<index>_<slug>_s<seed>.mp4``, and one JSON
+    line per clip in ``samples/manifest.jsonl``: variant, index, kind of prompt, prompt, seed, path
+    (relative to ``out``), the model folder and sampler settings it came from, and the detector's
+    verdicts on the clip as sampled (before video compression). Returns the manifest's path."""
+    from tft2v.video_export import export_video
+
+    rows = []
+    for name, r in results.items():
+        verdicts = r["all"]["clips"]
+        if not len(r["clips"]) == len(r["prompts"]) == len(r["seeds"]) == len(verdicts):
+            raise ValueError(f"{name}: clips, prompts, seeds and verdicts differ in number")
+        frames = _uint8(r["clips"])  # one conversion for the whole variant; export_video takes uint8 as is
+        num_appearance = len(r["appearance"]["clips"])
+        for i, (prompt, seed, clip, verdict) in enumerate(zip(r["prompts"], r["seeds"], frames, verdicts)):
+            path = export_video(clip, out / "samples" / name / f"{i:03d}_{_slug(prompt)}_s{seed}.mp4", fps=fps)
+            rows.append({"variant": name, "index": i, "kind": "appearance" if i < num_appearance else "direction",
+                         "prompt": prompt, "seed": seed, "path": path.relative_to(out).as_posix(),
+                         "model": r["train"].get("model"), "sampling": r.get("sampling"),
+                         "verdicts": {k: _rounded(verdict[k]) for k in MANIFEST_VERDICTS}})
+    manifest = out / "samples" / "manifest.jsonl"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return manifest
+
+
+# Content-stage steps of the reference 2-core box's 10-minute run; under half of them is too short to judge.
 REFERENCE_CONTENT_STEPS = 750
 
 
@@ -206,31 +282,45 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
               f"({content['steps']} image–text steps) for {budget.variant_steps} steps each, then generate the same "
               f"prompts with the same seeds (DPM-Solver++, {budget.sample_steps} steps, guidance 3): "
               f"{_count(results, 'appearance')} colour×shape clips and {_count(results, 'direction')} 'moving …' clips "
-              "per video variant. Held-out columns pool both kinds of clip.", "",
-              "| variant | colour | shape | coherent motion | track roughness ↓ | pixel consistency ↑ | "
-              "direction (chance 25 %) | direction alignment | held-out colour | held-out shape | final loss |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "per video variant.", "",
+              "| variant | object present | colour | shape | moving | coherent motion | track roughness ↓ | "
+              "object consistency ↑ | direction (chance 25 %) | direction alignment | held-out colour | "
+              "held-out shape | held-out right & coherent | final loss |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         a, d, h = r["appearance"], r["direction"] or {}, r["all"]["held_out"]
-        lines.append(f"| {r['variant'].title} | {_fmt(a['colour_accuracy'])} | {_fmt(a['shape_accuracy'])} | "
-                     f"{_fmt(a['coherent_fraction'])} | {_fmt(a['smoothness'], False)} | "
-                     f"{_fmt(a['pixel_consistency'], False)} | {_fmt(d.get('direction_accuracy'))} | "
-                     f"{_fmt(d.get('direction_alignment'), False)} | "
-                     f"{_fmt(h['colour_accuracy'])} | {_fmt(h['shape_accuracy'])} | {r['train']['loss_last']} |")
-    lines += ["", "Metric definitions: tft2v.metrics.toy (colour = nearest palette colour of the detected object, "
-              "shape from fill ratio and mass skew, coherent motion = object present and moving steadily in one "
-              "direction, track roughness = mean |second difference| of the centroid track in px, pixel "
-              "consistency = 1 − mean |frame difference|, direction alignment = cosine between the net "
-              "displacement and the prompted direction, 0 when the object does not move). Differences are "
-              "`mean [95 % paired bootstrap interval]`; proportions `k/n = p [95 % Wilson interval]`. The intervals "
-              "cover the sampling of evaluation clips from each trained model, not retraining with another seed.",
+        lines.append(f"| {r['variant'].title} | {_fmt(a['present_fraction'])} | {_fmt(a['colour_accuracy'])} | "
+                     f"{_fmt(a['shape_accuracy'])} | {_fmt(a['moving_fraction'])} | {_fmt(a['coherent_fraction'])} | "
+                     f"{_fmt(a['moving_smoothness'], False)} | {_fmt(a['moving_consistency'], False)} | "
+                     f"{_fmt(d.get('direction_accuracy'))} | {_fmt(d.get('direction_alignment'), False)} | "
+                     f"{_fmt(h['colour_accuracy'])} | {_fmt(h['shape_accuracy'])} | {_fmt(h['right_and_coherent'])} | "
+                     f"{r['train']['loss_last']} |")
+    lines += ["", "Columns up to 'object consistency' are over the colour×shape clips, direction columns over the "
+              "'moving …' clips, held-out columns over both. Metric definitions: tft2v.metrics.toy. An object is "
+              "detected only where it stands out from the background as one colourful blob (noise and empty "
+              "frames show none), and a clip names a colour, shape or motion only when the object is in at least "
+              "half its frames — otherwise it counts as wrong. Colour = nearest palette colour of the object, shape "
+              "from fill ratio and mass skew, moving = present in ≥ 75 % of frames and displaced ≥ 0.25 px/frame, "
+              "coherent motion = moving steadily in one direction, track roughness = mean |second difference| of "
+              "the centroid track in px over moving objects, object consistency = 1 − mean |difference| between "
+              "the object's pixels in consecutive frames after shifting by its own step (0 where it is missing), "
+              "over moving objects — a still object would win both, so they are measured on moving ones only. "
+              "Direction alignment = cosine between the net displacement and the prompted direction, 0 when "
+              "the object does not move; held-out right & coherent = colour and shape right and coherent motion "
+              "in one clip. Differences are `mean [95 % paired bootstrap interval]`; proportions "
+              "`k/n = p [95 % Wilson interval]`. The intervals cover the sampling of evaluation clips from each "
+              "trained model, not retraining with another seed.",
               "", "## Samples", ""]
+    manifest = write_clips(out, results, fps=data.get("fps", 8))
+    lines += [f"Every clip is also its own video, `samples/<variant>/<index>_<prompt>_s<seed>.mp4`, listed with its "
+              f"prompt, seed and the detector's verdicts in [{manifest.name}]({manifest.relative_to(out).as_posix()}), "
+              "so any clip can be re-scored or regenerated.", ""]
     for name, r in results.items():
         strip = filmstrip(r["clips"][:8], pics / f"{name}.png")
         gif = grid_gif(r["clips"][: len(spec.COLOURS) * len(spec.SHAPES)], pics / f"{name}.gif")
         lines += [f"### {r['variant'].title}", "",
                   f"![{name}]({strip.relative_to(out)}) — animated, all 18 colour×shape prompts: "
-                  f"[{gif.name}]({gif.relative_to(out)})", "",
+                  f"[{gif.name}]({gif.relative_to(out)}); every clip: [samples/{name}/](samples/{name}/)", "",
                   "Prompts (rows): " + "; ".join(r["prompts"][:8]), ""]
     plot = loss_plot({"content": Path(content["checkpoint"]).parents[1],
                       **{n: Path(r["train"]["checkpoint"]).parents[1] for n, r in results.items()}},

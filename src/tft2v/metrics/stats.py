@@ -44,6 +44,8 @@ class Difference:
         return self.high < 0
 
     def __str__(self) -> str:
+        if self.pairs == 0:
+            return "n/a (no pairs to compare)"
         return f"{self.delta:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
 
 
