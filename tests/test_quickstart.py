@@ -64,6 +64,14 @@ def test_variant_config_continues_from_the_content_stage_with_a_warmup(tmp_path)
         assert cfg["data"]["labelled_ratio"] == 0.5 and cfg["model"]["unet"] == BASE_CONFIG["model"]["unet"]
 
 
+def test_the_report_module_does_not_import_the_quickstart():
+    import subprocess
+    import sys
+
+    code = "import sys, tft2v.quickstart_report; assert 'tft2v.quickstart' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_report_flags_a_run_too_short_to_judge():
     assert slow_machine_note(752, 10) == []
     note = slow_machine_note(77, 10)
