@@ -66,6 +66,27 @@ class DataConfig:
             raise ConfigError(f"data.height/width/num_frames must be >= 1, got {self.height}/{self.width}/{self.num_frames}")
 
 
+LORA_TARGET_GROUPS = ("spatial", "spatial_conv", "temporal")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters on the UNet (peft); rank 0 = off. ``targets``: groups ``spatial`` (spatial attention
+    projections), ``spatial_conv`` (+ ResBlock 3×3 convs), ``temporal`` (temporal attention + temporal
+    convs), or explicit module-name regular expressions (anything else). Base weights are frozen."""
+
+    rank: int = 0
+    alpha: float = 0.0  # 0 = rank (scale 1)
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("temporal",)
+
+    def __post_init__(self):
+        if self.rank < 0 or self.dropout < 0 or self.dropout >= 1:
+            raise ConfigError(f"model.lora: rank must be >= 0 and dropout in [0, 1), got {self.rank}/{self.dropout}")
+        if self.rank and not self.targets:
+            raise ConfigError("model.lora.targets is empty")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The UNet: keyword arguments of TFT2VUNet plus where its initial weights come from."""
@@ -76,6 +97,7 @@ class ModelConfig:
     unet: dict = field(default_factory=dict)
     gradient_checkpointing: bool = False
     compile: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
         _choice("model.init", self.init, INIT_KINDS)

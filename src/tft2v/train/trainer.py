@@ -33,6 +33,7 @@ from tft2v.train.data import (
     build_unet,
     check_data_paths,
 )
+from tft2v.models.lora import apply_lora, save_checkpoint_adapters
 from tft2v.train.logging import RunLogger
 from tft2v.train.run_folder import continue_run_logs, prepare_run_folder
 from tft2v.train.sample_log import SampleLog, step_row
@@ -157,6 +158,7 @@ class Trainer:
         if cfg.model.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         _freeze_for_recipe(cfg, self.unet)
+        apply_lora(cfg.model.lora, self.unet)  # model.lora.rank > 0: frozen base + trainable adapters only
         o = cfg.optim
         optimizer = torch.optim.AdamW([p for p in self.unet.parameters() if p.requires_grad], lr=o.lr,
                                       betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
@@ -248,11 +250,13 @@ class Trainer:
     # -- checkpoints, validation, export ----------------------------------------------------------
 
     def save(self, debug: bool = False) -> Path:
-        return ckpt_io.save_checkpoint(
+        path = ckpt_io.save_checkpoint(
             self.run_dir / "checkpoints", self.step, accelerator=self.accelerator, model=self.model, unet=self.unet,
             optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, loader_state=self.loader.state_dict(),
             config_yaml=self.config_yaml, ema=self.ema, ema_params=self.params, scaler=self.accelerator.scaler,
             keep_last=self.cfg.train.keep_last, debug=debug)
+        save_checkpoint_adapters(self, path)  # model.lora: adapter-only files beside the full weights
+        return path
 
     def validate(self) -> list[Path]:
         """Validation videos from the EMA weights when EMA is on (what export writes), else the live ones.
