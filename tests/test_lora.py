@@ -102,3 +102,137 @@ def test_trainer_with_lora_trains_and_saves_only_adapters(tmp_path):
         meta, weights = lora.read_adapter(ckpt / folder)
         assert weights and all(k.startswith("unet.") and ".lora_" in k for k in weights)
         assert meta["rank"] == 4 and meta["base"]["fingerprint"]
+
+
+# -- adapter files, pipeline ------------------------------------------------------------------------
+
+def _pipe():
+    from pipeline_fixtures import toy_pipeline
+
+    return toy_pipeline()
+
+
+def _make_adapter(directory, targets=("spatial", "temporal"), seed=3, rank=2, std=0.3):
+    """An adapter folder for the tiny pipeline's UNet with random (non-zero) adapter weights."""
+    unet = _pipe().unet
+    lora.add_adapter(unet, rank, targets=targets)
+    _randomize_adapter(unet, seed=seed, std=std)
+    return lora.save_adapter(unet, directory), unet
+
+
+def _video(pipe, seed=0):
+    from pipeline_fixtures import seeded
+
+    with torch.no_grad():
+        return pipe("a red ball", generator=seeded(seed), output_type="pt")
+
+
+def test_adapter_files_round_trip_and_diffusers_layout(tmp_path):
+    folder, trained = _make_adapter(tmp_path / "a")
+    meta = json.loads((folder / lora.META_NAME).read_text())
+    assert meta["rank"] == 2 and meta["modules"] and len(meta["base"]["fingerprint"]) == 32
+    _, weights = lora.read_adapter(folder)
+    assert all(k.startswith("unet.") and (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight"))
+               for k in weights)
+    pipe = _pipe()
+    pipe.load_lora_weights(folder, adapter_name="a")
+    inputs = _inputs(pipe.unet)
+    trained.requires_grad_(False), pipe.unet.requires_grad_(False)
+    assert torch.equal(_run(pipe.unet, inputs), _run(trained, inputs))
+    lora.save_adapter(pipe.unet, tmp_path / "again", adapter_name="a")
+    _, again = lora.read_adapter(tmp_path / "again")
+    assert again.keys() == weights.keys() and all(torch.equal(again[k], weights[k]) for k in weights)
+
+
+def test_scale_zero_is_bit_exact_and_adapters_mix(tmp_path):
+    a, _ = _make_adapter(tmp_path / "a", targets=("temporal",), seed=3)
+    b, _ = _make_adapter(tmp_path / "b", targets=("spatial",), seed=4)
+    pipe = _pipe()
+    base = _video(pipe)
+    pipe.load_lora_weights(a, adapter_name="motion", scale=0.0)
+    assert torch.equal(_video(pipe), base)  # scale 0: the base model bit for bit
+    pipe.set_adapters(["motion"], [1.0])
+    motion = _video(pipe)
+    assert not torch.allclose(motion, base, atol=1e-4)
+    pipe.load_lora_weights(b, adapter_name="content")
+    assert pipe.get_active_adapters() == {"motion": 1.0, "content": 1.0}
+    both = _video(pipe)
+    assert not torch.allclose(both, motion, atol=1e-4)
+    pipe.set_adapters(["motion", "content"], [1.0, 0.0])
+    assert torch.equal(_video(pipe), motion)
+    pipe.set_adapters(["motion", "content"], [0.0, 0.0])
+    assert torch.equal(_video(pipe), base)
+    pipe.set_adapters([], [])
+    assert torch.equal(_video(pipe), base)
+    with pytest.raises(lora.LoraError, match="unknown LoRA adapter"):
+        pipe.set_adapters(["nope"])
+
+
+def test_fuse_and_unfuse(tmp_path):
+    a, _ = _make_adapter(tmp_path / "a", std=0.1)
+    pipe = _pipe()
+    base_weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    pipe.load_lora_weights(a, adapter_name="a", scale=0.7)
+    inputs = _inputs(pipe.unet)
+    live, live_video = _run(pipe.unet, inputs), _video(pipe)
+    pipe.fuse_lora()
+    assert not any(p.requires_grad and "lora_" in k for k, p in pipe.unet.named_parameters())
+    assert torch.allclose(_run(pipe.unet, inputs), live, atol=1e-5)  # float32 rounding only
+    assert torch.allclose(_video(pipe), live_video, atol=1e-4)  # 3 sampling steps amplify it a little
+    pipe.unfuse_lora()
+    assert torch.allclose(_run(pipe.unet, inputs), live, atol=1e-5)
+    restored = lora._base_state(pipe.unet)
+    assert all(torch.allclose(restored[k], v, atol=1e-6) for k, v in base_weights.items())
+
+
+def test_adapter_for_another_base_is_refused(tmp_path):
+    from pipeline_fixtures import toy_pipeline
+
+    a, _ = _make_adapter(tmp_path / "a")
+    other = toy_pipeline(model_channels=8, norm_num_groups=4)  # another architecture
+    with pytest.raises(lora.LoraError, match="made for another base model"):
+        other.load_lora_weights(a)
+    same_shapes = _pipe()
+    with torch.no_grad():
+        for p in same_shapes.unet.parameters():
+            p.add_(0.5)  # same architecture, other weights
+    with pytest.raises(lora.LoraError, match="made for another base model"):
+        same_shapes.load_lora_weights(a)
+    half = _pipe().to(dtype=torch.bfloat16)  # the same model in another precision is the same base
+    half.load_lora_weights(a)
+
+
+def test_generate_cli_with_lora(tmp_path, capsys):
+    import numpy as np
+    from pipeline_fixtures import toy_model_folder
+
+    from tft2v.cli import main
+    from tft2v.commands.generate import parse_lora_spec
+    from PIL import Image
+
+    assert parse_lora_spec("a/b:0.5") == (Path("a/b"), 0.5)
+    assert parse_lora_spec("a/b") == (Path("a/b"), 1.0)
+    assert parse_lora_spec("C:/x") == (Path("C:/x"), 1.0)
+    model = toy_model_folder(tmp_path / "model")
+    adapter, _ = _make_adapter(tmp_path / "a")
+
+    def gen(name, *extra):
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "--model", str(model), "a ball", "--device", "cpu", "--out",
+                  str(tmp_path / name), *extra])
+        assert e.value.code == 0
+        return np.stack([np.asarray(Image.open(f)) for f in sorted((tmp_path / name).glob("*.png"))])
+
+    base = gen("base")  # PNG frames: lossless
+    assert np.array_equal(gen("zero", "--lora", f"{adapter}:0"), base)
+    assert not np.array_equal(gen("one", "--lora", str(adapter), "--lora", f"{adapter}:0.5"), base)
+    other, _ = _make_adapter(tmp_path / "x")
+    meta = json.loads((other / lora.META_NAME).read_text())
+    meta["base"]["fingerprint"] = "0" * 32
+    (other / lora.META_NAME).write_text(json.dumps(meta))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", str(model), "a ball", "--device", "cpu", "--lora", str(other),
+              "--out", str(tmp_path / "bad.mp4")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "made for another base model" in err and len(err.strip().splitlines()) == 1

@@ -204,6 +204,50 @@ class TFT2VPipeline:
         """tqdm keyword arguments for the denoising progress bar (``disable=True`` silences it)."""
         self._progress_kwargs = kwargs
 
+    # -- LoRA adapters (tft2v.models.lora; diffusers-style names) ---------------------------------
+
+    def load_lora_weights(self, path: str | Path, adapter_name: str | None = None, scale: float = 1.0) -> str:
+        """Load an adapter folder (``tft2v finetune`` / a LoRA run's checkpoint ``lora/``) into the UNet as
+        ``adapter_name`` (default: ``adapter_<n>``) and activate it beside those already active. An
+        adapter made for another base model is refused. Returns the adapter name."""
+        from tft2v.models import lora
+
+        if getattr(self, "_lora_base", None) is None:
+            self._lora_base = lora.base_fingerprint(self.unet)  # before any fuse changes the weights
+            self._lora_active: dict[str, float] = {}
+        known = getattr(self.unet, "_tft2v_lora", {})
+        name = adapter_name or f"adapter_{len(known)}"
+        device, dtype = self.unet.device, self.unet.dtype
+        lora.load_adapter(self.unet, path, name, fingerprint=self._lora_base)
+        self.unet.to(device=device, dtype=dtype)
+        self.set_adapters([*self._lora_active, name], [*self._lora_active.values(), scale])
+        return name
+
+    def set_adapters(self, adapter_names: list[str] | str, weights: list[float] | float | None = None) -> None:
+        """Activate these adapters (others off), each scaled by its weight (default 1)."""
+        from tft2v.models import lora
+
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        if weights is not None and not isinstance(weights, (list, tuple)):
+            weights = [weights] * len(names)
+        weights = [1.0] * len(names) if weights is None else [float(w) for w in weights]
+        lora.set_adapters(self.unet, names, weights)
+        self._lora_active = dict(zip(names, weights))
+
+    def get_active_adapters(self) -> dict[str, float]:
+        return dict(getattr(self, "_lora_active", {}))
+
+    def fuse_lora(self, adapter_names: list[str] | None = None) -> None:
+        """Merge the (active, or named) adapters at their current weights into the base weights."""
+        from tft2v.models import lora
+
+        lora.fuse(self.unet, adapter_names or list(self.get_active_adapters()))
+
+    def unfuse_lora(self) -> None:
+        from tft2v.models import lora
+
+        lora.unfuse(self.unet)
+
     # -- generation -----------------------------------------------------------------------------
 
     def _model_fn(self, x: torch.Tensor, t: torch.Tensor, **inputs) -> torch.Tensor:

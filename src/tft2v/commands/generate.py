@@ -31,6 +31,7 @@ EXAMPLES = """Examples:
   tft2v generate --model models/vcomposer "a forest" --depth walk.mp4 --depth-model midas.pt --out frames/
 
   tft2v generate --model runs/toy/model --prompts prompts.txt --out videos/out.mp4
+  tft2v generate --model runs/toy/model "a red circle" --lora runs/mine/lora:0.8 --out mine.mp4
 """
 
 
@@ -75,6 +76,17 @@ def read_file_option(path: Path, flag: str, kind: str, read, *args, **kwargs):
     return read(path, *args, error=f"cannot read {option} {kind} {path}", **kwargs)
 
 
+def parse_lora_spec(spec: str) -> tuple[Path, float]:
+    """``PATH[:SCALE]`` → (path, scale); a trailing ``:`` part that is not a number belongs to the path."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(spec), 1.0
+
+
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="The text prompt."),
     model: Path = typer.Option(..., "--model", "-m", help="Model folder (tft2v train / tft2v convert output)."),
@@ -103,6 +115,8 @@ def generate(
     condition_fps: float = typer.Option(8.0, min=0.01, help="Frame rate condition videos are sampled at."),
     fps: Optional[int] = typer.Option(None, min=1, help="Output frame rate (default: the model's, 8)."),
     out: Path = typer.Option(Path("out.mp4"), "--out", "-o", help="out.mp4, out.gif, or a directory for PNGs."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA adapter folder (tft2v finetune output), "
+                                             "optionally :SCALE (default 1); repeat to mix adapters."),
 ) -> None:
     """Generate videos from text with a tft2v model folder (optionally with sketch/depth/motion/… conditions
     extracted from your own videos)."""
@@ -127,6 +141,10 @@ def generate(
         raise TFT2VError(f"--device {device} asked for CUDA, but no CUDA GPU is available")
 
     pipe = TFT2VPipeline.from_pretrained(model, torch_dtype=getattr(torch, DTYPES[dtype]))
+    for spec in lora or []:
+        path, scale = parse_lora_spec(spec)
+        name = pipe.load_lora_weights(path, scale=scale)
+        typer.echo(f"LoRA {name}: {path} at scale {scale:g}")
     if scheduler is not None:
         pipe.set_scheduler(scheduler)
     pipe.enable_model_cpu_offload(device) if offload else pipe.to(device)

@@ -211,7 +211,11 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = DEFAULT
                         f"(base {meta.get('base', {}).get('fingerprint')}, this model {mine['fingerprint']})")
     if adapter_name in getattr(model, "_tft2v_lora", {}):
         raise LoraError(f"adapter name {adapter_name!r} is already loaded")
+    trainable = {k.replace(".base_layer", ""): p.requires_grad for k, p in model.named_parameters()}
     add_adapter(model, meta["rank"], meta["alpha"], modules=meta["modules"], adapter_name=adapter_name)
+    for k, p in model.named_parameters():  # peft froze the base; give it back its own flags (see below)
+        if "lora_" not in k:
+            p.requires_grad_(trainable.get(k.replace(".base_layer", ""), p.requires_grad))
     own = model.state_dict()
     marker = f".{adapter_name}."
     new = {}
