@@ -236,3 +236,34 @@ def test_generate_cli_with_lora(tmp_path, capsys):
               "--out", str(tmp_path / "bad.mp4")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "made for another base model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_finetune_cli_end_to_end(tmp_path, capsys):
+    """Tiny base model folder + 3 toy clips written by `tft2v data toy` → adapter + before/after videos,
+    and the adapter changes generation."""
+    from pipeline_fixtures import toy_model_folder
+
+    from tft2v.cli import main
+
+    model = toy_model_folder(tmp_path / "model")
+    with pytest.raises(SystemExit) as e:
+        main(["data", "toy", str(tmp_path / "toy"), "--num-images", "2", "--num-videos", "3",
+              "--num-captioned", "0", "--size", "32", "--frames", "6"])
+    assert e.value.code == 0
+    clips = tmp_path / "toy" / "videos"
+    assert clips.is_dir(), sorted(p.name for p in (tmp_path / "toy").iterdir())
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--model", str(model), "--clips", str(clips), "--out", str(tmp_path / "out"),
+              "--prompt", "a red circle", "--steps", "3", "--rank", "4", "--lr", "1e-2", "--sample-steps", "2",
+              "--no-progress"])
+    assert e.value.code == 0
+    out = tmp_path / "out"
+    meta, weights = lora.read_adapter(out / "lora")
+    assert meta["rank"] == 4 and weights
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
+    assert (out / "samples" / "before_00.mp4").stat().st_size > 0
+    assert (out / "samples" / "after_00.mp4").stat().st_size > 0
+    assert "wrote adapter" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--model", str(model), "--clips", str(tmp_path / "nope"), "--out", str(out)])
+    assert e.value.code == 2
