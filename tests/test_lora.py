@@ -95,7 +95,8 @@ def test_trainer_with_lora_trains_and_saves_only_adapters(tmp_path):
     summary = trainer.run()
     after = trainer.unet.state_dict()
     assert all(torch.equal(after[k], v) for k, v in base.items())  # base untouched
-    lora_b = [v for k, v in after.items() if "lora_B" in k]
+    lora_b = [v for k, v in trainer.unet.named_parameters() if "lora_B" in k]
+    assert not any("lora_" in k for k in after)  # state_dict(): the plain base (adapters saved apart)
     assert any(v.abs().sum() > 0 for v in lora_b)  # adapters learned
     ckpt = Path(summary["checkpoint"])
     for folder in ("lora", "lora_ema"):
@@ -267,3 +268,23 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["finetune", "--model", str(model), "--clips", str(tmp_path / "nope"), "--out", str(out)])
     assert e.value.code == 2
+
+
+def test_lora_run_checkpoint_holds_plain_base_and_resume_is_exact(tmp_path):
+    import safetensors.torch
+    from train_fixtures import tiny_config
+
+    from tft2v.train.trainer import Trainer, train
+
+    extra = {**_from_base(tmp_path), "train.max_steps": 3, "train.checkpoint_every": 1, "optim.ema_decay": 0.9,
+             "model.lora": "{rank: 2, targets: [temporal]}"}
+    full = train(tiny_config(tmp_path / "full", **extra))
+    Trainer(tiny_config(tmp_path / "part", **extra)).run(stop_at=2)
+    part = train(tiny_config(tmp_path / "part", **extra), resume="auto")
+    for folder in ("lora", "lora_ema"):
+        _, a = lora.read_adapter(Path(full["checkpoint"]) / folder)
+        _, b = lora.read_adapter(Path(part["checkpoint"]) / folder)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    saved = safetensors.torch.load_file(Path(full["checkpoint"]) / "unet" / "diffusion_pytorch_model.safetensors")
+    base = safetensors.torch.load_file(tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert saved.keys() == base.keys() and all(torch.equal(saved[k], base[k]) for k in base)

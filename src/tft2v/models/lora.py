@@ -107,14 +107,36 @@ def add_adapter(model: nn.Module, rank: int, alpha: float = 0.0, dropout: float 
     return modules
 
 
-def apply_lora(lora_cfg, unet: nn.Module) -> list[str] | None:
+def _plain_state_dict(module, state_dict, prefix, local_metadata) -> None:
+    """state_dict hook of a training UNet: the base weights under their plain names, adapters left out —
+    so a LoRA run's checkpoint ``unet/`` (and an exported model folder) is the unchanged base model, and
+    ``--resume`` loads it before the adapters exist. The adapters are saved on their own (``lora/``)."""
+    for key in list(state_dict):
+        if not key.startswith(prefix):
+            continue
+        if "lora_" in key:
+            del state_dict[key]
+        elif ".base_layer." in key:
+            state_dict[key.replace(".base_layer.", ".")] = state_dict.pop(key)
+
+
+def apply_lora(lora_cfg, unet: nn.Module, resume_from: str | Path | None = None) -> list[str] | None:
     """Trainer hook (``model.lora``): with ``rank > 0`` inject the adapter, freeze every base weight and
     leave only the adapter weights trainable (so only they reach the optimizer, the EMA and
-    :func:`save_adapter`). Returns the adapted module names, or None when LoRA is off."""
+    :func:`save_adapter`); the UNet's ``state_dict()`` then holds the base only (:func:`_plain_state_dict`).
+    ``resume_from``: a checkpoint whose ``lora/`` adapter weights are loaded. Returns the adapted module
+    names, or None when LoRA is off."""
     if lora_cfg is None or not lora_cfg.rank:
         return None
     unet._tft2v_lora_base = base_fingerprint(unet)  # of the base as trained on, for the adapter files
     modules = add_adapter(unet, lora_cfg.rank, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.targets)
+    unet._register_state_dict_hook(_plain_state_dict)
+    if resume_from is not None:
+        folder = Path(resume_from) / "lora"
+        if not (folder / WEIGHTS_NAME).is_file():
+            raise LoraError(f"checkpoint {resume_from} has no lora/ adapter to resume this LoRA run from")
+        _, weights = read_adapter(folder)
+        _fill_adapter(unet, weights, DEFAULT_ADAPTER, folder)
     for name, p in unet.named_parameters():
         p.requires_grad_("lora_" in name)
     return modules
@@ -124,7 +146,7 @@ def apply_lora(lora_cfg, unet: nn.Module) -> list[str] | None:
 
 def _base_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The base weights under their plain names (peft's ``base_layer.`` removed, adapters left out)."""
-    return {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
+    return {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if "lora_" not in k}
 
 
 def base_fingerprint(model: nn.Module) -> dict:
@@ -156,7 +178,7 @@ def adapter_state(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> dict
     """The adapter's weights in the diffusers layout: ``unet.<module>.lora_A.weight`` …"""
     marker = f".{adapter_name}."
     out = {}
-    for k, v in model.state_dict().items():
+    for k, v in model.named_parameters():  # not state_dict(): a training UNet's leaves the adapters out
         if "lora_" in k and marker in k:
             out["unet." + k.replace(marker, ".")] = v.detach().cpu().contiguous()
     return out
@@ -176,7 +198,7 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = DE
     directory.mkdir(parents=True, exist_ok=True)
     if state is None:
         weights = adapter_state(model, adapter_name)
-    else:
+    else:  # a state dict taken without the training hook (keys with the adapter name)
         marker = f".{adapter_name}."
         weights = {"unet." + k.replace(marker, "."): v.detach().cpu().contiguous()
                    for k, v in state.items() if "lora_" in k and marker in k}
@@ -216,19 +238,22 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = DEFAULT
     for k, p in model.named_parameters():  # peft froze the base; give it back its own flags (see below)
         if "lora_" not in k:
             p.requires_grad_(trainable.get(k.replace(".base_layer", ""), p.requires_grad))
-    own = model.state_dict()
-    marker = f".{adapter_name}."
-    new = {}
-    for k, v in weights.items():
-        name = k[len("unet."):] if k.startswith("unet.") else k
-        module, _, rest = name.rpartition(".lora_")  # rest: "A.weight"
-        key = f"{module}.lora_{rest.replace('.', marker, 1)}"  # <module>.lora_A.<adapter>.weight
-        if key not in own:
-            raise LoraError(f"LoRA adapter {path}: weight {k} does not fit this model")
-        new[key] = v
-    model.load_state_dict(new, strict=False)
+    _fill_adapter(model, weights, adapter_name, path)
     _freeze_adapters(model)
     return meta
+
+
+def _fill_adapter(model: nn.Module, weights: dict[str, torch.Tensor], adapter_name: str, path) -> None:
+    own = dict(model.named_parameters())
+    marker = f".{adapter_name}."
+    with torch.no_grad():
+        for k, v in weights.items():
+            name = k[len("unet."):] if k.startswith("unet.") else k
+            module, _, rest = name.rpartition(".lora_")  # rest: "A.weight"
+            key = f"{module}.lora_{rest.replace('.', marker, 1)}"  # <module>.lora_A.<adapter>.weight
+            if key not in own or own[key].shape != v.shape:
+                raise LoraError(f"LoRA adapter {path}: weight {k} does not fit this model")
+            own[key].copy_(v)
 
 
 def save_checkpoint_adapters(trainer, checkpoint: str | Path) -> None:
