@@ -288,3 +288,45 @@ def test_lora_run_checkpoint_holds_plain_base_and_resume_is_exact(tmp_path):
     saved = safetensors.torch.load_file(Path(full["checkpoint"]) / "unet" / "diffusion_pytorch_model.safetensors")
     base = safetensors.torch.load_file(tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors")
     assert saved.keys() == base.keys() and all(torch.equal(saved[k], base[k]) for k in base)
+
+
+DDP_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from train_fixtures import tiny_config
+from tft2v.train import Trainer
+
+trainer = Trainer(tiny_config({out!r}, **{extra!r}))
+trainer.run()
+rank = trainer.accelerator.process_index
+adapters = {{k: v.detach().clone() for k, v in trainer.unet.named_parameters() if "lora_" in k}}
+torch.save({{"adapters": adapters, "base": trainer.unet.state_dict(), "world": trainer.accelerator.num_processes}},
+           f"{out}/rank{{rank}}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_lora_under_two_ddp_cpu_ranks(tmp_path):
+    import os
+    import subprocess
+
+    import safetensors.torch
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    out.mkdir()
+    extra = {**_from_base(tmp_path), "train.max_steps": 2, "model.lora": "{rank: 2, targets: [spatial, temporal]}"}
+    script = tmp_path / "ddp_lora.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(repo / "tests"), out=str(out), extra=extra))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script)], capture_output=True, text=True, cwd=repo, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{i}.pt", weights_only=True) for i in range(2)]
+    assert ranks[0]["world"] == 2
+    a0, a1 = ranks[0]["adapters"], ranks[1]["adapters"]
+    assert a0 and all(torch.equal(a0[k], a1[k]) for k in a0)  # gradients averaged over ranks
+    assert any(v.abs().sum() > 0 for k, v in a0.items() if "lora_B" in k)
+    base = safetensors.torch.load_file(tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(ranks[0]["base"][k], base[k]) for k in base)  # frozen base
+    assert (out / "checkpoints" / "step-00000002" / "lora" / lora.WEIGHTS_NAME).is_file()
