@@ -11,9 +11,9 @@ Measured here (2-core CPU, torch 2.13.0+cpu), which the tolerances below are set
 * grad_accum 2 × B vs one batch of 2B: loss ≤ 2.4e-7 abs., weights ≤ 7e-7 abs. after 1 and 3 steps
   (tolerance 1e-5).
 
-Two known ways they differ are pinned as strict xfails (they pass once fixed in src/): per-micro-batch
-loss normalisation with sample weights (text_free_videos=false), and the condition encoders' hard-coded
-dropout, which draws from the global RNG.
+Sample weights (text_free_videos=false) are normalised over the whole step (all micro-batches and
+ranks), and the condition encoders' dropout is a model setting (condition_encoder_dropout, 0 in the
+tiny configs) — model dropout draws from the global RNG, so equality needs it off.
 """
 
 from __future__ import annotations
@@ -116,26 +116,25 @@ def test_tiny_model_has_no_active_dropout(tmp_path):
     assert active == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the condition encoders' FrameTransformer hard-codes dropout 0.05 "
-                   "(tft2v/models/conditions.py); model.unet.dropout=0 does not reach it")
-def test_condition_encoders_follow_model_dropout(tmp_path):
+def test_condition_encoder_dropout_is_a_model_setting(tmp_path):
+    from tft2v.models import TFT2VUNet
+
     trainer = Trainer(tiny_config(tmp_path / "r", **{"recipe.conditions": "[sketch]",
                                                      "model.unet.condition_channels": 4}))
     active = [n for n, m in trainer.unet.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
-    assert active == []
+    assert active == []  # condition_encoder_dropout 0 in the tiny config
+    vgen = TFT2VUNet(model_channels=8, channel_mult=(1,), num_res_blocks=1, attention_scales=(), head_dim=8,
+                     norm_num_groups=4, conditions=("sketch",), context_dim=8, image_embed_dim=None)
+    assert {m.p for n, m in vgen.named_modules() if isinstance(m, torch.nn.Dropout) and "condition" in n and m.p} == {0.05}
 
 
-def _accum_pair(tmp_path, b: int, steps: int, zero_condition_dropout: bool = False, **extra):
+def _accum_pair(tmp_path, b: int, steps: int, **extra):
     """(grad_accum 1 with batch 2b, grad_accum 2 with batch b) run side by side for ``steps`` steps."""
     runs = []
     for accum, batch in ((1, 2 * b), (2, b)):
         _reset_accelerate()
         trainer = _trainer(tmp_path / f"accum{accum}", **{"train.grad_accum": accum, "data.image_batch_size": batch,
                                                           "data.video_batch_size": batch, **extra})
-        if zero_condition_dropout:  # see test_condition_encoders_follow_model_dropout
-            for m in trainer.unet.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = 0.0
         runs.append(_run(trainer, steps))
     return runs
 
@@ -161,9 +160,6 @@ def test_grad_accum_2_of_b_equals_one_batch_of_2b(tmp_path):
     _assert_same_steps(big, accum)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Recipe.branch_loss normalises each micro-batch by its own weight sum and "
-                   "accelerate averages the micro-batch losses: with text_free_videos=false and labelled videos "
-                   "spread unevenly over micro-batches, grad_accum 2×B weighs samples differently from one 2B batch")
 def test_grad_accum_matches_with_masked_text_free_videos(tmp_path):
     # labelled_ratio 0.25 labels video slots 3, 7, 11: micro-batches (0, 1) and (2, 3) carry 0 and 1 labelled
     # samples, so the accumulated loss is ½·L(3) where the 2B batch has L(3).
@@ -174,14 +170,13 @@ def test_grad_accum_matches_with_masked_text_free_videos(tmp_path):
 
 @pytest.mark.slow
 def test_grad_accum_matches_with_compositional_conditions(tmp_path):
-    # Conditions extracted per sample, masks and condition dropout from the per-sample generators. The
-    # condition encoders' hard-coded dropout is zeroed (it draws from the global RNG). local_image and
+    # Conditions extracted per sample, masks and condition dropout from the per-sample generators. local_image and
     # single_sketch are left out: they are constant over frames, so the frame attention's q/k weights
     # get a true gradient of 0 whose rounding noise AdamW normalises up to ~2e-5 weight differences.
     extra = {"recipe.conditions": "[sketch, depth, motion, masked]", "recipe.depth_model": "luminance",
              "data.height": 32, "data.width": 32, "data.toy_object_size": "[6, 12]", "data.num_frames": 2,
              "model.unet.condition_channels": 4, "model.unet.condition_pixel_size": "[256, 256]"}
-    big, accum = _accum_pair(tmp_path, b=2, steps=2, zero_condition_dropout=True, **extra)
+    big, accum = _accum_pair(tmp_path, b=2, steps=2, **extra)
     _assert_same_steps(big, accum)
 
 
@@ -306,5 +301,5 @@ def test_trainer_indexes_samples_over_the_whole_step(tmp_path, monkeypatch):
     monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: 2))
     trainer.rank = 1
     for i, batch in enumerate(micro):
-        trainer._micro_loss(batch, i)
+        trainer._micro_loss(batch, i, {"image": 2.0, "video": 2.0})
     assert calls == [(1, "image", 2, 2), (1, "video", 2, 2), (1, "image", 6, 2), (1, "video", 6, 2)]

@@ -15,7 +15,7 @@ def tiny_overrides(out_dir, **extra) -> list[str]:
         "data.image_batch_size": 2, "data.video_batch_size": 2,
         "model.unet": "{model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, attention_scales: [0.5],"
                       " head_dim: 8, init_temporal_heads: 1, norm_num_groups: 4, condition_channels: 0,"
-                      " image_embed_dim: null, dropout: 0.0, temporal_conv_dropout: 0.0}",
+                      " image_embed_dim: null, dropout: 0.0, temporal_conv_dropout: 0.0, condition_encoder_dropout: 0.0}",
         "encoder.args": "{text_dim: 16, image_dim: 32, max_length: 4}",
         "recipe.image_tokens_on_videos": False,
         "optim.lr": 1e-3, "optim.warmup_steps": 1,

@@ -64,7 +64,8 @@ class ConditionEncoder(nn.Module):
     fixed by the configuration, not by the input), then two stride-2 convs reach 1/8.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, pixel_size: tuple[int, int], hidden: int = 32):
+    def __init__(self, in_channels: int, out_channels: int, pixel_size: tuple[int, int], hidden: int = 32,
+                 dropout: float = 0.05):
         super().__init__()
         h, w = pixel_size
         self.spatial = nn.Sequential(
@@ -75,7 +76,7 @@ class ConditionEncoder(nn.Module):
             nn.SiLU(),
             nn.Conv2d(hidden, out_channels, 3, stride=2, padding=1),
         )
-        self.temporal = FrameTransformer(out_channels)
+        self.temporal = FrameTransformer(out_channels, dropout=dropout)  # VGen: 0.05 in its condition transformer
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
         """cond (B, c, F, H, W) → (B, out_channels, F, h, w)."""

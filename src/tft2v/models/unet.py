@@ -61,6 +61,7 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         dropout: float = 0.1,
         temporal_conv_dropout: float = 0.1,
         condition_dropout: float = 0.4,
+        condition_encoder_dropout: float = 0.05,
         condition_p_all_zero: float = 0.1,
         condition_p_all_keep: float = 0.1,
         temporal_on_images: bool = True,
@@ -90,7 +91,8 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
                 nn.Linear(image_embed_dim, context_dim), nn.SiLU(), nn.Linear(context_dim, num_image_tokens * context_dim)
             )
         self.condition_encoders = nn.ModuleDict(
-            {n: ConditionEncoder(CONDITION_CHANNELS[n], condition_channels, tuple(condition_pixel_size)) for n in conditions}
+            {n: ConditionEncoder(CONDITION_CHANNELS[n], condition_channels, tuple(condition_pixel_size),
+                                 dropout=condition_encoder_dropout) for n in conditions}
         )
 
         # Encoder: every block's output is kept as a skip for the decoder.

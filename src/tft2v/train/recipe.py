@@ -138,11 +138,14 @@ class Recipe:
         return {name: out[name] for name in names}
 
     def branch_loss(self, model: Callable, unet, batch: dict, branch: str, generators: list[torch.Generator],
-                    device) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted loss of one branch, ``w·mean_b(L_base + λ·L_coh)``, and its logged parts.
+                    device, weight_sum: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted loss of one branch, ``Σ_b w_b·(L_base + λ·L_coh) / weight_sum``, and its logged parts.
 
         ``model`` is the callable to train (possibly DDP/FSDP-wrapped); ``unet`` the bare
-        TFT2VUNet, asked for condition dropout masks; ``generators`` one per sample.
+        TFT2VUNet, asked for condition dropout masks; ``generators`` one per sample. ``weight_sum``
+        defaults to this batch's ``max(Σ w, 1)``; a trainer that splits a step into micro-batches and
+        ranks passes the step's total divided by their number, so every sample weighs the same as in one
+        big batch (:func:`step_weight_sums`).
         """
         inp = self.inputs(batch, branch, generators, device)
         masks = inp["dropout_masks"]
@@ -156,13 +159,24 @@ class Recipe:
         coherence = temporal_coherence_loss(pred, inp["target"], reduction="none")  # (B,), 0 for F = 1
         w = self.sample_weights(batch, branch, base.device)
         per_sample = base + self.cfg.coherence_weight * coherence if self.cfg.coherence_weight else base
-        loss = (w * per_sample).sum() / w.sum().clamp(min=1.0)
+        n = float(w.sum().clamp(min=1.0)) if weight_sum is None else weight_sum
+        loss = (w * per_sample).sum() / n
         weight = self.cfg.video_loss_weight if branch == "video" else self.cfg.image_loss_weight
-        n = float(w.sum().clamp(min=1.0))
         logged = {f"{branch}/loss": float(loss.detach()), f"{branch}/base": float((w * base.detach()).sum()) / n}
         if branch == "video":
             logged["video/coherence"] = float((w * coherence.detach()).sum()) / n
         return weight * loss, logged
+
+
+def step_weight_sums(recipe: Recipe, batches: list[dict], reduce_sum: Callable[[torch.Tensor], torch.Tensor],
+                     units: int) -> dict[str, float]:
+    """Per branch, ``max(Σ w, 1) / units`` over all micro-batches of a step on all ranks (``reduce_sum``
+    sums a (2,) tensor over ranks; ``units`` = micro-batches × ranks): the ``weight_sum`` that makes the
+    accumulated, rank-averaged loss equal one batch's weighted mean."""
+    local = torch.tensor([sum(float(recipe.sample_weights(b[branch], branch, "cpu").sum())
+                              for b in batches if b[branch] is not None) for branch in BRANCHES])
+    total = reduce_sum(local)
+    return {branch: max(float(total[i]), 1.0) / units for i, branch in enumerate(BRANCHES)}
 
 
 def sample_generators(seed: int, step: int, branch: str, first: int, count: int, device="cpu") -> list[torch.Generator]:

@@ -37,7 +37,7 @@ from tft2v.models.lora import apply_lora, save_checkpoint_adapters
 from tft2v.train.logging import RunLogger
 from tft2v.train.run_folder import continue_run_logs, prepare_run_folder
 from tft2v.train.sample_log import SampleLog, step_row
-from tft2v.train.recipe import BRANCHES, Recipe, sample_generators
+from tft2v.train.recipe import BRANCHES, Recipe, sample_generators, step_weight_sums
 
 OOM_HINT = ("lower data.image_batch_size / data.video_batch_size, set model.gradient_checkpointing=true, "
             "train.mixed_precision=bf16, or raise train.grad_accum")
@@ -202,10 +202,13 @@ class Trainer:
         logged: dict[str, float] = {}
         total = 0.0
         grad_norm = None
+        weight_sums = step_weight_sums(self.recipe, batches,
+                                       lambda t: acc.reduce(t.to(self.device), "sum").cpu(),
+                                       len(batches) * acc.num_processes)
         for micro, batch in enumerate(batches):
             with acc.accumulate(self.model):
                 with acc.autocast():
-                    loss, parts = self._micro_loss(batch, micro)
+                    loss, parts = self._micro_loss(batch, micro, weight_sums)
                 acc.backward(loss)  # accelerate divides by grad_accum
                 if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
                     norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
@@ -227,9 +230,9 @@ class Trainer:
             out["grad_norm"] = grad_norm
         return out
 
-    def _micro_loss(self, batch: dict, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _micro_loss(self, batch: dict, micro: int, weight_sums: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
         """Sum of the branch losses of one micro-batch; sample ``i`` of a branch gets the generator of
-        its index in the whole step, (micro · world + rank) · B + i."""
+        its index in the whole step, (micro · world + rank) · B + i, and weighs as in one big batch."""
         loss, parts = None, {}
         for branch in BRANCHES:
             if batch[branch] is None:
@@ -238,7 +241,7 @@ class Trainer:
             first = (micro * self.accelerator.num_processes + self.rank) * b
             gens = sample_generators(self.cfg.seed, self.step, branch, first, b, device=self.device)
             branch_loss, branch_parts = self.recipe.branch_loss(self.model, self.unet, batch[branch], branch, gens,
-                                                                self.device)
+                                                                self.device, weight_sums[branch])
             loss = branch_loss if loss is None else loss + branch_loss
             parts.update(branch_parts)
         return loss, parts
