@@ -265,6 +265,16 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     assert (out / "samples" / "before_00.mp4").stat().st_size > 0
     assert (out / "samples" / "after_00.mp4").stat().st_size > 0
     assert "wrote adapter" in capsys.readouterr().out
+    # with image-text pairs: spatial adapters too, trained in the same steps
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--model", str(model), "--clips", str(clips), "--images", str(tmp_path / "toy" / "images"),
+              "--out", str(tmp_path / "out2"), "--steps", "2", "--rank", "2", "--lr", "1e-2", "--no-progress"])
+    assert e.value.code == 0
+    meta, weights = lora.read_adapter(tmp_path / "out2" / "lora")
+    from tft2v.pipeline import TFT2VPipeline
+
+    spatial = lora.target_modules(TFT2VPipeline.from_pretrained(model).unet, ["spatial"])
+    assert set(spatial) < set(meta["modules"])
     with pytest.raises(SystemExit) as e:
         main(["finetune", "--model", str(model), "--clips", str(tmp_path / "nope"), "--out", str(out)])
     assert e.value.code == 2
