@@ -162,16 +162,17 @@ def _describe(frame: np.ndarray, comp: np.ndarray, rgb: np.ndarray, bg: float) -
             "area": float(total)}
 
 
+_DEFAULTS = {"min_contrast": MIN_CONTRAST, "min_pixels": MIN_PIXELS, "min_snr": MIN_SNR,
+             "min_dominance": MIN_DOMINANCE, "min_saturation": MIN_SATURATION}
+
+
 def _detect(frame: np.ndarray, **thresholds) -> tuple[dict, np.ndarray] | None:
+    """(description, component mask) of the frame's object, or None; ``thresholds`` override the defaults."""
     found = _find(frame, **{**_DEFAULTS, **thresholds})
     if found is None:
         return None
     comp, rgb, bg = found
     return _describe(frame, comp, rgb, bg), comp
-
-
-_DEFAULTS = {"min_contrast": MIN_CONTRAST, "min_pixels": MIN_PIXELS, "min_snr": MIN_SNR,
-             "min_dominance": MIN_DOMINANCE, "min_saturation": MIN_SATURATION}
 
 
 def detect_object(frame: np.ndarray, min_contrast: float = MIN_CONTRAST, min_pixels: int = MIN_PIXELS,
