@@ -52,10 +52,8 @@ BASE_CONFIG = {
 CONTENT_STAGE = {"data": {"ratio": [1, 0], "image_batch_size": 32}, "recipe": {"coherence_weight": 0.0}}
 
 
-# The coherence loss weight of the TF-T2V variants. The paper's λ = 0.1 (our training default) moves
-# pixel consistency by +0.001 [−0.001, +0.002] in a few hundred toy steps, below what 36 clips resolve;
-# λ = 1 moved it by +0.007 [+0.004, +0.008] from the same content stage (same seeds, colour accuracy
-# unchanged), so the toy world uses 1 to make the loss's effect measurable at this budget.
+# λ of the TF-T2V variants: the paper's 0.1 moves consistency too little to measure at toy scale
+# (benchmarks/RESULTS.md, "What did not speed up motion learning").
 TOY_COHERENCE_WEIGHT = 1.0
 
 
@@ -75,9 +73,8 @@ VARIANTS = (
             {"recipe": {"coherence_weight": TOY_COHERENCE_WEIGHT}, "data": {"labelled_ratio": 0.5}}),
 )
 
-# Each evaluation prompt is sampled with this many seeds (colour×shape prompts, 'moving …' prompts):
-# the claims are differences between models on the same prompts and seeds, and one clip per prompt
-# leaves them inside the noise. Direction needs more clips: 12 prompts against 18.
+# Seeds per (colour×shape, 'moving …') prompt: claims compare models on the same prompts and seeds, and
+# direction has 12 prompts against 18.
 EVAL_SEEDS = (2, 4)
 # On a machine too slow to sample that many clips in its share of the budget, half as many.
 REDUCED_EVAL_SEEDS = (1, 2)
@@ -109,10 +106,8 @@ def count_clips(seeds: tuple[int, int]) -> int:
     return sum(len(a) + len(d) for a, d in (evaluation_prompts(v.name, seeds) for v in VARIANTS))
 
 
-# Each variant starts a fresh AdamW from the content stage's weights. Without a warmup its first
-# updates move every weight by ~lr at once: measured on the semi-supervised variant, the image loss
-# jumped 0.08 → 0.32, the text's effect on the output at t = 970 fell 30× and colour accuracy to 48 %;
-# with a 30-step warmup (of 250) the image loss stayed at 0.09 and colour accuracy was 92 %.
+# Each variant starts a fresh AdamW; without a warmup its first updates undo the content stage
+# (benchmarks/RESULTS.md, "Variant warmup").
 VARIANT_WARMUP_FRACTION = 0.12
 
 
