@@ -8,7 +8,6 @@ content branch, in the same steps, with the unchanged TF-T2V recipe; only the ad
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -36,20 +35,6 @@ def count_clips(folder: Path) -> int:
     if not n:
         raise TFT2VError(f"--clips {folder}: no video files ({', '.join(sorted(VIDEO_EXTS))})")
     return n
-
-
-@contextlib.contextmanager
-def _components_from(pipe):
-    """The trainer builds its encoder/autoencoder from the config; here they are the model folder's own."""
-    import tft2v.train.trainer as trainer_module
-
-    saved = trainer_module.build_encoder_from_config, trainer_module.build_autoencoder_from_config
-    trainer_module.build_encoder_from_config = lambda cfg: pipe.encoder
-    trainer_module.build_autoencoder_from_config = lambda cfg: pipe.autoencoder
-    try:
-        yield
-    finally:
-        trainer_module.build_encoder_from_config, trainer_module.build_autoencoder_from_config = saved
 
 
 def _samples(pipe, prompts, folder: Path, tag: str, seed: int, frames, steps, fps) -> list[Path]:
@@ -125,8 +110,8 @@ def finetune(
         "train.keep_last": 1, "train.progress": progress, "train.trackers": "[]", "train.export": False,
     }
     cfg = load_config(None, [f"{k}={v}" for k, v in sets.items()])
-    with _components_from(pipe):
-        trainer = Trainer(cfg, overwrite=overwrite)
+    # The model folder's own encoder and autoencoder, not ones rebuilt from a config.
+    trainer = Trainer(cfg, overwrite=overwrite, encoder=pipe.encoder, autoencoder=pipe.autoencoder)
     summary = trainer.run()
     adapter = out / "lora"
     if adapter.exists():

@@ -137,7 +137,10 @@ def _depth_model(cfg: Config, device):
 class Trainer:
     """Holds a run's components; ``run()`` trains to ``train.max_steps`` and returns a summary dict."""
 
-    def __init__(self, cfg: Config, resume: str | None = None, overwrite: bool = False):
+    def __init__(self, cfg: Config, resume: str | None = None, overwrite: bool = False, encoder=None,
+                 autoencoder=None):
+        """``encoder`` / ``autoencoder``: already-built frozen components to use instead of building
+        them from ``cfg`` (e.g. a model folder's own, when fine-tuning it)."""
         from diffusers.optimization import get_cosine_schedule_with_warmup
 
         from tft2v.diffusion import build_training_scheduler
@@ -148,8 +151,8 @@ class Trainer:
         self.accelerator = acc = _build_accelerator(cfg)
         self.rank, self.device = acc.process_index, acc.device
         _seed_globals(cfg.seed, self.rank)
-        self.encoder = build_encoder_from_config(cfg).to(self.device)
-        self.autoencoder = build_autoencoder_from_config(cfg).to(self.device)
+        self.encoder = (encoder or build_encoder_from_config(cfg)).to(self.device)
+        self.autoencoder = (autoencoder or build_autoencoder_from_config(cfg)).to(self.device)
         self.unet = build_unet(cfg, self.encoder, self.autoencoder)
         self.resume_from = prepare_run_folder(self.run_dir, resume, overwrite, acc.is_main_process)
         acc.wait_for_everyone()  # --overwrite clears the folder on the main process first
