@@ -278,7 +278,7 @@ def eval_command(
         gen = iter_clips(files, eval_frames, frame_stride)
         clip_prompts = read_prompts(files, prompts)
         protocol["videos"] = str(videos)
-    if ref_files:
+    if ref_files and (i3d_fe or inception_fe):
         protocol["reference"] = str(reference)
 
     result = evaluate_videos(
