@@ -1,12 +1,10 @@
 """CLIPSIM and frame consistency with a tiny random CLIPModel and a toy BPE tokenizer."""
 
-import json
-import string
-
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import CLIPModel
 
+from metrics_reference import write_tiny_clip
 from tft2v.errors import TFT2VError
 from tft2v.metrics.clip_metrics import CLIPScorer
 from tft2v.metrics.evaluate import evaluate_videos
@@ -14,26 +12,7 @@ from tft2v.metrics.evaluate import evaluate_videos
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clip")
-    # Character-level BPE: every letter alone and as a word end; no merges needed.
-    tokens = ["<|startoftext|>", "<|endoftext|>"] + list(string.ascii_lowercase)
-    tokens += [c + "</w>" for c in string.ascii_lowercase]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokens), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=40, eos_token_id=eos,
-                         bos_token_id=0, pad_token_id=eos),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
-                           num_hidden_layers=2, num_attention_heads=4),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def _videos(n, frames, seed, size=32):

@@ -4,6 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from metrics_reference import calibrate_bn
 from tft2v.errors import CheckpointError, TFT2VError
 from tft2v.metrics.evaluate import evaluate_videos
 from tft2v.metrics.i3d import InceptionI3D, load_i3d
@@ -16,24 +17,11 @@ def _videos(n, seed, frames=8, size=32):
     return torch.rand(n, 3, frames, size, size, generator=g) * 2 - 1
 
 
-def _calibrate_bn(net: torch.nn.Module, x: torch.Tensor) -> None:
-    """Sets every BatchNorm's running stats from one batch, so a random deep net keeps unit-scale
-    activations (default init shrinks them ~6× per layer) and its features actually vary."""
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: after one batch, running stats = batch stats
-    net.train()
-    with torch.no_grad():
-        net(x)
-    net.eval()
-
-
 @pytest.fixture(scope="module")
 def tiny_i3d_file(tmp_path_factory):
     torch.manual_seed(0)
     net = InceptionI3D(num_classes=400, width=1 / 16)
-    _calibrate_bn(net, _videos(4, 10, frames=8, size=32))
+    calibrate_bn(net, _videos(4, 10, frames=8, size=32))
     path = tmp_path_factory.mktemp("i3d") / "i3d.pt"
     torch.save(net.state_dict(), path)
     return path, net
@@ -43,7 +31,7 @@ def tiny_i3d_file(tmp_path_factory):
 def tiny_inception_file(tmp_path_factory):
     torch.manual_seed(0)
     net = FIDInceptionV3(width=1 / 8, num_classes=1008)
-    _calibrate_bn(net, _videos(1, 11, frames=8, size=75)[0].transpose(0, 1))  # 8 frames as images
+    calibrate_bn(net, _videos(1, 11, frames=8, size=75)[0].transpose(0, 1))  # 8 frames as images
     path = tmp_path_factory.mktemp("inception") / "pt_inception.pth"
     torch.save(net.state_dict(), path)
     return path, net
