@@ -31,7 +31,9 @@ Measurements:
 * (f) ``train_mfu`` — one bf16-autocast training step (fwd + bwd + AdamW, fp32 master weights) of the
   same SD-2.1-width UNet (320 channels, mult 1/2/4/4) on a video batch (B×16 frames, latent 32×56,
   77×1024 text, image tokens), FLOPs from ``torch.utils.flop_counter``, against a measured bf16 matmul
-  peak (8192³, best of 20).
+  peak (8192³, best of 20);
+* (g) ``lora_train_memory`` — ``benchmarks/lora_memory.py``'s cases on cuda: peak memory and step time of a
+  mid-config video train step, full fine-tune vs temporal LoRA rank 16, gradient checkpointing off/on.
 
 Without CUDA every part reports "skipped: no CUDA"; with ``--quick`` each part also runs its logic on
 the CPU at small sizes and puts that result (or its error) under "cpu_dry_run".
@@ -505,6 +507,24 @@ def measure_train_mfu(device: str, quick: bool, batch: int) -> dict:
     return out
 
 
+def measure_lora_memory(device: str, quick: bool) -> dict:
+    """(g) train-step peak memory of the mid UNet, full fine-tune vs temporal LoRA rank 16, checkpointing
+    off/on (``benchmarks/lora_memory.py``'s cases, in this process: CUDA memory is per-process peak, reset
+    between cases)."""
+    import torch
+    from lora_memory import MID, run_case
+
+    unet = dict(MID, model_channels=16, head_dim=8, context_dim=32, norm_num_groups=4) if quick else MID
+    out = {}
+    for case in ("full", "full-ckpt", "lora", "lora-ckpt"):
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        out[case] = run_case(case, torch.get_num_threads(), unet=unet, frames=4 if quick else 16,
+                             size=8 if quick else 32)
+        _free(device)
+    return {"status": "ok", **out}
+
+
 # -- driver ------------------------------------------------------------------------------------------------
 
 PARTS = {
@@ -514,6 +534,7 @@ PARTS = {
     "d": ("cpu_offload_generation", lambda dev, a: check_offload_generation(dev, a.quick)),
     "e": ("generation_memory", lambda dev, a: measure_generation_memory(dev, a.quick, a.steps)),
     "f": ("train_mfu", lambda dev, a: measure_train_mfu(dev, a.quick, a.mfu_batch)),
+    "g": ("lora_train_memory", lambda dev, a: measure_lora_memory(dev, a.quick)),
 }
 
 
@@ -535,7 +556,7 @@ def run_part(fn, device: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes; on a CPU-only machine a dry run of every part")
-    ap.add_argument("--only", default="abcdef", help="part letters to run, e.g. 'e,f' (default: all)")
+    ap.add_argument("--only", default="abcdefg", help="part letters to run, e.g. 'e,f' (default: all)")
     ap.add_argument("--steps", type=int, default=2, help="(e) sampling steps; the peak does not grow with steps")
     ap.add_argument("--mfu-batch", type=int, default=2, help="(f) video batch size (halved on OOM)")
     ap.add_argument("--fsdp-child", help=argparse.SUPPRESS)

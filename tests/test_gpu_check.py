@@ -16,7 +16,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ["compositional_step", "bf16_step", "fsdp_1gpu", "cpu_offload_generation", "generation_memory", "train_mfu"]
+PARTS = ["compositional_step", "bf16_step", "fsdp_1gpu", "cpu_offload_generation", "generation_memory", "train_mfu",
+         "lora_train_memory"]
 
 
 def _gpu_check(*args: str, timeout: float) -> dict:
@@ -55,6 +56,8 @@ def test_quick_runs_every_part_end_to_end():
     assert dry["cpu_offload_generation"]["components_after"] == ["cpu"]
     assert dry["generation_memory"]["output_finite"]
     assert dry["train_mfu"]["mfu"] > 0
+    lora = dry["lora_train_memory"]
+    assert lora["lora"]["trainable_share"] < 0.5 < lora["full"]["trainable_share"] == 1.0  # tiny width: rank 16 is large
 
 
 def test_a_failing_part_is_recorded_not_raised():
