@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from tft2v.data.image_io import center_crop, cover_size
-from tft2v.data.sources import build_source, collate_samples
+from tft2v.data.media_source import collate
+from tft2v.data.sources import build_source
 from tft2v.data.video_io import plan_times, read_clip
 
 FRAMES, FPS, SIZE = 16, 8.0, (256, 448)
@@ -82,7 +83,7 @@ def clips_per_second(fn, paths: list[Path], clips: int) -> float:
 
 def loader_throughput(manifest: Path, workers: int, clips: int) -> float:
     source = build_source(manifest, kind="video", num_frames=FRAMES, fps=FPS, size=SIZE, seed=0)
-    loader = DataLoader(source, batch_size=4, num_workers=workers, collate_fn=collate_samples)
+    loader = DataLoader(source, batch_size=4, num_workers=workers, collate_fn=collate)
     seen, start = 0, None
     for batch in loader:
         if start is None:  # exclude worker start-up and the first batch

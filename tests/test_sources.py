@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 
 from media_fixtures import (caption_json, frame_index, image_bytes, index_frames, write_tar,
                             write_video)
-from tft2v.data.sources import (CLIP_MEAN, CLIP_STD, ListSource, build_source, collate_samples,
+from tft2v.data.media_source import collate
+from tft2v.data.sources import (CLIP_MEAN, CLIP_STD, ListSource, build_source,
                                 encoder_image_transform)
 from tft2v.errors import TFT2VError
 
@@ -137,7 +138,7 @@ def test_dataloader_workers_cover_everything_and_share_stats(video_dir, tmp_path
     (tmp_path / "m.jsonl").write_text("".join(
         json.dumps({"path": str(p)}) + "\n" for p in [*sorted(video_dir.glob("*.mp4")), tmp_path / "gone.mp4"]))
     source = build_source(tmp_path / "m.jsonl", seed=0, **KW)
-    loader = DataLoader(source, batch_size=2, num_workers=2, collate_fn=collate_samples,
+    loader = DataLoader(source, batch_size=2, num_workers=2, collate_fn=collate,
                         multiprocessing_context=context, persistent_workers=True)
     orders = []
     for epoch in range(2):

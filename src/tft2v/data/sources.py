@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tft2v.data.media_source import Item, MediaSource, collate
+from tft2v.data.media_source import Item, MediaSource
 from tft2v.data.sharding import EpochSampler, shard_indices
 from tft2v.data.sources_webdataset import TarShardSource, index_tar_shards, is_streamed_spec, is_tar_spec
 from tft2v.encoders.base import CLIP_MEAN, CLIP_STD, clip_preprocess
@@ -30,8 +30,6 @@ from tft2v.errors import TFT2VError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
-# Kept importable from here: the SAMPLE's collate is the one in media_source.
-collate_samples = collate
 
 
 class ListSource(MediaSource):

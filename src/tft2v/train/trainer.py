@@ -150,12 +150,13 @@ class Trainer:
         self.config_yaml = dump_config(cfg)
         self.accelerator = acc = _build_accelerator(cfg)
         self.rank, self.device = acc.process_index, acc.device
+        # Before anything heavy is built: a run-folder mistake is reported at once.
+        self.resume_from = prepare_run_folder(self.run_dir, resume, overwrite, acc.is_main_process)
+        acc.wait_for_everyone()  # --overwrite clears the folder on the main process first
         _seed_globals(cfg.seed, self.rank)
         self.encoder = (encoder or build_encoder_from_config(cfg)).to(self.device)
         self.autoencoder = (autoencoder or build_autoencoder_from_config(cfg)).to(self.device)
         self.unet = build_unet(cfg, self.encoder, self.autoencoder)
-        self.resume_from = prepare_run_folder(self.run_dir, resume, overwrite, acc.is_main_process)
-        acc.wait_for_everyone()  # --overwrite clears the folder on the main process first
         if self.resume_from is not None:
             ckpt_io.load_unet_weights(self.resume_from, self.unet)
         if cfg.model.gradient_checkpointing:
