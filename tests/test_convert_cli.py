@@ -12,7 +12,7 @@ import torch
 
 from tests._tiny import tiny_kl_autoencoder, tiny_sd_unet2d, tiny_unet
 from tft2v.autoencoder import VideoAutoencoder
-from tft2v.cli import main
+from cli_run import run
 from tft2v.convert import VGEN_AFTER_KEYS, VGEN_CONDITIONS
 from tft2v.models import TFT2VUNet
 from tft2v.pipeline import TFT2VPipeline
@@ -45,13 +45,6 @@ def write_vgen_checkpoint(path, unet: TFT2VUNet):
     sd = {ours_to_vgen(k): torch.randn(v.shape, generator=g) * 0.05 for k, v in unet.state_dict().items()}
     torch.save({"state_dict": sd}, path)
     return sd
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

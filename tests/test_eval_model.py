@@ -9,17 +9,11 @@ import pytest
 from metrics_reference import converted_weights, write_tiny_clip, write_tiny_i3d, write_tiny_inception
 
 from tests.pipeline_fixtures import toy_model_folder
+from cli_run import run
 from tft2v.cli import main
 from tft2v.metrics.i3d import file_sha256
 
 PROMPTS = "a red circle moving left\n# comment lines are skipped\n\na blue square moving up\n"
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from media_fixtures import write_video
 from PIL import Image
 from pipeline_fixtures import toy_model_folder
 
-from tft2v.cli import main
+from cli_run import run
 
 COMPOSITIONAL = dict(conditions=("sketch", "depth", "motion", "masked", "local_image", "single_sketch"),
                      condition_channels=4, condition_pixel_size=(128, 128))
@@ -27,13 +27,6 @@ def model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def comp_model(tmp_path_factory):
     return toy_model_folder(tmp_path_factory.mktemp("comp") / "model", **COMPOSITIONAL)
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def frames_of(path) -> np.ndarray:
