@@ -185,3 +185,21 @@ def test_vgen_default_size_parameter_count():
     with torch.device("meta"):
         model = TFT2VUNet(image_embed_dim=1024)
     assert sum(p.numel() for p in model.parameters()) == 1_416_504_900
+
+
+def test_frame_positions_start_as_a_no_op_and_then_tell_frames_apart():
+    """Zero-initialised: a model given frame positions computes what it computed without them; once
+    trained, frames with identical inputs differ by index, and images (F = 1) never see the embedding."""
+    plain = tiny_unet()
+    model = TFT2VUNet(**{**TINY, "frame_positions": True}).eval()
+    missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("frame_embed.") for k in missing)
+    x, t, y, img = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(model(x, t, y, img), plain(x, t, y, img), atol=1e-6)  # per-frame matmuls round differently
+        torch.nn.init.normal_(model.frame_embed[2].weight)
+        same = x[:, :, :1].expand_as(x).contiguous()  # every frame identical
+        out = model(same, t, y, img)
+        assert not torch.allclose(out[:, :, 0], out[:, :, 3], atol=1e-4)
+        assert torch.equal(model(x[:, :, :1], t, y, img), plain(x[:, :, :1], t, y, img))
+    assert "frame_embed.0.weight" not in plain.state_dict()

@@ -193,10 +193,11 @@ class ResBlock(nn.Module):
         self.temporal_conv = TemporalConvBlock(out_channels, norm_groups, temporal_dropout)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, num_frames: int, temporal: bool = True) -> torch.Tensor:
-        """x (B·F, C_in, H, W), emb (B, E) per clip → (B·F, C_out, H, W)."""
+        """x (B·F, C_in, H, W), emb (B, E) per clip or (B, F, E) per frame → (B·F, C_out, H, W)."""
         h = self.in_layers(x)
-        # The timestep embedding is per clip; broadcast it over frames instead of repeating rows.
-        e = self.emb_layers(emb)[:, None, :, None, None]
+        # A per-clip embedding is broadcast over frames instead of repeating rows.
+        e = self.emb_layers(emb)
+        e = e[:, None, :, None, None] if e.ndim == 2 else e[..., None, None]
         h = rearrange(rearrange(h, "(b f) c h w -> b f c h w", f=num_frames) + e, "b f c h w -> (b f) c h w")
         h = self.skip_connection(x) + self.out_layers(h)
         if not temporal:

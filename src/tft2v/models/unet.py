@@ -65,6 +65,7 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         condition_p_all_zero: float = 0.1,
         condition_p_all_keep: float = 0.1,
         temporal_on_images: bool = True,
+        frame_positions: bool = False,
     ):
         super().__init__()
         unknown = sorted(set(conditions) - set(CONDITION_CHANNELS))
@@ -86,6 +87,13 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
+        if frame_positions:
+            # Not in VGen: without it the network cannot tell frame 0 from frame 15 away from the clip's
+            # ends, so a caption cannot ask for a frame-dependent layout ("moving left"). Zero-initialised:
+            # a model trained without it behaves the same until videos teach it.
+            self.frame_embed = nn.Sequential(
+                nn.Linear(model_channels, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, emb_dim))
+            )
         if image_embed_dim:
             self.pre_image_condition = nn.Sequential(
                 nn.Linear(image_embed_dim, context_dim), nn.SiLU(), nn.Linear(context_dim, num_image_tokens * context_dim)
@@ -243,6 +251,10 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         timestep = timestep.expand(b)
         t_emb = get_timestep_embedding(timestep, self.config.model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
         emb = self.time_embed(t_emb.to(dtype))  # (B, E), shared by all frames of a clip
+        if self.config.frame_positions and num_frames > 1:
+            index = torch.arange(num_frames, device=sample.device)
+            f_emb = get_timestep_embedding(index, self.config.model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
+            emb = emb[:, None, :] + self.frame_embed(f_emb.to(dtype))[None]  # (B, F, E)
         context = self._context(encoder_hidden_states.expand(b, -1, -1).to(dtype), image_embeds, masks)
 
         x = sample.to(dtype)
