@@ -209,8 +209,15 @@ class TFT2VPipeline:
     def load_lora_weights(self, path: str | Path, adapter_name: str | None = None, scale: float = 1.0) -> str:
         """Load an adapter folder (``tft2v finetune`` / a LoRA run's checkpoint ``lora/``) into the UNet as
         ``adapter_name`` (default: ``adapter_<n>``) and activate it beside those already active. An
-        adapter made for another base model is refused. Returns the adapter name."""
+        adapter made for another base model is refused. New caption words the adapter was trained with
+        (``encoder_words``) are added to the toy text encoder (old prompts encode as before). Returns the
+        adapter name."""
         from tft2v.models import lora
+
+        words = lora.read_adapter(path)[0].get("encoder_words") or []
+        if words and not hasattr(self.encoder, "add_words"):
+            raise lora.LoraError(f"LoRA adapter {path} adds the words {words} to the toy text encoder; this "
+                                 f"model's encoder is {getattr(self.encoder, 'kind', type(self.encoder).__name__)!r}")
 
         if getattr(self, "_lora_base", None) is None:
             self._lora_base = lora.base_fingerprint(self.unet)  # before any fuse changes the weights
@@ -220,6 +227,8 @@ class TFT2VPipeline:
         device, dtype = self.unet.device, self.unet.dtype
         lora.load_adapter(self.unet, path, name, fingerprint=self._lora_base)
         self.unet.to(device=device, dtype=dtype)
+        if words:
+            self.encoder.add_words(words)
         self.set_adapters([*self._lora_active, name], [*self._lora_active.values(), scale])
         return name
 

@@ -22,6 +22,22 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def parse_named_vectors(items: list[str] | None, option: str, length: int) -> dict[str, tuple[float, ...]]:
+    """``["orange=245,140,30", ...]`` → {"orange": (245.0, 140.0, 30.0)}; one-line errors."""
+    out = {}
+    for item in items or []:
+        name, sep, values = item.partition("=")
+        try:
+            vector = tuple(float(v) for v in values.split(","))
+        except ValueError:
+            vector = ()
+        if not sep or not name.strip() or len(vector) != length:
+            example = "orange=245,140,30" if length == 3 else "diagonal=1,1"
+            raise TFT2VError(f"{option} must look like NAME={','.join(['N'] * length)} (e.g. {example}), got {item!r}")
+        out[name.strip()] = vector
+    return out
+
+
 def inspect_source(spec: str, kind: str = "video", frames: int = 16, fps: float = 8.0,
                    size: tuple[int, int] | None = (256, 448), limit: int | None = None,
                    data_dir: str | None = None, decode_timeout: float = 30.0) -> dict:
@@ -101,17 +117,25 @@ def toy(
     num_captioned: int = typer.Option(100, help="Captioned videos (for semi-supervised runs)."),
     size: int = typer.Option(32, help="Frame side in pixels (even)."),
     frames: int = typer.Option(16, help="Frames per video."),
+    colour: Optional[list[str]] = typer.Option(None, "--colour", help="New colour NAME=R,G,B (repeatable), "
+                                               "e.g. orange=245,140,30; drawn beside the spec's six."),
+    motion: Optional[list[str]] = typer.Option(None, "--motion", help="New motion NAME=DX,DY (repeatable, y down), "
+                                               "e.g. diagonal=1,1 (down-right); drawn beside the spec's four."),
+    only_colour: bool = typer.Option(False, "--only-colour", help="Draw only the --colour colours."),
+    only_motion: bool = typer.Option(False, "--only-motion", help="Draw only the --motion motions."),
 ) -> None:
     """Write the shapes world (SPEC §3) as PNG+txt images, lossless mp4 videos, manifests and ground truth."""
-    from tft2v.data.toy import ToyWorld
+    from tft2v.data.toy import ToyWorld, world_sets
     from tft2v.data.toy_files import write_toy_dataset
 
+    colours, motions = world_sets(parse_named_vectors(colour, "--colour", 3),
+                                  parse_named_vectors(motion, "--motion", 2), only_colour, only_motion)
     if min(num_images, num_videos, num_captioned) < 0:
         raise TFT2VError("--num-images, --num-videos and --num-captioned must be >= 0")
     if size % 2:
         raise TFT2VError(f"--size must be even (H.264 needs even frame sizes), got {size}")
     world = ToyWorld(size=size, frames=frames)
     counts = write_toy_dataset(out, seed=seed, num_images=num_images, num_videos=num_videos,
-                               num_captioned=num_captioned, world=world)
+                               num_captioned=num_captioned, world=world, colours=colours, motions=motions)
     print(f"wrote {counts['images']} images, {counts['videos']} text-free videos and "
           f"{counts['captioned_videos']} captioned videos to {out}")

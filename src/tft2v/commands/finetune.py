@@ -4,6 +4,12 @@ Text-free clips train the motion branch, optional image–text pairs (``--images
 content branch, in the same steps, with the unchanged TF-T2V recipe; only the adapters learn
 (:mod:`tft2v.models.lora`). Writes ``OUT/lora/`` (the adapter: ``tft2v generate --lora OUT/lora``),
 ``OUT/samples/before_*.mp4`` and ``after_*.mp4`` for each ``--prompt``, and the training run in ``OUT/run``.
+
+``--images`` alone (no ``--clips``) trains content adapters from image–text pairs only; ``--target``
+picks the adapted groups (default: ``temporal``, plus ``spatial`` with ``--images``). ``--add-word``
+gives a new caption word (e.g. a new colour) its own token in the toy text encoder; the adapter folder
+records it (``encoder_words``) and loading the adapter adds it again. :func:`run_finetune` is the same
+as a Python function (used by ``benchmarks/lora_demo.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ VIDEO_EXTS = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif"}
 EXAMPLES = """Examples:
   tft2v finetune --model runs/toy/model --clips my_clips/ --out runs/mine --prompt "a red circle"
   tft2v generate --model runs/toy/model "a red circle" --lora runs/mine/lora:0.8 --out mine.mp4
+  tft2v finetune --model runs/toy/model --images orange/images --target spatial --add-word orange --out runs/orange
 """
+TARGETS = ("temporal", "spatial", "spatial_conv")
 
 
 def default_steps(num_clips: int) -> int:
@@ -51,57 +59,57 @@ def _samples(pipe, prompts, folder: Path, tag: str, seed: int, frames, steps, fp
     return paths
 
 
-def finetune(
-    model: Path = typer.Option(..., "--model", "-m", help="Base model folder (tft2v train / convert output)."),
-    clips: Path = typer.Option(..., "--clips", help="Folder of your video clips (no captions needed)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: lora/, samples/, run/."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Optional image–text pairs (PNG/JPG + .txt) "
-                                          "for content (spatial) adapters."),
-    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Validation prompt (repeatable): before/"
-                                               "after sample videos."),
-    rank: int = typer.Option(16, min=1, help="LoRA rank of the temporal (motion) adapters."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Training steps (default: 50 per clip, 100–2000)."),
-    lr: float = typer.Option(1e-4, min=0.0, help="Learning rate."),
-    batch: int = typer.Option(2, min=1, help="Clips (and images) per step."),
-    frames: Optional[int] = typer.Option(None, min=1, help="Frames per training clip (default: the model's)."),
-    size: Optional[int] = typer.Option(None, min=8, help="Training frame side (default: the model's height/width)."),
-    sample_steps: int = typer.Option(25, min=1, help="Denoising steps of the before/after samples."),
-    seed: int = typer.Option(0, min=0, help="Seed of training and of the samples."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/run."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar while training."),
-) -> None:
-    """Fine-tune LoRA adapters on your own clips (motion) and optionally images (content); the base stays
-    frozen. Then use the adapter with ``tft2v generate --lora OUT/lora[:SCALE]``."""
+def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None = None,
+                 prompts: list[str] | None = None, rank: int = 16, steps: int | None = None, lr: float = 1e-4,
+                 batch: int = 2, frames: int | None = None, size: int | None = None, sample_steps: int = 25,
+                 seed: int = 0, overwrite: bool = False, progress: bool = True, targets: list[str] | None = None,
+                 add_words: list[str] | None = None, echo=typer.echo) -> dict:
+    """The work of ``tft2v finetune``; returns ``{"adapter", "steps", "targets", "words", "summary"}``
+    (``summary``: the trainer's run summary)."""
     from tft2v.config import load_config
+    from tft2v.models import lora
     from tft2v.pipeline import TFT2VPipeline
     from tft2v.train.trainer import Trainer
 
-    num_clips = count_clips(clips)
+    if clips is None and images is None:
+        raise TFT2VError("give --clips (motion) and/or --images (content) to fine-tune on")
+    num_clips = count_clips(clips) if clips is not None else 0
     if images is not None and not images.is_dir():
         raise TFT2VError(f"--images {images}: not a folder")
+    targets = list(targets or (["temporal"] if clips is not None else []) + (["spatial"] if images is not None else []))
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise TFT2VError(f"--target {unknown[0]!r} is not one of {list(TARGETS)}")
     pipe = TFT2VPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
+    words = list(dict.fromkeys(add_words or []))
+    if words:
+        if not hasattr(pipe.encoder, "add_words"):
+            raise TFT2VError(f"--add-word needs the toy text encoder; this model's encoder is {pipe.encoder.kind!r}")
+        pipe.encoder.add_words(words)  # before the "before" samples: both sides read the word the same way
     d = pipe.defaults
     frames = frames or d["num_frames"]
     height, width = (size, size) if size else (d["height"], d["width"])
-    steps = steps or default_steps(num_clips)
-    prompts = list(prompt or [])
+    steps = steps or default_steps(num_clips or sum(1 for _ in images.glob("*.txt")))
+    prompts = list(prompts or [])
     out.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"finetune: {num_clips} clips{' + images' if images else ''}, {steps} steps, rank {rank}, "
-               f"{frames} frames of {height}x{width}")
+    data = " + ".join(x for x in (f"{num_clips} clips" if clips is not None else "", "images" if images else "") if x)
+    echo(f"finetune: {data}, {steps} steps, rank {rank} on {'+'.join(targets)}, {frames} frames of {height}x{width}"
+         + (f", new words: {' '.join(words)}" if words else ""))
 
     before = _samples(pipe, prompts, out / "samples", "before", seed, frames, sample_steps, d["fps"])
     for p in before:
-        typer.echo(f"wrote {p}")
+        echo(f"wrote {p}")
 
-    targets = ["temporal"] + (["spatial"] if images is not None else [])
-    # One adapter: temporal modules (learn from the clips), + spatial ones with --images, same rank.
+    # One adapter on the chosen groups, same rank: clips teach the temporal modules, images the spatial ones.
+    ratio = f"[{1 if images is not None else 0}, {1 if clips is not None else 0}]"
     sets = {
         "out_dir": str(out / "run"), "seed": seed,
-        "data.kind": "sources", "data.videos": str(clips), "data.images": str(images) if images else "",
+        "data.kind": "sources",
+        "data.videos": str(clips) if clips else "", "data.images": str(images) if images else "",
         "data.height": height, "data.width": width, "data.num_frames": frames, "data.fps": float(d["fps"]),
         "data.video_batch_size": batch, "data.image_batch_size": batch,
-        "data.ratio": "[1, 1]" if images is not None else "[0, 1]", "data.labelled_ratio": 0.0,
+        "data.ratio": ratio, "data.labelled_ratio": 0.0,
         "model.init": "pretrained", "model.init_path": str(model), "model.unet": "{}",
         "model.lora": f"{{rank: {rank}, targets: [{', '.join(targets)}]}}",
         "recipe.image_tokens_on_videos": bool(pipe.unet.config.image_embed_dim),
@@ -117,11 +125,47 @@ def finetune(
     if adapter.exists():
         shutil.rmtree(adapter)
     shutil.copytree(Path(summary["checkpoint"]) / "lora", adapter)
-    typer.echo(f"wrote adapter {adapter}  (loss {summary['loss_first']} -> {summary['loss_last']})")
+    if words:
+        lora.update_meta(adapter, encoder_words=words)
+    echo(f"wrote adapter {adapter}  (loss {summary['loss_first']} -> {summary['loss_last']})")
     del trainer
 
-    pipe.load_lora_weights(adapter, adapter_name="finetune")
-    after = _samples(pipe, prompts, out / "samples", "after", seed, frames, sample_steps, d["fps"])
-    for p in after:
-        typer.echo(f"wrote {p}")
-    typer.echo(f"use it: tft2v generate --model {model} \"{prompts[0] if prompts else 'PROMPT'}\" --lora {adapter}")
+    if prompts:
+        fresh = TFT2VPipeline.from_pretrained(model)  # the base encoder: the adapter must bring its words itself
+        fresh.set_progress_bar_config(disable=True)
+        fresh.load_lora_weights(adapter, adapter_name="finetune")
+        after = _samples(fresh, prompts, out / "samples", "after", seed, frames, sample_steps, d["fps"])
+        for p in after:
+            echo(f"wrote {p}")
+    echo(f"use it: tft2v generate --model {model} \"{prompts[0] if prompts else 'PROMPT'}\" --lora {adapter}")
+    return {"adapter": adapter, "steps": steps, "targets": targets, "words": words, "summary": summary}
+
+
+def finetune(
+    model: Path = typer.Option(..., "--model", "-m", help="Base model folder (tft2v train / convert output)."),
+    clips: Optional[Path] = typer.Option(None, "--clips", help="Folder of your video clips (no captions needed)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: lora/, samples/, run/."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Optional image–text pairs (PNG/JPG + .txt) "
+                                          "for content (spatial) adapters."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Validation prompt (repeatable): before/"
+                                               "after sample videos."),
+    rank: int = typer.Option(16, min=1, help="LoRA rank of the adapters."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Training steps (default: 50 per clip, 100–2000)."),
+    lr: float = typer.Option(1e-4, min=0.0, help="Learning rate."),
+    batch: int = typer.Option(2, min=1, help="Clips (and images) per step."),
+    frames: Optional[int] = typer.Option(None, min=1, help="Frames per training clip (default: the model's)."),
+    size: Optional[int] = typer.Option(None, min=8, help="Training frame side (default: the model's height/width)."),
+    sample_steps: int = typer.Option(25, min=1, help="Denoising steps of the before/after samples."),
+    seed: int = typer.Option(0, min=0, help="Seed of training and of the samples."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/run."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar while training."),
+    target: Optional[list[str]] = typer.Option(None, "--target", help="Adapted group (repeatable): temporal, "
+                                               "spatial, spatial_conv (default: temporal, + spatial with --images)."),
+    add_word: Optional[list[str]] = typer.Option(None, "--add-word", help="New caption word (repeatable, e.g. a new "
+                                                 "colour) to give its own toy-encoder token; the adapter records it."),
+) -> None:
+    """Fine-tune LoRA adapters on your own clips (motion) and/or images (content); the base stays frozen.
+    Then use the adapter with ``tft2v generate --lora OUT/lora[:SCALE]``."""
+    run_finetune(model, clips, out, images=images, prompts=prompt, rank=rank, steps=steps, lr=lr, batch=batch,
+                 frames=frames, size=size, sample_steps=sample_steps, seed=seed, overwrite=overwrite,
+                 progress=progress, targets=target, add_words=add_word)

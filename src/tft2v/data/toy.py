@@ -13,12 +13,20 @@ Geometry conventions (shared with the analytic evaluators): ``x`` grows rightwar
 pixel ``(i, j)`` covers ``[j, j+1) × [i, i+1)``. An object's ``size`` is the side of its bounding box
 (the circle's diameter, the square's side, the triangle's base and height; the triangle points up).
 ``track`` is the analytic area centroid per frame, ``(F, 2)`` as ``(x, y)``.
+
+New material beyond SPEC §3 (e.g. for LoRA demonstrations): ``generate(..., colours=, motions=)`` draws
+from other colour / motion sets (names → RGB, names → (dx, dy)); :func:`world_sets` builds them from the
+spec's plus extra entries. Left at ``None`` the sets are the spec's and the output is unchanged. A motion
+vector is normalised to unit length, so speeds stay px/frame along the path (diagonals included).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+import math
+import re
 
 import numpy as np
 import torch
@@ -84,6 +92,8 @@ class ToySet:
     motion: np.ndarray  # (N,) index into shapes_spec.MOTIONS, -1 for images
     speed: np.ndarray  # (N,) px/frame
     track: np.ndarray  # (N, F, 2)
+    colour_names: tuple[str, ...] = _COLOUR_NAMES  # what ``colour`` indexes (the spec's unless generated
+    motion_names: tuple[str, ...] = spec.MOTIONS  # with other sets); ``motion`` indexes ``motion_names``
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -92,16 +102,19 @@ class ToySet:
         """The sample's caption; '' for text-free videos."""
         if self.kind == "videos":
             return ""
-        motion = spec.MOTIONS[self.motion[i]] if self.kind == "captioned_videos" else None
-        return spec.caption(_COLOUR_NAMES[self.colour[i]], spec.SHAPES[self.shape[i]], motion)
+        motion = self.motion_names[self.motion[i]] if self.kind == "captioned_videos" else None
+        colour, shape = self.colour_names[self.colour[i]], spec.SHAPES[self.shape[i]]
+        if colour in spec.COLOURS and (motion is None or motion in spec.MOTIONS):
+            return spec.caption(colour, shape, motion)
+        return f"a {colour} {shape}" + (f" moving {motion}" if motion else "")  # the same grammar, new words
 
     def truth(self, i: int) -> dict:
         """Analytic ground truth of sample ``i`` as plain Python values (JSON-ready)."""
         return {
-            "colour": _COLOUR_NAMES[self.colour[i]],
+            "colour": self.colour_names[self.colour[i]],
             "shape": spec.SHAPES[self.shape[i]],
             "size": round(float(self.obj_size[i]), 4),
-            "motion": spec.MOTIONS[self.motion[i]] if self.motion[i] >= 0 else None,
+            "motion": self.motion_names[self.motion[i]] if self.motion[i] >= 0 else None,
             "speed": round(float(self.speed[i]), 4),
             "track": np.round(self.track[i], 4).tolist(),
         }
@@ -153,41 +166,111 @@ def to_pixels(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x)
 
 
-def allowed_combos(kind: str) -> list[tuple[int, int]]:
+def allowed_combos(kind: str, colour_names: tuple[str, ...] = _COLOUR_NAMES) -> list[tuple[int, int]]:
     """(colour, shape) index pairs a set may use: all 18 for images, held-out ones removed for videos."""
     held = set(spec.HELD_OUT)
     return [
         (c, s)
-        for c, cn in enumerate(_COLOUR_NAMES)
+        for c, cn in enumerate(colour_names)
         for s, sn in enumerate(spec.SHAPES)
         if kind == "images" or (cn, sn) not in held
     ]
 
 
-def generate(kind: str, n: int, seed: int = 0, world: ToyWorld = ToyWorld(), chunk: int = 512) -> ToySet:
+_WORD = re.compile(r"[a-z]+")
+
+
+def check_colours(colours: dict) -> dict[str, tuple[int, int, int]]:
+    """Validate a colour set {name: (r, g, b)}: lower-case word names, 0–255 channels, bright enough to stand
+    out from the dark background and saturated enough for the detector; a spec name must keep its RGB."""
+    if not isinstance(colours, dict) or not colours:
+        raise TFT2VError(f"colours must be a non-empty dict {{name: (r, g, b)}}, got {colours!r}")
+    out = {}
+    for name, rgb in colours.items():
+        if not isinstance(name, str) or not _WORD.fullmatch(name):
+            raise TFT2VError(f"colour name {name!r} must be one lower-case word (a-z)")
+        try:
+            values = tuple(float(v) for v in rgb)
+        except (TypeError, ValueError):
+            raise TFT2VError(f"colour {name!r}: RGB must be three integers 0-255, got {rgb!r}") from None
+        if len(values) != 3 or not all(v.is_integer() and 0 <= v <= 255 for v in values):
+            raise TFT2VError(f"colour {name!r}: RGB must be three integers 0-255, got {rgb!r}")
+        rgb = tuple(int(v) for v in values)
+        if name in spec.COLOURS and rgb != spec.COLOURS[name]:
+            raise TFT2VError(f"colour {name!r} is a spec colour {spec.COLOURS[name]}; give a new colour a new name")
+        if max(rgb) < 128 or (max(rgb) - min(rgb)) < 0.5 * max(rgb):
+            raise TFT2VError(f"colour {name!r} {rgb} is too dark or too grey for the shapes world "
+                             "(needs a channel >= 128 and saturation (max-min)/max >= 0.5)")
+        out[name] = rgb
+    return out
+
+
+def check_motions(motions: dict) -> dict[str, tuple[float, float]]:
+    """Validate a motion set {name: (dx, dy)} (image coordinates, y down; any non-zero length)."""
+    if not isinstance(motions, dict) or not motions:
+        raise TFT2VError(f"motions must be a non-empty dict {{name: (dx, dy)}}, got {motions!r}")
+    out = {}
+    for name, vec in motions.items():
+        if not isinstance(name, str) or not _WORD.fullmatch(name):
+            raise TFT2VError(f"motion name {name!r} must be one lower-case word (a-z)")
+        try:
+            vec = tuple(float(v) for v in vec)
+        except (TypeError, ValueError):
+            raise TFT2VError(f"motion {name!r}: direction must be two numbers dx,dy, got {vec!r}") from None
+        if len(vec) != 2 or not all(math.isfinite(v) for v in vec) or vec == (0.0, 0.0):
+            raise TFT2VError(f"motion {name!r}: direction must be two finite numbers dx,dy, not both 0, got {vec!r}")
+        if name in spec.MOTION_VECTORS and vec != tuple(map(float, spec.MOTION_VECTORS[name])):
+            raise TFT2VError(f"motion {name!r} is a spec motion {spec.MOTION_VECTORS[name]}; give a new one a new name")
+        out[name] = vec
+    return out
+
+
+def world_sets(extra_colours: dict | None = None, extra_motions: dict | None = None, only_extra_colours: bool = False,
+               only_extra_motions: bool = False) -> tuple[dict | None, dict | None]:
+    """(colours, motions) for :func:`generate`: the spec's sets plus the extra entries, or the extra entries
+    alone with ``only_extra_*``; ``None`` where nothing changes (the spec world)."""
+    if (only_extra_colours and not extra_colours) or (only_extra_motions and not extra_motions):
+        raise TFT2VError("'only' new colours/motions needs at least one new colour/motion")
+    colours = motions = None
+    if extra_colours:
+        colours = check_colours(extra_colours)
+        colours = colours if only_extra_colours else {**spec.COLOURS, **colours}
+    if extra_motions:
+        motions = (check_motions(extra_motions) if only_extra_motions
+                   else {**spec.MOTION_VECTORS, **check_motions(extra_motions)})
+    return colours, motions
+
+
+def generate(kind: str, n: int, seed: int = 0, world: ToyWorld = ToyWorld(), chunk: int = 512,
+             colours: dict | None = None, motions: dict | None = None) -> ToySet:
     """Generate ``n`` samples of set ``kind`` ('images', 'videos' or 'captioned_videos'), deterministic in
-    (kind, n, seed, world). Images are single frames (F = 1)."""
+    (kind, n, seed, world, colours, motions). Images are single frames (F = 1). ``colours`` {name: rgb} /
+    ``motions`` {name: (dx, dy)}: the sets to draw from instead of the spec's (see :func:`world_sets`)."""
     if kind not in KINDS:
         raise TFT2VError(f"unknown toy set {kind!r}; expected one of {list(KINDS)}")
     if n < 0:
         raise TFT2VError(f"number of samples must be >= 0, got {n}")
+    colours = spec.COLOURS if colours is None else check_colours(colours)
+    motions = spec.MOTION_VECTORS if motions is None else check_motions(motions)
+    colour_names, motion_names = tuple(colours), tuple(motions)
     rng = np.random.default_rng([seed, _KIND_STREAM[kind]])
     is_video = kind != "images"
     frames = world.frames if is_video else 1
     lo, hi = world.size_range
-    combos = np.array(allowed_combos(kind))
+    combos = np.array(allowed_combos(kind, colour_names))
     pick = combos[rng.integers(0, len(combos), n)]
     colour, shape = pick[:, 0], pick[:, 1]
     obj_size = rng.uniform(lo, hi, n)
     if is_video:
-        motion = rng.integers(0, len(spec.MOTIONS), n)
-        vmax = np.minimum(world.speed_range[1], world.max_speed(obj_size))
+        motion = rng.integers(0, len(motion_names), n)
+        vmax = np.minimum(world.speed_range[1], world.max_speed(obj_size))  # per axis; ok for diagonals
         speed = rng.uniform(world.speed_range[0], vmax)
     else:
         motion = np.full(n, -1)
         speed = np.zeros(n)
     # Top-left corner of the bounding box at frame 0: anywhere the whole trajectory stays in frame.
-    direction = np.array([spec.MOTION_VECTORS[m] for m in spec.MOTIONS], dtype=np.float64)
+    direction = np.array([motions[m] for m in motion_names], dtype=np.float64)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)  # unit vectors (the spec's already are)
     dxy = direction[np.maximum(motion, 0)] * speed[:, None] * (motion >= 0)[:, None]  # (n, 2) px/frame
     travel = dxy * (frames - 1)  # (n, 2)
     low = _MARGIN - np.minimum(travel, 0.0)
@@ -196,6 +279,7 @@ def generate(kind: str, n: int, seed: int = 0, world: ToyWorld = ToyWorld(), chu
     t = np.arange(frames, dtype=np.float64)
     corners = corner0[:, None, :] + t[None, :, None] * dxy[:, None, :]  # (n, F, 2)
     texture = _draw_background(rng, n, world)  # (n, H, W, 3) static per clip
+    palette = np.array([colours[c] for c in colour_names], dtype=np.float32)  # (C, 3)
     track = corners + obj_size[:, None, None] / 2
     # The up-pointing triangle's area centroid is 2/3 of the way from apex to base.
     track[..., 1] += np.where(shape == spec.SHAPES.index("triangle"), obj_size / 6, 0.0)[:, None]
@@ -203,8 +287,8 @@ def generate(kind: str, n: int, seed: int = 0, world: ToyWorld = ToyWorld(), chu
     out = np.empty((n, frames, world.size, world.size, 3), dtype=np.uint8)
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
-        out[a:b] = _render(corners[a:b], obj_size[a:b], shape[a:b], colour[a:b], texture[a:b], world.size)
-    return ToySet(kind, out, colour, shape, obj_size, motion, speed, track)
+        out[a:b] = _render(corners[a:b], obj_size[a:b], shape[a:b], colour[a:b], texture[a:b], world.size, palette)
+    return ToySet(kind, out, colour, shape, obj_size, motion, speed, track, colour_names, motion_names)
 
 
 def _draw_background(rng: np.random.Generator, n: int, world: ToyWorld) -> np.ndarray:
@@ -215,7 +299,7 @@ def _draw_background(rng: np.random.Generator, n: int, world: ToyWorld) -> np.nd
     return (base + noise).astype(np.float32)
 
 
-def _render(corners, obj_size, shape, colour, texture, size: int) -> np.ndarray:
+def _render(corners, obj_size, shape, colour, texture, size: int, palette: np.ndarray = _COLOUR_RGB) -> np.ndarray:
     """Rasterise objects over backgrounds. corners (n, F, 2) → uint8 (n, F, H, W, 3)."""
     grid = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
     half = (obj_size / 2).astype(np.float32)[:, None, None, None]  # (n, 1, 1, 1)
@@ -238,6 +322,6 @@ def _render(corners, obj_size, shape, colour, texture, size: int) -> np.ndarray:
             d = np.maximum(np.maximum((2 * x - y - h) * norm, (-2 * x - y - h) * norm), y - h)
         dist[sel] = d
     alpha = np.clip(0.5 - dist, 0.0, 1.0)[..., None]  # (n, F, H, W, 1) pixel coverage
-    rgb = _COLOUR_RGB[colour][:, None, None, None, :]  # (n, 1, 1, 1, 3)
+    rgb = palette[colour][:, None, None, None, :]  # (n, 1, 1, 1, 3)
     img = texture[:, None] * (1.0 - alpha) + rgb * alpha
     return np.rint(img).astype(np.uint8)

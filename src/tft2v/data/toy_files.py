@@ -67,9 +67,12 @@ def write_toy_dataset(
     num_captioned: int = 100,
     world: ToyWorld = ToyWorld(),
     fps: int = VIDEO_FPS,
+    colours: dict | None = None,
+    motions: dict | None = None,
 ) -> dict[str, int]:
-    """Generate the three sets (same data as :func:`tft2v.data.toy.generate` with this seed) and write
-    them under ``out``. Returns the number of files written per set."""
+    """Generate the three sets (same data as :func:`tft2v.data.toy.generate` with this seed, ``colours`` and
+    ``motions``: other colour / motion sets, ``None`` = the spec's) and write them under ``out``. Returns the
+    number of files written per set."""
     from PIL import Image
 
     out = Path(out)
@@ -81,7 +84,7 @@ def write_toy_dataset(
     out.mkdir(parents=True, exist_ok=True)
     truth_lines = []
     for kind in KINDS:
-        data = generate(kind, counts[kind], seed=seed, world=world)
+        data = generate(kind, counts[kind], seed=seed, world=world, colours=colours, motions=motions)
         folder = out / kind
         folder.mkdir()
         manifest, vgen_list = [], []
@@ -101,6 +104,10 @@ def write_toy_dataset(
         (out / f"{kind}.txt").write_text("".join(line + "\n" for line in vgen_list))
     _write_jsonl(out / "ground_truth.jsonl", truth_lines)
     info = {"seed": seed, "counts": counts, "world": asdict(world), "fps": fps, "codec": VIDEO_CODEC}
+    if colours is not None:  # recorded only when not the spec's, so a default dataset's info.json is unchanged
+        info["colours"] = {k: list(v) for k, v in colours.items()}
+    if motions is not None:
+        info["motions"] = {k: list(v) for k, v in motions.items()}
     (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     return counts
 

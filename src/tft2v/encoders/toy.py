@@ -6,6 +6,14 @@ gets a row of a seeded random orthonormal matrix (scaled to unit RMS per element
 and motion words are exactly orthogonal; a smaller seeded positional embedding is added. ``""`` is
 ``max_length`` padding tokens.
 
+Extra words (``extra_words`` / :meth:`ToyEncoder.add_words`, e.g. a new colour a LoRA adapter teaches):
+appended after the caption vocabulary, so every existing word keeps its id and its embedding bit for
+bit and old prompts encode exactly as before; a word unknown to the encoder reads as ``<unk>``. An extra
+word's row depends only on (``seed``, ``text_dim``, the word): a seeded Gaussian with the caption
+vocabulary's span projected out (when ``text_dim`` leaves room), scaled to unit RMS. ``config.json``
+lists them (``extra_words``, absent when none); a LoRA adapter folder records the words it was trained
+with and loading it adds them (:meth:`tft2v.pipeline.TFT2VPipeline.load_lora_weights`).
+
 Image: analytic features of the single object in a 32x32 frame, projected to ``image_dim`` by a
 seeded orthonormal matrix (distances between feature vectors are kept up to a constant factor):
   * object mask = pixels whose brightest channel exceeds 0.35 (the background stays <= 24/255),
@@ -19,6 +27,7 @@ one frame ``(B, 3, H, W)`` in [-1, 1] here.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -53,10 +62,10 @@ def _orthonormal(rows: int, cols: int, generator: torch.Generator) -> torch.Tens
     return (rand / rand.norm(dim=1, keepdim=True)).float()
 
 
-def tokenize(prompt: str, max_length: int) -> list[int]:
+def tokenize(prompt: str, max_length: int, vocab: tuple[str, ...] = VOCAB) -> list[int]:
     """Lower-case word tokens -> vocabulary ids, unknown words -> UNK, padded/truncated to max_length."""
     words = re.findall(r"[a-z]+", prompt.lower())
-    index = {word: i for i, word in enumerate(VOCAB)}
+    index = {word: i for i, word in enumerate(vocab)}
     ids = [index.get(word, index[UNK]) for word in words][:max_length]
     return ids + [index[PAD]] * (max_length - len(ids))
 
@@ -66,7 +75,8 @@ class ToyEncoder(ConditionEncoder):
 
     kind = "toy"
 
-    def __init__(self, text_dim: int = 64, image_dim: int = 64, max_length: int = 8, seed: int = 0):
+    def __init__(self, text_dim: int = 64, image_dim: int = 64, max_length: int = 8, seed: int = 0,
+                 extra_words: list[str] | tuple[str, ...] = ()):
         super().__init__()
         if text_dim < 1 or max_length < 1:
             raise ConfigError(f"toy encoder needs text_dim >= 1 and max_length >= 1, got {text_dim}, {max_length}")
@@ -82,11 +92,35 @@ class ToyEncoder(ConditionEncoder):
         self.register_buffer("image_projection", projection * math.sqrt(image_dim / NUM_IMAGE_FEATURES))
         palette = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255.0
         self.register_buffer("palette", palette, persistent=False)
+        self.extra_words: tuple[str, ...] = ()
+        self.add_words(extra_words)
         self.freeze()
+
+    @property
+    def vocab(self) -> tuple[str, ...]:
+        return VOCAB + self.extra_words
+
+    def add_words(self, words) -> list[str]:
+        """Give ``words`` their own tokens (appended; existing words and their embeddings unchanged). Words
+        already known are skipped; returns the ones added."""
+        if isinstance(words, str):
+            words = [words]
+        new = []
+        for word in words:
+            if not isinstance(word, str) or not re.fullmatch(r"[a-z]+", word):
+                raise ConfigError(f"toy encoder words must be lower-case a-z words, got {word!r}")
+            if word not in self.vocab and word not in new:
+                new.append(word)
+        if new:
+            base = self.token_embedding[: len(VOCAB)]
+            rows = torch.stack([_word_row(word, base, self.seed) for word in new]).to(base)
+            self.token_embedding = torch.cat([self.token_embedding, rows])
+            self.extra_words = self.extra_words + tuple(new)
+        return new
 
     def token_ids(self, prompts: list[str]) -> torch.Tensor:
         """prompts (B strings) -> ids (B, max_length) int64."""
-        ids = [tokenize(p, self.max_length) for p in check_prompts(prompts)]
+        ids = [tokenize(p, self.max_length, self.vocab) for p in check_prompts(prompts)]
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     @torch.no_grad()
@@ -131,6 +165,7 @@ class ToyEncoder(ConditionEncoder):
         directory = write_config(
             directory, self.kind, text_dim=self.text_dim, image_dim=self.image_dim,
             max_length=self.max_length, seed=self.seed, vocab=list(VOCAB),
+            **({"extra_words": list(self.extra_words)} if self.extra_words else {}),
         )
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / WEIGHTS_NAME)
 
@@ -139,12 +174,26 @@ class ToyEncoder(ConditionEncoder):
         config = read_config(directory, cls.kind)
         if config.get("vocab") != list(VOCAB):
             raise TFT2VError(f"toy encoder in {directory} was saved with a different vocabulary")
-        encoder = cls(config["text_dim"], config["image_dim"], config["max_length"], config["seed"])
+        encoder = cls(config["text_dim"], config["image_dim"], config["max_length"], config["seed"],
+                      extra_words=config.get("extra_words", ()))
         weights = Path(directory) / WEIGHTS_NAME
         if not weights.is_file():
             raise TFT2VError(f"toy encoder folder {directory} has no {WEIGHTS_NAME}")
         encoder.load_state_dict(load_file(weights))
         return encoder
+
+
+def _word_row(word: str, base: torch.Tensor, seed: int) -> torch.Tensor:
+    """The embedding of an extra word: a Gaussian seeded by (seed, word) with the span of the caption
+    vocabulary's rows ``base`` (V, D) projected out when D > V, scaled to unit RMS per element."""
+    digest = hashlib.sha256(f"{seed}:{word}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    dim = base.shape[1]
+    row = torch.randn(dim, generator=generator, dtype=torch.float64)
+    if base.shape[0] < dim:
+        q, _ = torch.linalg.qr(base.double().T)  # (D, V) orthonormal basis of the vocabulary's span
+        row = row - q @ (q.T @ row)
+    return (row / row.norm() * math.sqrt(dim)).float()
 
 
 def _extent(on: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,12 @@ only at the file I/O edge. Works for any frame size and length. Definitions (all
   when the clip moves, else 0 — a graded version of direction accuracy (chance level 0), so small
   evaluation sets still resolve a difference between models.
 
+* **extra colours / motions** (``extra_colours={name: rgb}``, ``extra_motions={name: (dx, dy)}`` on
+  :func:`analyse_clip`, :func:`score_clip`, :func:`evaluate_toy`; e.g. a LoRA demo's "orange" and
+  "diagonal"): added to the spec's palette / directions, a direction being the largest cosine with the
+  unit vectors (for the spec's four, the same as the largest dot product). Prompts are parsed with the
+  extra words too. Without them every number is the spec-only one.
+
 Measurements behind the thresholds (noise batteries, ground-truth accuracy) are in
 ``benchmarks/RESULTS.md`` ("Shapes-world detector").
 """
@@ -67,6 +73,30 @@ _NAMES = tuple(spec.COLOURS)
 _PALETTE = np.array([spec.COLOURS[c] for c in _NAMES], dtype=np.float64)
 _PALETTE_HUE = _PALETTE / _PALETTE.max(axis=1, keepdims=True)  # (6, 3) unit max channel
 _EIGHT = np.ones((3, 3), dtype=bool)
+_SPEC_PALETTE = (_NAMES, _PALETTE_HUE)
+_SPEC_MOTIONS = (spec.MOTIONS, np.array([spec.MOTION_VECTORS[m] for m in spec.MOTIONS], dtype=np.float64))
+
+
+def _palette(extra_colours: dict | None) -> tuple[tuple[str, ...], np.ndarray]:
+    """(names, (C, 3) unit-max-channel hues): the spec's palette plus ``extra_colours``."""
+    if not extra_colours:
+        return _SPEC_PALETTE
+    from tft2v.data.toy import check_colours
+
+    colours = {**spec.COLOURS, **check_colours(extra_colours)}
+    rgb = np.array(list(colours.values()), dtype=np.float64)
+    return tuple(colours), rgb / rgb.max(axis=1, keepdims=True)
+
+
+def _directions(extra_motions: dict | None) -> tuple[tuple[str, ...], np.ndarray]:
+    """(names, (M, 2) unit vectors): the spec's motions plus ``extra_motions``."""
+    if not extra_motions:
+        return _SPEC_MOTIONS
+    from tft2v.data.toy import check_motions
+
+    motions = {**spec.MOTION_VECTORS, **check_motions(extra_motions)}
+    vectors = np.array(list(motions.values()), dtype=np.float64)
+    return tuple(motions), vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 # Fill thresholds sit halfway between the generator's measured fills (square 1.00, circle 0.79, triangle 0.57).
 _SQUARE_MIN_FILL = 0.89
@@ -132,10 +162,11 @@ def _find(frame: np.ndarray, min_contrast: float, min_pixels: int, min_snr: floa
     return comp, rgb, bg
 
 
-def _describe(frame: np.ndarray, comp: np.ndarray, rgb: np.ndarray, bg: float) -> dict:
+def _describe(frame: np.ndarray, comp: np.ndarray, rgb: np.ndarray, bg: float, palette=_SPEC_PALETTE) -> dict:
     v = frame.max(axis=-1)
     hue = rgb / max(rgb.max(), 1e-6)
-    colour = _NAMES[int(np.argmin(((_PALETTE_HUE - hue) ** 2).sum(axis=1)))]
+    names, hues = palette
+    colour = names[int(np.argmin(((hues - hue) ** 2).sum(axis=1)))]
     level = float(np.percentile(v[comp], 90))
     coverage = np.clip((v - bg) / max(level - bg, 1e-6), 0.0, 1.0)
     # Soft area over the component grown by one pixel: catches the blurred rim, not other blobs.
@@ -166,22 +197,22 @@ _DEFAULTS = {"min_contrast": MIN_CONTRAST, "min_pixels": MIN_PIXELS, "min_snr": 
              "min_dominance": MIN_DOMINANCE, "min_saturation": MIN_SATURATION}
 
 
-def _detect(frame: np.ndarray, **thresholds) -> tuple[dict, np.ndarray] | None:
+def _detect(frame: np.ndarray, palette=_SPEC_PALETTE, **thresholds) -> tuple[dict, np.ndarray] | None:
     """(description, component mask) of the frame's object, or None; ``thresholds`` override the defaults."""
     found = _find(frame, **{**_DEFAULTS, **thresholds})
     if found is None:
         return None
     comp, rgb, bg = found
-    return _describe(frame, comp, rgb, bg), comp
+    return _describe(frame, comp, rgb, bg, palette), comp
 
 
 def detect_object(frame: np.ndarray, min_contrast: float = MIN_CONTRAST, min_pixels: int = MIN_PIXELS,
                   min_snr: float = MIN_SNR, min_dominance: float = MIN_DOMINANCE,
-                  min_saturation: float = MIN_SATURATION) -> dict | None:
+                  min_saturation: float = MIN_SATURATION, extra_colours: dict | None = None) -> dict | None:
     """One frame float (H, W, 3) in [0, 1] → ``{colour, shape, fill, skew, centroid (x, y), area}``, or
     None when the frame shows no object (see the module docstring for what counts as one)."""
-    found = _detect(frame, min_contrast=min_contrast, min_pixels=min_pixels, min_snr=min_snr,
-                    min_dominance=min_dominance, min_saturation=min_saturation)
+    found = _detect(frame, _palette(extra_colours), min_contrast=min_contrast, min_pixels=min_pixels,
+                    min_snr=min_snr, min_dominance=min_dominance, min_saturation=min_saturation)
     return None if found is None else found[0]
 
 
@@ -198,11 +229,14 @@ def _pair_consistency(a: np.ndarray, b: np.ndarray, mask_a: np.ndarray, mask_b: 
     return float(1.0 - np.abs(b[region] - moved[region]).mean())
 
 
-def analyse_clip(clip, min_speed: float = 0.25, min_contrast: float = MIN_CONTRAST) -> dict:
-    """One clip (3, F, H, W) in [-1, 1] → per-clip detections and motion statistics (JSON-ready)."""
+def analyse_clip(clip, min_speed: float = 0.25, min_contrast: float = MIN_CONTRAST, extra_colours: dict | None = None,
+                 extra_motions: dict | None = None) -> dict:
+    """One clip (3, F, H, W) in [-1, 1] → per-clip detections and motion statistics (JSON-ready).
+    ``extra_colours`` / ``extra_motions``: palette colours and directions beside the spec's."""
     x = _as_numpy_clip(clip)  # (F, H, W, 3)
     num_frames = x.shape[0]
-    found = [_detect(frame, min_contrast=min_contrast) for frame in x]
+    palette = _palette(extra_colours)
+    found = [_detect(frame, palette, min_contrast=min_contrast) for frame in x]
     dets = [f[0] if f is not None else None for f in found]
     seen = [t for t, d in enumerate(dets) if d is not None]
     presence = len(seen) / num_frames
@@ -241,9 +275,9 @@ def analyse_clip(clip, min_speed: float = 0.25, min_contrast: float = MIN_CONTRA
     out["displacement"] = net.round(4).tolist()
     out["straightness"] = float(np.linalg.norm(net) / path) if path > 0 else 0.0
     if np.linalg.norm(net) >= min_speed * span:
-        vectors = np.array([spec.MOTION_VECTORS[m] for m in spec.MOTIONS], dtype=np.float64)
+        names, vectors = _directions(extra_motions)  # unit vectors: largest dot product = largest cosine
         best = int(np.argmax(vectors @ net))
-        out["direction"] = spec.MOTIONS[best]
+        out["direction"] = names[best]
         out["step_agreement"] = float((steps @ vectors[best] > 0).mean())
         out["moving"] = bool(presence >= MOVING_MIN_PRESENCE)
         out["coherent"] = bool(out["moving"] and out["step_agreement"] >= COHERENT_MIN_AGREEMENT
@@ -281,15 +315,37 @@ def _score(clips: list[dict]) -> dict:
     }
 
 
-def score_clip(analysis: dict, prompt: str | None) -> dict:
+def parse_prompt(prompt: str | None, extra_colours: dict | None = None,
+                 extra_motions: dict | None = None) -> tuple[str | None, str | None, str | None]:
+    """(colour, shape, motion) a prompt names, knowing the extra colour / motion words too."""
+    if not prompt:
+        return None, None, None
+    if not extra_colours and not extra_motions:
+        return spec.parse_caption(prompt)
+    colours, motions = _palette(extra_colours)[0], _directions(extra_motions)[0]
+    words = prompt.lower().replace(",", " ").split()
+    colour = next((w for w in words if w in colours), None)
+    shape = next((w for w in words if w in spec.SHAPES), None)
+    motion = None
+    if "moving" in words:
+        i = words.index("moving")
+        if i + 1 < len(words) and words[i + 1] in motions:
+            motion = words[i + 1]
+    return colour, shape, motion
+
+
+def score_clip(analysis: dict, prompt: str | None, extra_colours: dict | None = None,
+               extra_motions: dict | None = None) -> dict:
     """Adds the prompt's parse and ``*_correct`` flags (None when the prompt does not name that part).
-    An absent object names nothing, so it is wrong on every part the prompt names."""
-    colour, shape, motion = spec.parse_caption(prompt) if prompt else (None, None, None)
+    An absent object names nothing, so it is wrong on every part the prompt names. ``extra_*``: as for
+    :func:`analyse_clip` (give the same)."""
+    colour, shape, motion = parse_prompt(prompt, extra_colours, extra_motions)
     alignment = None
     if motion is not None:
         alignment = 0.0
         if analysis["direction"] is not None:
-            net, want = np.asarray(analysis["displacement"]), np.asarray(spec.MOTION_VECTORS[motion], np.float64)
+            names, vectors = _directions(extra_motions)
+            net, want = np.asarray(analysis["displacement"]), vectors[names.index(motion)]
             alignment = float(net @ want / (np.linalg.norm(net) * np.linalg.norm(want)))
     colour_ok = None if colour is None else analysis["colour"] == colour
     shape_ok = None if shape is None else analysis["shape"] == shape
@@ -326,11 +382,15 @@ def summarise(scored: list[dict]) -> dict:
     }
 
 
-def evaluate_toy(videos, prompts: list[str | None] | None = None, **kwargs) -> dict:
+def evaluate_toy(videos, prompts: list[str | None] | None = None, extra_colours: dict | None = None,
+                 extra_motions: dict | None = None, **kwargs) -> dict:
     """Videos (B, 3, F, H, W) in [-1, 1] (or an iterable of (3, F, H, W) clips) + prompts → summary
-    with ``clips`` (per-clip results). ``kwargs`` go to :func:`analyse_clip`."""
+    with ``clips`` (per-clip results). ``kwargs`` go to :func:`analyse_clip`; ``extra_*`` to it and to
+    :func:`score_clip`."""
     clips = list(videos)
     if prompts is not None and len(prompts) != len(clips):
         raise TFT2VError(f"got {len(prompts)} prompts for {len(clips)} clips")
-    scored = [score_clip(analyse_clip(c, **kwargs), prompts[i] if prompts else None) for i, c in enumerate(clips)]
+    extra = {"extra_colours": extra_colours, "extra_motions": extra_motions}
+    scored = [score_clip(analyse_clip(c, **kwargs, **extra), prompts[i] if prompts else None, **extra)
+              for i, c in enumerate(clips)]
     return {**summarise(scored), "clips": scored}

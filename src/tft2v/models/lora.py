@@ -11,7 +11,9 @@ block dispatch is unchanged; only leaf Linear / Conv layers become peft LoRA lay
 
 Files (:func:`save_adapter`): ``pytorch_lora_weights.safetensors`` in the diffusers/peft layout
 (``unet.<module>.lora_A.weight`` / ``lora_B.weight``) and ``tft2v_lora.json`` (rank, alpha, the
-module names, and the base model's fingerprint, :func:`base_fingerprint`).
+module names, and the base model's fingerprint, :func:`base_fingerprint`; ``encoder_words``: new caption
+words the adapter was trained with, which loading it adds to the toy text encoder — ``tft2v finetune
+--add-word``).
 """
 
 from __future__ import annotations
@@ -208,6 +210,14 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = DE
             **(extra or {})}
     (directory / META_NAME).write_text(json.dumps(meta, indent=2))
     return directory
+
+
+def update_meta(directory: str | Path, **fields) -> dict:
+    """Add/replace ``fields`` in an adapter folder's ``tft2v_lora.json``; returns the new metadata."""
+    meta, _ = read_adapter(directory)
+    meta.update(fields)
+    (Path(directory) / META_NAME).write_text(json.dumps(meta, indent=2))
+    return meta
 
 
 def read_adapter(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -1,0 +1,251 @@
+"""LoRA on the shapes world, measured (issue #15 point 4): a motion adapter and an appearance adapter
+taught to a base TF-T2V model folder from a few dozen examples of something it has never seen.
+
+* **motion adapter** — ``clips`` text-free clips of a new motion, ``diagonal`` (down-right, (1, 1), same
+  1–2 px/frame speed range), train a temporal LoRA (rank 16) through ``tft2v finetune`` (its function,
+  :func:`tft2v.commands.finetune.run_finetune`). Sampled on ordinary ``"a <colour> <shape>"`` prompts
+  (all 18, ``ordinary_seeds`` seeds each) with the base model and with the adapter; among clips that
+  show a moving object, the share moving diagonally (detector directions: the spec's four + diagonal).
+* **appearance adapter** — ``images`` captioned images of a new colour, ``"a orange circle"`` …
+  (RGB 245, 140, 30), train a spatial LoRA with the new word ``orange`` added to the toy text encoder
+  (``--add-word``; the adapter records it). Colour accuracy on ``"a orange <shape>"`` prompts, base
+  (the base UNet with the word known, i.e. the adapters at scale 0) vs adapter.
+* **side effects** — colour / shape accuracy on the ordinary prompts with either adapter on, next to
+  the base model's (target: within 5 points).
+* **scale 0** — both adapters loaded at weight 0 must reproduce the base model's clips bit for bit on
+  the same seeds (``torch.equal``; an assertion).
+
+The plan is fixed (steps, clips, seeds; not time-based). Sampling as the quickstart: DPM-Solver++,
+8 steps, guidance 3.0, empty negative prompt, clip ``i`` of a prompt list seeded ``seed + i``. Every
+clip is scored by the analytic detector with the extra colour and motion. CPU seconds are this
+process's (``time.process_time``), threads = 1 unless ``--threads``. One JSON line at the end (also
+written to ``OUT/figures.json``)::
+
+    python benchmarks/lora_demo.py --model quickstart_out/runs/tft2v/model [--out lora_demo_out] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+NEW_COLOUR = {"orange": (245, 140, 30)}
+NEW_MOTION = {"diagonal": (1, 1)}
+GUIDANCE = 3.0  # the quickstart's SAMPLE_GUIDANCE
+
+
+@dataclass(frozen=True)
+class Plan:
+    clips: int = 32  # text-free diagonal clips (motion adapter)
+    images: int = 32  # captioned orange images (appearance adapter)
+    rank: int = 16
+    motion_steps: int = 250  # batch 2 x 16 frames: ~0.6 s/step on one thread of the 2-core box
+    appearance_steps: int = 600  # batch 4 images: ~0.1 s/step
+    lr: float = 1e-3
+    motion_batch: int = 2
+    appearance_batch: int = 4
+    ordinary_seeds: int = 3  # x 18 prompts
+    orange_seeds: int = 8  # x 3 prompts
+    sample_steps: int = 8
+    exact_clips: int = 6  # clips compared bit for bit at scale 0
+    sample_batch: int = 18
+
+
+def ordinary_prompts() -> list[str]:
+    from tft2v.data import shapes_spec as spec
+
+    return [f"a {c} {s}" for c in spec.COLOURS for s in spec.SHAPES]
+
+
+def orange_prompts() -> list[str]:
+    from tft2v.data import shapes_spec as spec
+
+    return [f"a {next(iter(NEW_COLOUR))} {s}" for s in spec.SHAPES]
+
+
+def write_material(out: Path, plan: Plan, seed: int) -> tuple[Path, Path]:
+    """The new material, as ``tft2v data toy --motion diagonal=1,1 --only-motion`` / ``--colour
+    orange=245,140,30 --only-colour`` writes it: (folder of diagonal clips, folder of orange images)."""
+    from tft2v.data.toy import world_sets
+    from tft2v.data.toy_files import write_toy_dataset
+
+    _, motions = world_sets(extra_motions=NEW_MOTION, only_extra_motions=True)
+    colours, _ = world_sets(extra_colours=NEW_COLOUR, only_extra_colours=True)
+    for name in ("data_motion", "data_appearance"):
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+    write_toy_dataset(out / "data_motion", seed=seed, num_images=0, num_videos=plan.clips, num_captioned=0,
+                      motions=motions)
+    write_toy_dataset(out / "data_appearance", seed=seed, num_images=plan.images, num_videos=0, num_captioned=0,
+                      colours=colours)
+    return out / "data_motion" / "videos", out / "data_appearance" / "images"
+
+
+def train_adapters(model: Path, out: Path, clips: Path, images: Path, plan: Plan, seed: int, log=print) -> dict:
+    """Both adapters through the ``tft2v finetune`` code path; returns their paths and training costs."""
+    from tft2v.commands.finetune import run_finetune
+
+    runs = {
+        "motion": dict(clips=clips, images=None, targets=["temporal"], add_words=None, steps=plan.motion_steps,
+                       batch=plan.motion_batch),
+        "appearance": dict(clips=None, images=images, targets=["spatial"], add_words=list(NEW_COLOUR),
+                           steps=plan.appearance_steps, batch=plan.appearance_batch),
+    }
+    result = {}
+    for name, kw in runs.items():
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        done = run_finetune(model, kw["clips"], out / name, images=kw["images"], rank=plan.rank, steps=kw["steps"],
+                            lr=plan.lr, batch=kw["batch"], seed=seed, overwrite=True, progress=False,
+                            targets=kw["targets"], add_words=kw["add_words"], echo=log)
+        s = done["summary"]
+        result[name] = {"adapter": str(done["adapter"]), "steps": done["steps"], "targets": done["targets"],
+                        "words": done["words"], "examples": plan.clips if name == "motion" else plan.images,
+                        "train_cpu_s": round(time.process_time() - cpu0, 1),
+                        "train_wall_s": round(time.perf_counter() - wall0, 1),
+                        "loss_first": s["loss_first"], "loss_last": s["loss_last"]}
+    return result
+
+
+def sample(pipe, prompts: list[str], seed: int, plan: Plan) -> torch.Tensor:
+    """(N, 3, F, H, W) in [-1, 1]; clip i uses generator seed ``seed + i`` whatever the batching."""
+    out = []
+    for start in range(0, len(prompts), plan.sample_batch):
+        part = prompts[start:start + plan.sample_batch]
+        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(part))]
+        out.append(pipe(part, negative_prompt="", num_inference_steps=plan.sample_steps, guidance_scale=GUIDANCE,
+                        generator=gens, output_type="pt"))
+    return torch.cat(out)
+
+
+def score(clips: torch.Tensor, prompts: list[str]) -> dict:
+    """Detector figures with the new colour and motion known to it."""
+    from tft2v.metrics.toy import evaluate_toy
+
+    r = evaluate_toy(clips, prompts, extra_colours=NEW_COLOUR, extra_motions=NEW_MOTION)
+    moving = [c for c in r["clips"] if c["moving"]]
+    new_motion = next(iter(NEW_MOTION))
+    share = sum(c["direction"] == new_motion for c in moving) / len(moving) if moving else None
+    directions = {}
+    for c in moving:
+        directions[c["direction"]] = directions.get(c["direction"], 0) + 1
+    return {"clips": len(prompts), "colour_accuracy": _round(r["colour_accuracy"]),
+            "shape_accuracy": _round(r["shape_accuracy"]), "present_fraction": _round(r["present_fraction"]),
+            "moving_fraction": _round(r["moving_fraction"]), "moving_clips": len(moving),
+            f"{new_motion}_share_of_moving": _round(share), "directions_of_moving": directions}
+
+
+def _round(x):
+    return None if x is None else round(float(x), 4)
+
+
+def measure(model: Path, adapters: dict, plan: Plan, seed: int) -> dict:
+    """Sample base / motion adapter / appearance adapter and score them; assert scale 0 is the base."""
+    from tft2v.pipeline import TFT2VPipeline
+
+    def load():
+        pipe = TFT2VPipeline.from_pretrained(model)
+        pipe.set_scheduler("dpmpp")
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    ordinary = [p for _ in range(plan.ordinary_seeds) for p in ordinary_prompts()]
+    orange = [p for _ in range(plan.orange_seeds) for p in orange_prompts()]
+    t0 = time.process_time()
+    base = load()
+    base_ordinary = sample(base, ordinary, seed, plan)
+    # The same clips in the same batch shapes as below (CPU kernels may round differently per batch size).
+    base_exact = sample(base, ordinary[:plan.exact_clips], seed, plan)
+    del base
+    pipe = load()
+    for name in ("motion", "appearance"):
+        pipe.load_lora_weights(adapters[name]["adapter"], adapter_name=name, scale=0.0)
+    names = ["motion", "appearance"]
+    exact = sample(pipe, ordinary[:plan.exact_clips], seed, plan)
+    assert torch.equal(exact, base_exact), "adapters at scale 0 changed the base model's clips"
+    base_orange = sample(pipe, orange, seed, plan)  # the base UNet, "orange" known to the encoder
+    pipe.set_adapters(names, [1.0, 0.0])
+    motion_ordinary = sample(pipe, ordinary, seed, plan)
+    pipe.set_adapters(names, [0.0, 1.0])
+    app_ordinary = sample(pipe, ordinary, seed, plan)
+    app_orange = sample(pipe, orange, seed, plan)
+    sample_cpu = time.process_time() - t0
+    return {
+        "ordinary": {"base": score(base_ordinary, ordinary), "motion_adapter": score(motion_ordinary, ordinary),
+                     "appearance_adapter": score(app_ordinary, ordinary)},
+        "orange": {"base": score(base_orange, orange), "appearance_adapter": score(app_orange, orange)},
+        "scale0_bit_exact": True, "scale0_clips": plan.exact_clips,
+        "sample_cpu_s": round(sample_cpu, 1),
+    }
+
+
+def run_demo(model: str | Path, out: str | Path = "lora_demo_out", seed: int = 0, plan: Plan = Plan(),
+             log=print) -> dict:
+    """Material → two adapters → measurements; writes ``out/figures.json`` and returns the figures."""
+    model, out = Path(model), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clips, images = write_material(out, plan, seed)
+    adapters = train_adapters(model, out, clips, images, plan, seed, log=log)
+    m = measure(model, adapters, plan, seed)
+    key = f"{next(iter(NEW_MOTION))}_share_of_moving"
+    o = m["ordinary"]
+    figures = {
+        "benchmark": "lora_demo", "model": str(model), "seed": seed, "plan": asdict(plan),
+        "threads": torch.get_num_threads(),
+        "sampling": {"scheduler": "dpmpp", "steps": plan.sample_steps, "guidance": GUIDANCE, "negative_prompt": ""},
+        "new_colour": {k: list(v) for k, v in NEW_COLOUR.items()},
+        "new_motion": {k: list(v) for k, v in NEW_MOTION.items()},
+        "adapters": adapters,
+        "motion": {"base": o["base"][key], "adapter": o["motion_adapter"][key],
+                   "base_moving_clips": o["base"]["moving_clips"],
+                   "adapter_moving_clips": o["motion_adapter"]["moving_clips"],
+                   "clips": o["base"]["clips"]},
+        "appearance": {"base_orange_colour_accuracy": m["orange"]["base"]["colour_accuracy"],
+                       "adapter_orange_colour_accuracy": m["orange"]["appearance_adapter"]["colour_accuracy"],
+                       "clips": m["orange"]["base"]["clips"]},
+        "ordinary_accuracy": {name: {"colour": v["colour_accuracy"], "shape": v["shape_accuracy"]}
+                              for name, v in o.items()},
+        "scale0_bit_exact": m["scale0_bit_exact"],
+        "targets": {},
+        "details": m,
+    }
+    mo, ap = figures["motion"], figures["appearance"]
+    base_acc = figures["ordinary_accuracy"]["base"]
+    figures["targets"] = {
+        "motion_base_le_0.2": mo["base"] is not None and mo["base"] <= 0.2,
+        "motion_adapter_ge_0.6": mo["adapter"] is not None and mo["adapter"] >= 0.6,
+        "appearance_base_approx_0": (ap["base_orange_colour_accuracy"] is not None
+                                     and ap["base_orange_colour_accuracy"] <= 0.1),
+        "appearance_adapter_ge_0.8": (ap["adapter_orange_colour_accuracy"] or 0) >= 0.8,
+        "ordinary_within_5_points": all(
+            abs((v[k] or 0) - (base_acc[k] or 0)) <= 0.05 + 1e-9
+            for name, v in figures["ordinary_accuracy"].items() if name != "base" for k in ("colour", "shape")),
+        "scale0_bit_exact": m["scale0_bit_exact"],
+    }
+    (out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="Base TF-T2V model folder (e.g. quickstart_out/runs/tft2v/model).")
+    ap.add_argument("--out", default="lora_demo_out")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--motion-steps", type=int, default=Plan.motion_steps)
+    ap.add_argument("--appearance-steps", type=int, default=Plan.appearance_steps)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    plan = Plan(motion_steps=args.motion_steps, appearance_steps=args.appearance_steps)
+    figures = run_demo(args.model, args.out, args.seed, plan, log=lambda *a: print(*a, flush=True))
+    summary = {k: v for k, v in figures.items() if k != "details"}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
