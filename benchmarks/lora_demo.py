@@ -134,7 +134,9 @@ def score(clips: torch.Tensor, prompts: list[str]) -> dict:
     directions = {}
     for c in moving:
         directions[c["direction"]] = directions.get(c["direction"], 0) + 1
+    present = [c["colour_correct"] for c in r["clips"] if c["present"] and c["colour_correct"] is not None]
     return {"clips": len(prompts), "colour_accuracy": _round(r["colour_accuracy"]),
+            "colour_accuracy_of_present": _round(sum(present) / len(present)) if present else None,
             "shape_accuracy": _round(r["shape_accuracy"]), "present_fraction": _round(r["present_fraction"]),
             "moving_fraction": _round(r["moving_fraction"]), "moving_clips": len(moving),
             f"{new_motion}_share_of_moving": _round(share), "directions_of_moving": directions}
@@ -207,6 +209,8 @@ def run_demo(model: str | Path, out: str | Path = "lora_demo_out", seed: int = 0
                    "clips": o["base"]["clips"]},
         "appearance": {"base_orange_colour_accuracy": m["orange"]["base"]["colour_accuracy"],
                        "adapter_orange_colour_accuracy": m["orange"]["appearance_adapter"]["colour_accuracy"],
+                       "adapter_orange_colour_accuracy_of_present":
+                           m["orange"]["appearance_adapter"]["colour_accuracy_of_present"],
                        "clips": m["orange"]["base"]["clips"]},
         "ordinary_accuracy": {name: {"colour": v["colour_accuracy"], "shape": v["shape_accuracy"]}
                               for name, v in o.items()},
