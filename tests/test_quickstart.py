@@ -212,6 +212,8 @@ def test_report_writes_tables_pictures_and_every_clip(tmp_path):
         assert (tmp_path / "samples" / f"{v.name}.png").is_file() and (tmp_path / "samples" / f"{v.name}.gif").is_file()
         assert v.title in text
     assert (tmp_path / "metrics.json").is_file() and "samples/manifest.jsonl" in text
+    verdicts = json.loads((tmp_path / "claims.json").read_text())
+    assert [c["verdict"] for c in verdicts] == [v for _, _, v in claims(results)] and "holds" in verdicts[0]["verdict"]
     rows = [json.loads(line) for line in (tmp_path / "samples" / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == sum(len(r["prompts"]) for r in results.values())
     for row in rows:

@@ -276,7 +276,8 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
              + ", ".join(f"{c} {s}" for c, s in spec.HELD_OUT) + ".", "",
              *(slow_machine_note(content["steps"], minutes) if minutes is not None else []),
              "## The paper's claims at toy scale", "", "| claim | numbers | verdict |", "|---|---|---|"]
-    lines += [f"| {c} | {e} | **{v}** |" for c, e, v in claims(results)]
+    verdicts = claims(results)
+    lines += [f"| {c} | {e} | **{v}** |" for c, e, v in verdicts]
     lines += ["", "## Metrics per variant", "",
               "All variants continue from the same content stage "
               f"({content['steps']} image–text steps) for {budget.variant_steps} steps each, then generate the same "
@@ -336,6 +337,8 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
                    **{kind: {k: v for k, v in r[kind].items() if k != "clips"} if r[kind] else None
                       for kind in ("appearance", "direction", "all")}} for n, r in results.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    (out / "claims.json").write_text(json.dumps([{"claim": c, "evidence": e, "verdict": v} for c, e, v in verdicts],
+                                                indent=2, ensure_ascii=False))
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
