@@ -181,15 +181,18 @@ def claims(results: dict) -> list[tuple[str, str, str]]:
 
     # (4) Held-out combos (appearance only ever seen in images) must come out right — colour and shape
     # above chance with 95 % confidence — AND move coherently (motion learned from videos): clips right
-    # and coherent at once above the rate of a model that never saw a video, both close to seen combos.
+    # and coherent at once above what a model that never saw a video reaches (its coherent rate's upper
+    # 95 % bound, so one lucky clip is not enough), both close to seen combos.
     both = results["tft2v"]["all"]
     held = [c for c in both["clips"] if (c["expected"]["colour"], c["expected"]["shape"]) in set(spec.HELD_OUT)]
     seen = [c for c in both["clips"] if c not in held]
-    no_video = results["images_only"]["all"]["coherent_fraction"] or 0.0
+    images_only = results["images_only"]["all"]
+    no_video = images_only["coherent_fraction"] or 0.0
+    _, no_video_high = wilson_interval(round(no_video * images_only["num_clips"]), images_only["num_clips"])
     ok, parts = True, []
     for key, floor, label in (("colour_correct", 1 / len(spec.COLOURS), "colour"),
                               ("shape_correct", 1 / len(spec.SHAPES), "shape"),
-                              ("right_and_coherent", no_video, "right and moving coherently")):
+                              ("right_and_coherent", no_video_high, "right and moving coherently")):
         h = [bool(c[key]) for c in held]
         s_ = [bool(c[key]) for c in seen]
         low, _ = wilson_interval(sum(h), len(h))
@@ -198,7 +201,8 @@ def claims(results: dict) -> list[tuple[str, str, str]]:
         parts.append(f"{label} {_proportion({'clips': held}, key)} (seen combos {_fmt(rate_s)})")
     out.append(("(4) held-out colour×shape combos still come out right",
                 "TF-T2V on combos never seen in any video: " + "; ".join(parts)
-                + f"; the image-only model moves coherently in {_fmt(no_video)} of its clips",
+                + f"; the image-only model moves coherently in {_fmt(no_video)} of its clips (95 % bound "
+                f"{_fmt(no_video_high)}, which held-out right & coherent must exceed)",
                 "holds" if ok else "not shown at this budget"))
     return out
 
