@@ -30,6 +30,27 @@ def _model_at(final_model: Path, checkpoint: Path, dest: Path) -> Path:
     return dest
 
 
+def plot_curve(curve: list[dict], path: Path, frame_positions: bool, labelled_ratio: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    steps = [c["step"] for c in curve]
+    ax.plot(steps, [c["direction"] for c in curve], "o-", label="direction accuracy")
+    ax.plot(steps, [c["coherent"] for c in curve], "s--", label="coherent motion")
+    ax.axhline(0.25, color="grey", lw=0.8, ls=":", label="chance (direction)")
+    ax.set_xlabel("semi-supervised steps")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"frame positions {'on' if frame_positions else 'off'}, "
+                 f"{labelled_ratio:.0%} of video slots captioned", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="direction_curve")
@@ -76,23 +97,7 @@ def main() -> None:
         print(json.dumps(curve[-1]), flush=True)
         shutil.rmtree(model)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    steps = [c["step"] for c in curve]
-    ax.plot(steps, [c["direction"] for c in curve], "o-", label="direction accuracy")
-    ax.plot(steps, [c["coherent"] for c in curve], "s--", label="coherent motion")
-    ax.axhline(0.25, color="grey", lw=0.8, ls=":", label="chance (direction)")
-    ax.set_xlabel("semi-supervised steps")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"frame positions {'on' if args.frame_positions else 'off'}, "
-                 f"{args.labelled_ratio:.0%} of video slots captioned", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "direction_curve.png", dpi=120)
+    plot_curve(curve, out / "direction_curve.png", args.frame_positions, args.labelled_ratio)
     print(json.dumps({"benchmark": "direction_curve", "frame_positions": args.frame_positions,
                       "labelled_ratio": args.labelled_ratio, "content": str(content), "steps": args.steps,
                       "clips_per_point": len(prompts), "train_s": round(train_s), "curve": curve}))
