@@ -7,7 +7,7 @@ taught to a base TF-T2V model folder from a few dozen examples of something it h
   (all 18, ``ordinary_seeds`` seeds each) with the base model and with the adapter; among clips that
   show a moving object, the share moving diagonally (detector directions: the spec's four + diagonal).
 * **appearance adapter** — ``images`` captioned images of a new colour, ``"a orange circle"`` …
-  (RGB 245, 140, 30), train a spatial LoRA with the new word ``orange`` added to the toy text encoder
+  (RGB 245, 140, 30), train a LoRA on the text cross-attention keys and values (``text_kv``) with the new word ``orange`` added to the toy text encoder
   (``--add-word``; the adapter records it). Colour accuracy on ``"a orange <shape>"`` prompts, base
   (the base UNet with the word known, i.e. the adapters at scale 0) vs adapter.
 * **side effects** — colour / shape accuracy on the ordinary prompts with either adapter on, next to
@@ -94,7 +94,7 @@ def train_adapters(model: Path, out: Path, clips: Path, images: Path, plan: Plan
     runs = {
         "motion": dict(clips=clips, images=None, targets=["temporal"], add_words=None, steps=plan.motion_steps,
                        batch=plan.motion_batch),
-        "appearance": dict(clips=None, images=images, targets=["spatial"], add_words=list(NEW_COLOUR),
+        "appearance": dict(clips=None, images=images, targets=["text_kv"], add_words=list(NEW_COLOUR),
                            steps=plan.appearance_steps, batch=plan.appearance_batch),
     }
     result = {}

@@ -60,6 +60,10 @@ def test_targets_select_spatial_and_temporal_modules():
     assert all("attn" in n for n in spatial)
     assert any("temporal_conv.conv4.3" in n for n in temporal)
     assert set(spatial) < set(lora.target_modules(unet, ["spatial_conv"]))
+    text_kv = lora.target_modules(unet, ["text_kv"])  # the text path only: cross-attention keys and values
+    assert text_kv and set(text_kv) < set(spatial)
+    assert all(n.endswith(("attn2.to_k", "attn2.to_v")) for n in text_kv) and len(text_kv) == 2 * len(
+        [n for n in spatial if n.endswith("attn2.to_q")])
     assert lora.target_modules(unet, [r"middle_block\.0\.in_layers\.2"]) == ["middle_block.0.in_layers.2"]
     with pytest.raises(lora.LoraError, match="select no module"):
         lora.target_modules(unet, ["nothing_here"])

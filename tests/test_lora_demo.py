@@ -247,7 +247,7 @@ def test_lora_demo_end_to_end_on_a_tiny_model(tmp_path):
         assert 0.0 <= acc["colour"] <= 1.0 and 0.0 <= acc["shape"] <= 1.0
     a = figures["adapters"]
     assert a["motion"]["steps"] == 2 and a["motion"]["targets"] == ["temporal"] and a["motion"]["train_cpu_s"] > 0
-    assert a["appearance"]["targets"] == ["spatial"] and a["appearance"]["words"] == ["orange"]
+    assert a["appearance"]["targets"] == ["text_kv"] and a["appearance"]["words"] == ["orange"]
     assert lora.read_adapter(a["appearance"]["adapter"])[0]["encoder_words"] == ["orange"]
     clips = sorted((tmp_path / "demo" / "data_motion" / "videos").glob("*.mp4"))
     assert len(clips) == 2

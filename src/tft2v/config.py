@@ -66,14 +66,15 @@ class DataConfig:
             raise ConfigError(f"data.height/width/num_frames must be >= 1, got {self.height}/{self.width}/{self.num_frames}")
 
 
-LORA_TARGET_GROUPS = ("spatial", "spatial_conv", "temporal")
+LORA_TARGET_GROUPS = ("spatial", "spatial_conv", "temporal", "text_kv")
 
 
 @dataclass(frozen=True)
 class LoraConfig:
     """LoRA adapters on the UNet (peft); rank 0 = off. ``targets``: groups ``spatial`` (spatial attention
     projections), ``spatial_conv`` (+ ResBlock 3×3 convs), ``temporal`` (temporal attention + temporal
-    convs), or explicit module-name regular expressions (anything else). Base weights are frozen."""
+    convs), ``text_kv`` (keys and values of the text cross-attention only: a new caption word, little else
+    changed), or explicit module-name regular expressions (anything else). Base weights are frozen."""
 
     rank: int = 0
     alpha: float = 0.0  # 0 = rank (scale 1)

@@ -28,7 +28,7 @@ EXAMPLES = """Examples:
   tft2v generate --model runs/toy/model "a red circle" --lora runs/mine/lora:0.8 --out mine.mp4
   tft2v finetune --model runs/toy/model --images orange/images --target spatial --add-word orange --out runs/orange
 """
-TARGETS = ("temporal", "spatial", "spatial_conv")
+TARGETS = ("temporal", "spatial", "spatial_conv", "text_kv")
 
 
 def default_steps(num_clips: int) -> int:
@@ -160,7 +160,8 @@ def finetune(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/run."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar while training."),
     target: Optional[list[str]] = typer.Option(None, "--target", help="Adapted group (repeatable): temporal, "
-                                               "spatial, spatial_conv (default: temporal, + spatial with --images)."),
+                                               "spatial, spatial_conv, text_kv (cross-attention keys/values: a new "
+                                               "word) (default: temporal, + spatial with --images)."),
     add_word: Optional[list[str]] = typer.Option(None, "--add-word", help="New caption word (repeatable, e.g. a new "
                                                  "colour) to give its own toy-encoder token; the adapter records it."),
 ) -> None:

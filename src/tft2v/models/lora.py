@@ -69,6 +69,9 @@ def target_modules(model: nn.Module, targets) -> list[str]:
                 hit |= bool(attn_proj) and "SpatialTransformer" in kinds
                 hit |= (isinstance(module, nn.Conv2d) and "ResBlock" in kinds
                         and bool(re.search(r"(in_layers\.2|out_layers\.3)$", name)))
+            elif t == "text_kv":
+                hit |= (bool(attn_proj) and "SpatialTransformer" in kinds
+                        and re.search(r"attn2\.(to_k|to_v)$", name) is not None)
             elif t == "temporal":
                 hit |= bool(attn_proj) and "TemporalTransformer" in kinds
                 hit |= isinstance(module, nn.Conv3d) and "TemporalConvBlock" in kinds
