@@ -53,14 +53,15 @@ def caption(colour: str, shape: str, motion: str | None = None) -> str:
     return text
 
 
-def parse_caption(text: str) -> tuple[str | None, str | None, str | None]:
-    """Inverse of :func:`caption`: (colour, shape, motion), ``None`` for parts the text lacks."""
+def parse_caption(text: str, colours=COLOURS, motions=MOTIONS) -> tuple[str | None, str | None, str | None]:
+    """Inverse of :func:`caption`: (colour, shape, motion), ``None`` for parts the text lacks.
+    ``colours`` / ``motions``: the words to recognise (default the spec's; any container of names)."""
     words = text.lower().replace(",", " ").split()
-    colour = next((w for w in words if w in COLOURS), None)
+    colour = next((w for w in words if w in colours), None)
     shape = next((w for w in words if w in SHAPES), None)
     motion = None
     if "moving" in words:
         i = words.index("moving")
-        if i + 1 < len(words) and words[i + 1] in MOTIONS:
+        if i + 1 < len(words) and words[i + 1] in motions:
             motion = words[i + 1]
     return colour, shape, motion

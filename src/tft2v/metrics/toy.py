@@ -320,18 +320,7 @@ def parse_prompt(prompt: str | None, extra_colours: dict | None = None,
     """(colour, shape, motion) a prompt names, knowing the extra colour / motion words too."""
     if not prompt:
         return None, None, None
-    if not extra_colours and not extra_motions:
-        return spec.parse_caption(prompt)
-    colours, motions = _palette(extra_colours)[0], _directions(extra_motions)[0]
-    words = prompt.lower().replace(",", " ").split()
-    colour = next((w for w in words if w in colours), None)
-    shape = next((w for w in words if w in spec.SHAPES), None)
-    motion = None
-    if "moving" in words:
-        i = words.index("moving")
-        if i + 1 < len(words) and words[i + 1] in motions:
-            motion = words[i + 1]
-    return colour, shape, motion
+    return spec.parse_caption(prompt, _palette(extra_colours)[0], _directions(extra_motions)[0])
 
 
 def score_clip(analysis: dict, prompt: str | None, extra_colours: dict | None = None,
