@@ -35,9 +35,10 @@ from pathlib import Path
 
 import torch
 
+from tft2v.quickstart import SAMPLE_GUIDANCE as GUIDANCE  # sampled as the quickstart samples
+
 NEW_COLOUR = {"orange": (245, 140, 30)}
 NEW_MOTION = {"diagonal": (1, 1)}
-GUIDANCE = 3.0  # the quickstart's SAMPLE_GUIDANCE
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,10 @@ def train_adapters(model: Path, out: Path, clips: Path, images: Path, plan: Plan
 
 
 def sample(pipe, prompts: list[str], seed: int, plan: Plan) -> torch.Tensor:
-    """(N, 3, F, H, W) in [-1, 1]; clip i uses generator seed ``seed + i`` whatever the batching."""
-    out = []
-    for start in range(0, len(prompts), plan.sample_batch):
-        part = prompts[start:start + plan.sample_batch]
-        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(part))]
-        out.append(pipe(part, negative_prompt="", num_inference_steps=plan.sample_steps, guidance_scale=GUIDANCE,
-                        generator=gens, output_type="pt"))
-    return torch.cat(out)
+    """(N, 3, F, H, W) in [-1, 1], sampled as the quickstart samples; clip i uses seed ``seed + i``."""
+    from tft2v.quickstart import sample_prompts
+
+    return sample_prompts(pipe, prompts, plan.sample_steps, seed, plan.sample_batch)
 
 
 def score(clips: torch.Tensor, prompts: list[str]) -> dict:

@@ -251,12 +251,18 @@ SAMPLE_GUIDANCE = 3.0
 
 
 def _sample(model_dir: Path, prompts: list[str], steps: int, seed: int, batch: int = 15) -> torch.Tensor:
-    """(N, 3, F, H, W) in [-1, 1]; clip i uses generator seed ``seed + i`` whatever the batching."""
+    """(N, 3, F, H, W) in [-1, 1] from a model folder (DPM-Solver++); see :func:`sample_prompts`."""
     from tft2v.pipeline import TFT2VPipeline
 
     pipe = TFT2VPipeline.from_pretrained(model_dir)
     pipe.set_scheduler("dpmpp")
     pipe.set_progress_bar_config(disable=True)
+    return sample_prompts(pipe, prompts, steps, seed, batch)
+
+
+def sample_prompts(pipe, prompts: list[str], steps: int, seed: int, batch: int = 15) -> torch.Tensor:
+    """(N, 3, F, H, W) in [-1, 1] with the quickstart's guidance and empty negative prompt; clip i uses
+    generator seed ``seed + i`` whatever the batching."""
     out = []
     for start in range(0, len(prompts), batch):
         part = prompts[start:start + batch]
