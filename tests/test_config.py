@@ -45,6 +45,8 @@ def test_unknown_key_is_named(override, key):
     ("model.init=sd21", "needs model.init_path"),
     ("recipe.trainable=condition_encoders", "needs recipe.conditions"),
     ("optim.lr", "must look like key=value"),
+    ("recipe.video_high_noise_share=2", "recipe.video_high_noise_share must be in"),
+    ("recipe.video_high_noise_start=1000", "video_high_noise_start must be < schedule.num_train_timesteps"),
 ])
 def test_bad_values_are_one_line_config_errors(override, words):
     with pytest.raises(ConfigError, match=words) as info:

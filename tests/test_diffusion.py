@@ -51,3 +51,16 @@ def test_noisy_inputs_seeded_and_shape_checked():
 def test_bad_prediction_type():
     with pytest.raises(ConfigError, match="prediction_type"):
         ScheduleConfig(prediction_type="x0")
+
+
+def test_sample_timesteps_high_noise_share():
+    from tft2v.diffusion import sample_timesteps
+
+    uniform = sample_timesteps(4000, 1000, torch.Generator().manual_seed(0))
+    assert torch.equal(sample_timesteps(4000, 1000, torch.Generator().manual_seed(0), high_noise_share=0.0,
+                                        high_noise_start=600), uniform)  # the default draws as before
+    t = sample_timesteps(4000, 1000, torch.Generator().manual_seed(0), high_noise_share=0.5, high_noise_start=600)
+    assert t.min() >= 0 and t.max() < 1000 and t.dtype == torch.int64
+    # P(t >= 600) = 0.5 + 0.5 * 0.4 = 0.7 (uniform: 0.4)
+    assert abs((t >= 600).float().mean().item() - 0.7) < 0.03
+    assert abs((uniform >= 600).float().mean().item() - 0.4) < 0.03

@@ -138,6 +138,10 @@ class RecipeConfig:
     coherence_weight: float = 0.1  # λ of L = L_base + λ·L_coh on video samples; 0 disables
     image_loss_weight: float = 1.0
     video_loss_weight: float = 1.0
+    # Share of video samples whose t comes from [video_high_noise_start, T) instead of [0, T): motion, and
+    # its direction, is decided at high noise, which uniform t visits rarely (benchmarks/RESULTS.md).
+    video_high_noise_share: float = 0.0
+    video_high_noise_start: int = 600
     conditions: tuple[str, ...] = ()  # compositional: extracted on the fly from every batch
     condition_dropout: bool = True  # VGen's all-zero / all-keep / each-dropped masks
     depth_model: str = ""  # for the "depth" condition: a TorchScript path or "luminance"
@@ -146,12 +150,14 @@ class RecipeConfig:
     def __post_init__(self):
         _choice("recipe.text_dropout_to", self.text_dropout_to, DROPOUT_TARGETS)
         _choice("recipe.trainable", self.trainable, TRAINABLE)
-        for name in ("text_dropout", "image_token_dropout"):
+        for name in ("text_dropout", "image_token_dropout", "video_high_noise_share"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"recipe.{name} must be in [0, 1], got {p}")
         if self.coherence_weight < 0 or self.image_loss_weight < 0 or self.video_loss_weight < 0:
             raise ConfigError("recipe.coherence_weight and the branch loss weights must be >= 0")
+        if self.video_high_noise_start < 0:
+            raise ConfigError(f"recipe.video_high_noise_start must be >= 0, got {self.video_high_noise_start}")
         if self.trainable == "condition_encoders" and not self.conditions:
             raise ConfigError("recipe.trainable 'condition_encoders' needs recipe.conditions")
 
@@ -217,6 +223,11 @@ class Config:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.recipe.video_high_noise_start >= self.schedule.num_train_timesteps:
+            raise ConfigError(f"recipe.video_high_noise_start must be < schedule.num_train_timesteps "
+                              f"({self.schedule.num_train_timesteps}), got {self.recipe.video_high_noise_start}")
 
 
 def _choice(key: str, value, allowed) -> None:

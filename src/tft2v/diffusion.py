@@ -72,10 +72,18 @@ def sample_noise(
 
 
 def sample_timesteps(
-    batch_size: int, num_train_timesteps: int = 1000, generator: torch.Generator | None = None, device=None
+    batch_size: int, num_train_timesteps: int = 1000, generator: torch.Generator | None = None, device=None,
+    high_noise_share: float = 0.0, high_noise_start: int = 0,
 ) -> torch.Tensor:
-    """Uniform integer timesteps ``t ~ U{0, …, T−1}``, one per sample: (B,) int64."""
-    return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=device)
+    """Integer timesteps, one per sample: (B,) int64. ``t ~ U{0, …, T−1}``; with ``high_noise_share`` p > 0,
+    a sample draws from ``U{high_noise_start, …, T−1}`` instead with probability p (the uniform case draws
+    exactly what it drew before the option existed)."""
+    t = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=device)
+    if high_noise_share <= 0:
+        return t
+    high = torch.randint(high_noise_start, num_train_timesteps, (batch_size,), generator=generator, device=device)
+    pick = torch.rand(batch_size, generator=generator, device=device) < high_noise_share
+    return torch.where(pick, high, t)
 
 
 def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

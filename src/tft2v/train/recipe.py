@@ -86,7 +86,9 @@ class Recipe:
         x0 = _per_sample(generators, lambda i, g: self.autoencoder.sample_posterior(
             mean[i : i + 1], None if std is None else std[i : i + 1], g))  # (B, C, F, h, w)
         s = self.schedule
-        t = _per_sample(generators, lambda i, g: sample_timesteps(1, s.num_train_timesteps, g, device))  # (B,)
+        share = cfg.video_high_noise_share if branch == "video" else 0.0
+        t = _per_sample(generators, lambda i, g: sample_timesteps(
+            1, s.num_train_timesteps, g, device, share, cfg.video_high_noise_start))  # (B,)
         noise = _per_sample(generators, lambda i, g: sample_noise((1, *x0.shape[1:]), s.offset_noise, g, device))
         x_t, t, target = noisy_inputs(self.noise_scheduler, x0, s, t=t, noise=noise)
 
