@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tests._tiny import tiny_unet  # noqa: E402
+from tft2v.config import load_config  # noqa: E402
 from tft2v.models import lora  # noqa: E402
 
 SMALL = dict(channel_mult=(1,), attention_scales=(1.0,))
@@ -64,6 +65,9 @@ def test_targets_select_spatial_and_temporal_modules():
     assert text_kv and set(text_kv) < set(spatial)
     assert all(n.endswith(("attn2.to_k", "attn2.to_v")) for n in text_kv) and len(text_kv) == 2 * len(
         [n for n in spatial if n.endswith("attn2.to_q")])
+    attn2_kv = lora.target_modules(unet, ["attn2_kv"])  # + the temporal transformers' second attention k/v
+    assert set(text_kv) < set(attn2_kv) and set(attn2_kv) - set(text_kv) < set(temporal)
+    assert all(n.endswith(("attn2.to_k", "attn2.to_v")) for n in attn2_kv)
     assert lora.target_modules(unet, [r"middle_block\.0\.in_layers\.2"]) == ["middle_block.0.in_layers.2"]
     with pytest.raises(lora.LoraError, match="select no module"):
         lora.target_modules(unet, ["nothing_here"])
@@ -260,9 +264,10 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["finetune", "--model", str(model), "--clips", str(clips), "--out", str(tmp_path / "out"),
               "--prompt", "a red circle", "--steps", "3", "--rank", "4", "--lr", "1e-2", "--sample-steps", "2",
-              "--no-progress"])
+              "--high-noise-share", "0.5", "--no-progress"])
     assert e.value.code == 0
     out = tmp_path / "out"
+    assert load_config(out / "run" / "config.yaml").recipe.video_high_noise_share == 0.5
     meta, weights = lora.read_adapter(out / "lora")
     assert meta["rank"] == 4 and weights
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)

@@ -237,7 +237,7 @@ def test_lora_demo_end_to_end_on_a_tiny_model(tmp_path):
 
     model = toy_model_folder(tmp_path / "model")
     plan = Plan(clips=2, images=2, rank=2, motion_steps=2, appearance_steps=2, ordinary_seeds=1, orange_seeds=1,
-                sample_steps=2, exact_clips=3, lr=1e-2)
+                sample_steps=2, exact_clips=3, motion_lr=1e-2, appearance_lr=1e-2)
     figures = run_demo(model, tmp_path / "demo", seed=0, plan=plan, log=lambda *a: None)
     saved = json.loads((tmp_path / "demo" / "figures.json").read_text())
     assert saved["scale0_bit_exact"] is True and saved["targets"]["scale0_bit_exact"] is True
@@ -247,7 +247,7 @@ def test_lora_demo_end_to_end_on_a_tiny_model(tmp_path):
         assert 0.0 <= acc["colour"] <= 1.0 and 0.0 <= acc["shape"] <= 1.0
     a = figures["adapters"]
     assert a["motion"]["steps"] == 2 and a["motion"]["targets"] == ["temporal"] and a["motion"]["train_cpu_s"] > 0
-    assert a["appearance"]["targets"] == ["text_kv"] and a["appearance"]["words"] == ["orange"]
+    assert a["appearance"]["targets"] == ["attn2_kv"] and a["appearance"]["words"] == ["orange"]
     assert lora.read_adapter(a["appearance"]["adapter"])[0]["encoder_words"] == ["orange"]
     clips = sorted((tmp_path / "demo" / "data_motion" / "videos").glob("*.mp4"))
     assert len(clips) == 2

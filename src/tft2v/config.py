@@ -66,7 +66,7 @@ class DataConfig:
             raise ConfigError(f"data.height/width/num_frames must be >= 1, got {self.height}/{self.width}/{self.num_frames}")
 
 
-LORA_TARGET_GROUPS = ("spatial", "spatial_conv", "temporal", "text_kv")
+LORA_TARGET_GROUPS = ("spatial", "spatial_conv", "temporal", "text_kv", "attn2_kv")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ class LoraConfig:
     """LoRA adapters on the UNet (peft); rank 0 = off. ``targets``: groups ``spatial`` (spatial attention
     projections), ``spatial_conv`` (+ ResBlock 3×3 convs), ``temporal`` (temporal attention + temporal
     convs), ``text_kv`` (keys and values of the text cross-attention only: a new caption word, little else
-    changed), or explicit module-name regular expressions (anything else). Base weights are frozen."""
+    changed), ``attn2_kv`` (``text_kv`` + keys and values of the temporal transformers' second attention),
+    or explicit module-name regular expressions (anything else). Base weights are frozen."""
 
     rank: int = 0
     alpha: float = 0.0  # 0 = rank (scale 1)

@@ -5,6 +5,9 @@ block dispatch is unchanged; only leaf Linear / Conv layers become peft LoRA lay
 
 * ``spatial`` — q/k/v/out projections of the spatial transformers (content branch);
 * ``spatial_conv`` — additionally the 3×3 convolutions of the ResBlocks;
+* ``attn2_kv`` — ``text_kv`` plus the keys/values of every temporal transformer's second attention
+  (over frames; on a one-frame image its value projection is a per-pixel channel map), the appearance
+  adapter of ``benchmarks/lora_demo.py`` (RESULTS.md: it keeps ordinary prompts intact where ``text_kv`` does not);
 * ``temporal`` — q/k/v/out projections of the temporal transformers and the (3,1,1) temporal convs
   (motion branch). A temporal conv on a one-frame clip uses its centre tap of the base weight only.
 * anything else — a regular expression matched (``re.fullmatch``) against module names.
@@ -72,6 +75,8 @@ def target_modules(model: nn.Module, targets) -> list[str]:
             elif t == "text_kv":
                 hit |= (bool(attn_proj) and "SpatialTransformer" in kinds
                         and re.search(r"attn2\.(to_k|to_v)$", name) is not None)
+            elif t == "attn2_kv":
+                hit |= bool(attn_proj) and re.search(r"attn2\.(to_k|to_v)$", name) is not None
             elif t == "temporal":
                 hit |= bool(attn_proj) and "TemporalTransformer" in kinds
                 hit |= isinstance(module, nn.Conv3d) and "TemporalConvBlock" in kinds
