@@ -264,10 +264,11 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["finetune", "--model", str(model), "--clips", str(clips), "--out", str(tmp_path / "out"),
               "--prompt", "a red circle", "--steps", "3", "--rank", "4", "--lr", "1e-2", "--sample-steps", "2",
-              "--high-noise-share", "0.5", "--no-progress"])
+              "--high-noise-share", "0.5", "--high-noise-start", "900", "--no-progress"])
     assert e.value.code == 0
     out = tmp_path / "out"
-    assert load_config(out / "run" / "config.yaml").recipe.video_high_noise_share == 0.5
+    recipe = load_config(out / "run" / "config.yaml").recipe
+    assert (recipe.video_high_noise_share, recipe.video_high_noise_start) == (0.5, 900)
     meta, weights = lora.read_adapter(out / "lora")
     assert meta["rank"] == 4 and weights
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)

@@ -63,7 +63,8 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
                  prompts: list[str] | None = None, rank: int = 16, steps: int | None = None, lr: float = 1e-4,
                  batch: int = 2, frames: int | None = None, size: int | None = None, sample_steps: int = 25,
                  seed: int = 0, overwrite: bool = False, progress: bool = True, targets: list[str] | None = None,
-                 add_words: list[str] | None = None, high_noise_share: float = 0.0, echo=typer.echo) -> dict:
+                 add_words: list[str] | None = None, high_noise_share: float = 0.0, high_noise_start: int = 600,
+                 echo=typer.echo) -> dict:
     """The work of ``tft2v finetune``; returns ``{"adapter", "steps", "targets", "words", "summary"}``
     (``summary``: the trainer's run summary)."""
     from tft2v.config import load_config
@@ -113,7 +114,7 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
         "model.init": "pretrained", "model.init_path": str(model), "model.unet": "{}",
         "model.lora": f"{{rank: {rank}, targets: [{', '.join(targets)}]}}",
         "recipe.image_tokens_on_videos": bool(pipe.unet.config.image_embed_dim),
-        "recipe.video_high_noise_share": high_noise_share,
+        "recipe.video_high_noise_share": high_noise_share, "recipe.video_high_noise_start": high_noise_start,
         "optim.lr": lr, "optim.warmup_steps": min(50, max(1, steps // 10)), "optim.ema_decay": 0.0,
         "train.max_steps": steps, "train.log_every": max(1, steps // 20), "train.checkpoint_every": 0,
         "train.keep_last": 1, "train.progress": progress, "train.trackers": "[]", "train.export": False,
@@ -166,11 +167,13 @@ def finetune(
     add_word: Optional[list[str]] = typer.Option(None, "--add-word", help="New caption word (repeatable, e.g. a new "
                                                  "colour) to give its own toy-encoder token; the adapter records it."),
     high_noise_share: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of the clips' training timesteps "
-                                           "drawn from t >= 600, where a motion is decided (recipe."
-                                           "video_high_noise_share)."),
+                                           "drawn from t >= --high-noise-start, where a motion is decided "
+                                           "(recipe.video_high_noise_share)."),
+    high_noise_start: int = typer.Option(600, min=0, help="First timestep of that high-noise range."),
 ) -> None:
     """Fine-tune LoRA adapters on your own clips (motion) and/or images (content); the base stays frozen.
     Then use the adapter with ``tft2v generate --lora OUT/lora[:SCALE]``."""
     run_finetune(model, clips, out, images=images, prompts=prompt, rank=rank, steps=steps, lr=lr, batch=batch,
                  frames=frames, size=size, sample_steps=sample_steps, seed=seed, overwrite=overwrite,
-                 progress=progress, targets=target, add_words=add_word, high_noise_share=high_noise_share)
+                 progress=progress, targets=target, add_words=add_word, high_noise_share=high_noise_share,
+                 high_noise_start=high_noise_start)
