@@ -126,11 +126,12 @@ def test_compositional_conditions_and_dropout(parts):
 
 def test_video_high_noise_share_biases_video_timesteps_only(parts):
     default = inputs(parts, "video")["t"]
-    assert torch.equal(inputs(parts, "video", video_high_noise_share=0.0, video_high_noise_start=900)["t"], default)
-    high = inputs(parts, "video", video_high_noise_share=1.0, video_high_noise_start=990)["t"]
+    off = dict(video_high_noise_share=0.0, video_high_noise_start=900)
+    assert torch.equal(inputs(parts, "video", **off)["t"], default)
+    on = dict(video_high_noise_share=1.0, video_high_noise_start=990)
+    high = inputs(parts, "video", **on)["t"]
     assert high.min() >= 990 and high.max() < 1000
-    assert torch.equal(inputs(parts, "image", video_high_noise_share=1.0, video_high_noise_start=990)["t"],
-                       inputs(parts, "image")["t"])  # the content branch keeps uniform t
+    assert torch.equal(inputs(parts, "image", **on)["t"], inputs(parts, "image")["t"])  # content branch: uniform t
 
 
 def test_step_is_a_function_of_the_generator(parts):

@@ -163,7 +163,8 @@ def finetune(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar while training."),
     target: Optional[list[str]] = typer.Option(None, "--target", help="Adapted group (repeatable): temporal, "
                                                "spatial, spatial_conv, text_kv (cross-attention keys/values: a new "
-                                               "word), attn2_kv (text_kv + temporal attn2 keys/values) (default: temporal, + spatial with --images)."),
+                                               "word), attn2_kv (text_kv + temporal attn2 keys/values) (default: "
+                                               "temporal, + spatial with --images)."),
     add_word: Optional[list[str]] = typer.Option(None, "--add-word", help="New caption word (repeatable, e.g. a new "
                                                  "colour) to give its own toy-encoder token; the adapter records it."),
     high_noise_share: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of the clips' training timesteps "

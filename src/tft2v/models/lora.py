@@ -5,9 +5,11 @@ block dispatch is unchanged; only leaf Linear / Conv layers become peft LoRA lay
 
 * ``spatial`` — q/k/v/out projections of the spatial transformers (content branch);
 * ``spatial_conv`` — additionally the 3×3 convolutions of the ResBlocks;
+* ``text_kv`` — keys/values of the spatial transformers' text cross-attention only (a new caption word);
 * ``attn2_kv`` — ``text_kv`` plus the keys/values of every temporal transformer's second attention
-  (over frames; on a one-frame image its value projection is a per-pixel channel map), the appearance
-  adapter of ``benchmarks/lora_demo.py`` (RESULTS.md: it keeps ordinary prompts intact where ``text_kv`` does not);
+  (over frames; on a one-frame image its value projection is a per-pixel channel map): the appearance
+  adapter of ``benchmarks/lora_demo.py``, which keeps ordinary prompts intact where ``text_kv`` does not
+  (RESULTS.md);
 * ``temporal`` — q/k/v/out projections of the temporal transformers and the (3,1,1) temporal convs
   (motion branch). A temporal conv on a one-frame clip uses its centre tap of the base weight only.
 * anything else — a regular expression matched (``re.fullmatch``) against module names.
