@@ -66,7 +66,7 @@ class DataConfig:
             raise ConfigError(f"data.height/width/num_frames must be >= 1, got {self.height}/{self.width}/{self.num_frames}")
 
 
-LORA_TARGET_GROUPS = ("spatial", "spatial_conv", "temporal", "text_kv", "attn2_kv")
+LORA_TARGET_GROUPS = ("temporal", "spatial", "spatial_conv", "text_kv", "attn2_kv")
 
 
 @dataclass(frozen=True)

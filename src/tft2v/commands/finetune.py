@@ -28,7 +28,6 @@ EXAMPLES = """Examples:
   tft2v generate --model runs/toy/model "a red circle" --lora runs/mine/lora:0.8 --out mine.mp4
   tft2v finetune --model runs/toy/model --images orange/images --target spatial --add-word orange --out runs/orange
 """
-TARGETS = ("temporal", "spatial", "spatial_conv", "text_kv", "attn2_kv")
 
 
 def default_steps(num_clips: int) -> int:
@@ -63,11 +62,11 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
                  prompts: list[str] | None = None, rank: int = 16, steps: int | None = None, lr: float = 1e-4,
                  batch: int = 2, frames: int | None = None, size: int | None = None, sample_steps: int = 25,
                  seed: int = 0, overwrite: bool = False, progress: bool = True, targets: list[str] | None = None,
-                 add_words: list[str] | None = None, high_noise_share: float = 0.0, high_noise_start: int = 600,
-                 echo=typer.echo) -> dict:
+                 add_words: list[str] | None = None, high_noise_share: float = 0.0,
+                 high_noise_start: int | None = None, echo=typer.echo) -> dict:
     """The work of ``tft2v finetune``; returns ``{"adapter", "steps", "targets", "words", "summary"}``
-    (``summary``: the trainer's run summary)."""
-    from tft2v.config import load_config
+    (``summary``: the trainer's run summary); ``high_noise_start`` None: the recipe's default."""
+    from tft2v.config import LORA_TARGET_GROUPS, load_config
     from tft2v.models import lora
     from tft2v.pipeline import TFT2VPipeline
     from tft2v.train.trainer import Trainer
@@ -78,9 +77,9 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
     if images is not None and not images.is_dir():
         raise TFT2VError(f"--images {images}: not a folder")
     targets = list(targets or (["temporal"] if clips is not None else []) + (["spatial"] if images is not None else []))
-    unknown = [t for t in targets if t not in TARGETS]
+    unknown = [t for t in targets if t not in LORA_TARGET_GROUPS]
     if unknown:
-        raise TFT2VError(f"--target {unknown[0]!r} is not one of {list(TARGETS)}")
+        raise TFT2VError(f"--target {unknown[0]!r} is not one of {list(LORA_TARGET_GROUPS)}")
     pipe = TFT2VPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     words = list(dict.fromkeys(add_words or []))
@@ -114,11 +113,13 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
         "model.init": "pretrained", "model.init_path": str(model), "model.unet": "{}",
         "model.lora": f"{{rank: {rank}, targets: [{', '.join(targets)}]}}",
         "recipe.image_tokens_on_videos": bool(pipe.unet.config.image_embed_dim),
-        "recipe.video_high_noise_share": high_noise_share, "recipe.video_high_noise_start": high_noise_start,
+        "recipe.video_high_noise_share": high_noise_share,
         "optim.lr": lr, "optim.warmup_steps": min(50, max(1, steps // 10)), "optim.ema_decay": 0.0,
         "train.max_steps": steps, "train.log_every": max(1, steps // 20), "train.checkpoint_every": 0,
         "train.keep_last": 1, "train.progress": progress, "train.trackers": "[]", "train.export": False,
     }
+    if high_noise_start is not None:
+        sets["recipe.video_high_noise_start"] = high_noise_start
     cfg = load_config(None, [f"{k}={v}" for k, v in sets.items()])
     # The model folder's own encoder and autoencoder, not ones rebuilt from a config.
     trainer = Trainer(cfg, overwrite=overwrite, encoder=pipe.encoder, autoencoder=pipe.autoencoder)
@@ -170,7 +171,8 @@ def finetune(
     high_noise_share: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of the clips' training timesteps "
                                            "drawn from t >= --high-noise-start, where a motion is decided "
                                            "(recipe.video_high_noise_share)."),
-    high_noise_start: int = typer.Option(600, min=0, help="First timestep of that high-noise range."),
+    high_noise_start: Optional[int] = typer.Option(None, min=0, help="First timestep of that high-noise range "
+                                                  "(default: recipe.video_high_noise_start, 600)."),
 ) -> None:
     """Fine-tune LoRA adapters on your own clips (motion) and/or images (content); the base stays frozen.
     Then use the adapter with ``tft2v generate --lora OUT/lora[:SCALE]``."""

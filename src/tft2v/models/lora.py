@@ -66,19 +66,20 @@ def target_modules(model: nn.Module, targets) -> list[str]:
             continue
         kinds = parents.get(name, ())
         attn_proj = isinstance(module, nn.Linear) and re.search(r"attn[12]\.(to_q|to_k|to_v|to_out\.0)$", name)
+        spatial_attn = bool(attn_proj) and "SpatialTransformer" in kinds
+        attn2_kv = bool(attn_proj) and name.endswith(("attn2.to_k", "attn2.to_v"))
         hit = False
         for t in targets:
             if t == "spatial":
-                hit |= bool(attn_proj) and "SpatialTransformer" in kinds
+                hit |= spatial_attn
             elif t == "spatial_conv":
-                hit |= bool(attn_proj) and "SpatialTransformer" in kinds
+                hit |= spatial_attn
                 hit |= (isinstance(module, nn.Conv2d) and "ResBlock" in kinds
                         and bool(re.search(r"(in_layers\.2|out_layers\.3)$", name)))
             elif t == "text_kv":
-                hit |= (bool(attn_proj) and "SpatialTransformer" in kinds
-                        and re.search(r"attn2\.(to_k|to_v)$", name) is not None)
+                hit |= spatial_attn and attn2_kv
             elif t == "attn2_kv":
-                hit |= bool(attn_proj) and re.search(r"attn2\.(to_k|to_v)$", name) is not None
+                hit |= attn2_kv
             elif t == "temporal":
                 hit |= bool(attn_proj) and "TemporalTransformer" in kinds
                 hit |= isinstance(module, nn.Conv3d) and "TemporalConvBlock" in kinds
