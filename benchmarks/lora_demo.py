@@ -98,21 +98,19 @@ def train_adapters(model: Path, out: Path, clips: Path, images: Path, plan: Plan
     """Both adapters through the ``tft2v finetune`` code path; returns their paths and training costs."""
     from tft2v.commands.finetune import run_finetune
 
+    # Each entry is run_finetune's keyword arguments for that adapter.
     runs = {
-        "motion": dict(clips=clips, images=None, targets=["temporal"], add_words=None, steps=plan.motion_steps,
-                       batch=plan.motion_batch, lr=plan.motion_lr, high_noise_share=plan.motion_high_noise_share,
+        "motion": dict(clips=clips, targets=["temporal"], steps=plan.motion_steps, batch=plan.motion_batch,
+                       lr=plan.motion_lr, high_noise_share=plan.motion_high_noise_share,
                        high_noise_start=plan.motion_high_noise_start),
         "appearance": dict(clips=None, images=images, targets=["attn2_kv"], add_words=list(NEW_COLOUR),
-                           steps=plan.appearance_steps, batch=plan.appearance_batch, lr=plan.appearance_lr,
-                           high_noise_share=0.0, high_noise_start=0),
+                           steps=plan.appearance_steps, batch=plan.appearance_batch, lr=plan.appearance_lr),
     }
     result = {}
     for name, kw in runs.items():
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        done = run_finetune(model, kw["clips"], out / name, images=kw["images"], rank=plan.rank, steps=kw["steps"],
-                            lr=kw["lr"], batch=kw["batch"], seed=seed, overwrite=True, progress=False,
-                            targets=kw["targets"], add_words=kw["add_words"], high_noise_share=kw["high_noise_share"],
-                            high_noise_start=kw["high_noise_start"], echo=log)
+        done = run_finetune(model, out=out / name, rank=plan.rank, seed=seed, overwrite=True, progress=False,
+                            echo=log, **kw)
         s = done["summary"]
         result[name] = {"adapter": str(done["adapter"]), "steps": done["steps"], "targets": done["targets"],
                         "words": done["words"], "examples": plan.clips if name == "motion" else plan.images,
