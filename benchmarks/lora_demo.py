@@ -58,7 +58,7 @@ class Plan:
     motion_batch: int = 2
     appearance_batch: int = 4
     ordinary_seeds: int = 3  # x 18 prompts
-    orange_seeds: int = 8  # x 3 prompts
+    orange_seeds: int = 16  # x 3 prompts: 48 clips, as many as the motion figure asks for
     sample_steps: int = 8
     exact_clips: int = 6  # clips compared bit for bit at scale 0
     sample_batch: int = 18
