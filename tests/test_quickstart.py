@@ -55,6 +55,16 @@ def test_the_default_plan_is_the_same_work_on_any_machine():
     assert fast.predicted_s() == pytest.approx(_planned_s(fast))
 
 
+def test_the_full_plan_trains_the_variants_four_times_longer_on_the_same_content_stage():
+    default, full = PLANS["default"], PLANS["full"]
+    assert (full.content_steps, full.sample_steps, full.eval_seeds) == (
+        default.content_steps, default.sample_steps, default.eval_seeds)
+    assert full.variant_steps == 4 * default.variant_steps
+    b = Budget(total_s=0, image_step_s=0.2, mixed_step_s=0.28, sample_s_per_clip_step=0.084)
+    b.follow(full)
+    assert (b.content_steps, b.variant_steps) == (750, 1000)
+
+
 def test_variant_config_continues_from_the_content_stage_with_a_warmup(tmp_path):
     semi = next(v for v in VARIANTS if v.name == "semi_supervised")
     for steps in (20, 250):
