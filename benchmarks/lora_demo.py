@@ -11,8 +11,10 @@ taught to a base TF-T2V model folder from a few dozen examples of something it h
 * **appearance adapter** — ``images`` captioned images of a new colour, ``"a orange circle"`` …
   (RGB 245, 140, 30), train a LoRA on the keys and values of every second attention (``attn2_kv``: the text
   cross-attention + the temporal transformers' attn2) with the new word ``orange`` added to the toy text encoder
-  (``--add-word``; the adapter records it). Colour accuracy on ``"a orange <shape>"`` prompts, base
-  (the base UNet with the word known, i.e. the adapters at scale 0) vs adapter.
+  (``--add-word``; the adapter records it), with ``prior_images`` ordinary captioned images of the shapes
+  world mixed in (``--prior-images``: prior preservation, so ordinary prompts stay as they were). Colour
+  accuracy on ``"a orange <shape>"`` prompts, base (the base UNet with the word known, i.e. the adapters at
+  scale 0) vs adapter.
 * **side effects** — colour / shape accuracy on the ordinary prompts with either adapter on, next to
   the base model's (target: within 5 points).
 * **scale 0** — both adapters loaded at weight 0 must reproduce the base model's clips bit for bit on
@@ -48,6 +50,7 @@ NEW_MOTION = {"diagonal": (1, 1)}
 class Plan:
     clips: int = 32  # text-free diagonal clips (motion adapter)
     images: int = 32  # captioned orange images (appearance adapter)
+    prior_images: int = 32  # ordinary captioned images beside them (prior preservation; 0: none)
     rank: int = 16
     motion_steps: int = 250  # batch 2 x 16 frames: ~0.6 s/step on one thread of the 2-core box
     appearance_steps: int = 600  # batch 4 images: ~0.1 s/step
@@ -76,25 +79,30 @@ def orange_prompts() -> list[str]:
     return [f"a {next(iter(NEW_COLOUR))} {s}" for s in spec.SHAPES]
 
 
-def write_material(out: Path, plan: Plan, seed: int) -> tuple[Path, Path]:
+def write_material(out: Path, plan: Plan, seed: int) -> tuple[Path, Path, Path | None]:
     """The new material, as ``tft2v data toy --motion diagonal=1,1 --only-motion`` / ``--colour
-    orange=245,140,30 --only-colour`` writes it: (folder of diagonal clips, folder of orange images)."""
+    orange=245,140,30 --only-colour`` writes it, and ordinary images as ``tft2v data toy`` does (another
+    seed than the base's training set): (diagonal clips, orange images, ordinary images or None)."""
     from tft2v.data.toy import world_sets
     from tft2v.data.toy_files import write_toy_dataset
 
     _, motions = world_sets(extra_motions=NEW_MOTION, only_extra_motions=True)
     colours, _ = world_sets(extra_colours=NEW_COLOUR, only_extra_colours=True)
-    for name in ("data_motion", "data_appearance"):
+    for name in ("data_motion", "data_appearance", "data_prior"):
         if (out / name).exists():
             shutil.rmtree(out / name)
     write_toy_dataset(out / "data_motion", seed=seed, num_images=0, num_videos=plan.clips, num_captioned=0,
                       motions=motions)
     write_toy_dataset(out / "data_appearance", seed=seed, num_images=plan.images, num_videos=0, num_captioned=0,
                       colours=colours)
-    return out / "data_motion" / "videos", out / "data_appearance" / "images"
+    if not plan.prior_images:
+        return out / "data_motion" / "videos", out / "data_appearance" / "images", None
+    write_toy_dataset(out / "data_prior", seed=seed + 1, num_images=plan.prior_images, num_videos=0, num_captioned=0)
+    return out / "data_motion" / "videos", out / "data_appearance" / "images", out / "data_prior" / "images"
 
 
-def train_adapters(model: Path, out: Path, clips: Path, images: Path, plan: Plan, seed: int, log=print) -> dict:
+def train_adapters(model: Path, out: Path, clips: Path, images: Path, prior: Path | None, plan: Plan, seed: int,
+                   log=print) -> dict:
     """Both adapters through the ``tft2v finetune`` code path; returns their paths and training costs."""
     from tft2v.commands.finetune import run_finetune
 
@@ -103,8 +111,9 @@ def train_adapters(model: Path, out: Path, clips: Path, images: Path, plan: Plan
         "motion": dict(clips=clips, targets=["temporal"], steps=plan.motion_steps, batch=plan.motion_batch,
                        lr=plan.motion_lr, high_noise_share=plan.motion_high_noise_share,
                        high_noise_start=plan.motion_high_noise_start),
-        "appearance": dict(clips=None, images=images, targets=["attn2_kv"], add_words=list(NEW_COLOUR),
-                           steps=plan.appearance_steps, batch=plan.appearance_batch, lr=plan.appearance_lr),
+        "appearance": dict(clips=None, images=images, prior_images=prior, targets=["attn2_kv"],
+                           add_words=list(NEW_COLOUR), steps=plan.appearance_steps, batch=plan.appearance_batch,
+                           lr=plan.appearance_lr),
     }
     result = {}
     for name, kw in runs.items():
@@ -114,6 +123,7 @@ def train_adapters(model: Path, out: Path, clips: Path, images: Path, plan: Plan
         s = done["summary"]
         result[name] = {"adapter": str(done["adapter"]), "steps": done["steps"], "targets": done["targets"],
                         "words": done["words"], "examples": plan.clips if name == "motion" else plan.images,
+                        "prior_examples": 0 if name == "motion" else plan.prior_images,
                         "train_cpu_s": round(time.process_time() - cpu0, 1),
                         "train_wall_s": round(time.perf_counter() - wall0, 1),
                         "loss_first": s["loss_first"], "loss_last": s["loss_last"]}
@@ -195,8 +205,8 @@ def run_demo(model: str | Path, out: str | Path = "lora_demo_out", seed: int = 0
     """Material → two adapters → measurements; writes ``out/figures.json`` and returns the figures."""
     model, out = Path(model), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    clips, images = write_material(out, plan, seed)
-    adapters = train_adapters(model, out, clips, images, plan, seed, log=log)
+    clips, images, prior = write_material(out, plan, seed)
+    adapters = train_adapters(model, out, clips, images, prior, plan, seed, log=log)
     m = measure(model, adapters, plan, seed)
     key = f"{next(iter(NEW_MOTION))}_share_of_moving"
     o = m["ordinary"]

@@ -229,6 +229,40 @@ def test_finetune_images_only_spatial_with_new_word(tmp_path, capsys):
     assert code != 0 and "spaceship" in out + err
 
 
+def test_finetune_prior_images_join_the_image_branch(tmp_path, capsys):
+    import yaml
+
+    from pipeline_fixtures import toy_model_folder
+
+    from tft2v.data.sources import build_source
+
+    model = toy_model_folder(tmp_path / "model")
+    for name, extra in (("new", ["--colour", "orange=245,140,30", "--only-colour"]), ("prior", [])):
+        code, _, err = run(["data", "toy", str(tmp_path / name), "--num-images", "3", "--num-videos", "0",
+                            "--num-captioned", "0", "--seed", "1", *extra], capsys)
+        assert code == 0, err
+    new, prior = tmp_path / "new" / "images", tmp_path / "prior" / "images"
+    code, out, err = run(["finetune", "--model", str(model), "--images", str(new), "--prior-images", str(prior),
+                          "--target", "text_kv", "--add-word", "orange", "--out", str(tmp_path / "out"),
+                          "--steps", "2", "--rank", "2", "--no-progress"], capsys)
+    assert code == 0, err
+    manifest = tmp_path / "out" / "images.jsonl"
+    cfg = yaml.safe_load((tmp_path / "out" / "run" / "config.yaml").read_text())
+    assert cfg["data"]["images"] == str(manifest)
+    items = build_source(manifest, kind="image").items
+    captions = sorted(it.caption.split()[1] for it in items)
+    assert len(items) == 6 and captions.count("orange") == 3  # the 3 new images and the 3 ordinary ones
+    assert {Path(it.media).parent for it in items} == {new.resolve(), prior.resolve()}
+
+    code, out, err = run(["finetune", "--model", str(model), "--clips", str(new), "--prior-images", str(prior),
+                          "--out", str(tmp_path / "bad")], capsys)
+    assert code != 0 and "--images" in out + err
+    next(prior.glob("*.txt")).unlink()
+    code, out, err = run(["finetune", "--model", str(model), "--images", str(new), "--prior-images", str(prior),
+                          "--target", "text_kv", "--out", str(tmp_path / "bad2")], capsys)
+    assert code != 0 and "no caption" in out + err
+
+
 def test_lora_demo_end_to_end_on_a_tiny_model(tmp_path):
     from lora_demo import Plan, run_demo
     from pipeline_fixtures import toy_model_folder
@@ -236,8 +270,8 @@ def test_lora_demo_end_to_end_on_a_tiny_model(tmp_path):
     from tft2v.models import lora
 
     model = toy_model_folder(tmp_path / "model")
-    plan = Plan(clips=2, images=2, rank=2, motion_steps=2, appearance_steps=2, ordinary_seeds=1, orange_seeds=1,
-                sample_steps=2, exact_clips=3, motion_lr=1e-2, appearance_lr=1e-2)
+    plan = Plan(clips=2, images=2, prior_images=2, rank=2, motion_steps=2, appearance_steps=2, ordinary_seeds=1,
+                orange_seeds=1, sample_steps=2, exact_clips=3, motion_lr=1e-2, appearance_lr=1e-2)
     figures = run_demo(model, tmp_path / "demo", seed=0, plan=plan, log=lambda *a: None)
     saved = json.loads((tmp_path / "demo" / "figures.json").read_text())
     assert saved["scale0_bit_exact"] is True and saved["targets"]["scale0_bit_exact"] is True
@@ -255,6 +289,10 @@ def test_lora_demo_end_to_end_on_a_tiny_model(tmp_path):
     assert {t["motion"] for t in truth} == {"diagonal"}
     assert {p.read_text().split()[1] for p in (tmp_path / "demo" / "data_appearance" / "images").glob("*.txt")} \
         == {"orange"}
+    # The appearance adapter trained on the orange images and the ordinary (prior) ones together.
+    assert a["appearance"]["prior_examples"] == 2
+    manifest = [json.loads(line) for line in (tmp_path / "demo" / "appearance" / "images.jsonl").open()]
+    assert sorted(r["caption"].split()[1] == "orange" for r in manifest) == [False, False, True, True]
 
 
 def test_scale_zero_is_bit_exact_and_one_is_not(tmp_path):

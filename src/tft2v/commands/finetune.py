@@ -5,7 +5,10 @@ content branch, in the same steps, with the unchanged TF-T2V recipe; only the ad
 (:mod:`tft2v.models.lora`). Writes ``OUT/lora/`` (the adapter: ``tft2v generate --lora OUT/lora``),
 ``OUT/samples/before_*.mp4`` and ``after_*.mp4`` for each ``--prompt``, and the training run in ``OUT/run``.
 
-``--images`` alone (no ``--clips``) trains content adapters from image–text pairs only; ``--target``
+``--prior-images`` (DreamBooth's prior preservation) mixes captioned images of what the base model already
+draws — e.g. its own samples of ordinary prompts — into the image branch, in proportion to the files, so
+the adapter learns to leave ordinary prompts alone. ``--images`` alone (no ``--clips``) trains content
+adapters from image–text pairs only; ``--target``
 picks the adapted groups (default: ``temporal``, plus ``spatial`` with ``--images``). ``--add-word``
 gives a new caption word (e.g. a new colour) its own token in the toy text encoder; the adapter folder
 records it (``encoder_words``) and loading the adapter adds it again. :func:`run_finetune` is the same
@@ -44,6 +47,30 @@ def count_clips(folder: Path) -> int:
     return n
 
 
+def image_manifest(images: Path, prior: Path, out: Path) -> Path:
+    """``out`` as a JSONL manifest of the captioned images in ``images`` and ``prior`` (absolute paths): one
+    image source holding both, so a step draws from them in proportion to their files."""
+    import json
+
+    from tft2v.data.sources import scan_folder
+
+    if not prior.is_dir():
+        raise TFT2VError(f"--prior-images {prior}: not a folder")
+    rows = []
+    for folder in (images, prior):
+        items = scan_folder(folder, "image")
+        if not items:
+            raise TFT2VError(f"{folder}: no image files")
+        for it in items:
+            sidecar = Path(it.caption_path)
+            caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
+            if not caption:
+                raise TFT2VError(f"{it.media}: no caption (.txt beside it); the image branch needs captioned images")
+            rows.append({"path": str(Path(it.media).resolve()), "caption": caption})
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
 def _samples(pipe, prompts, folder: Path, tag: str, seed: int, frames, steps, fps) -> list[Path]:
     import torch
 
@@ -63,7 +90,7 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
                  batch: int = 2, frames: int | None = None, size: int | None = None, sample_steps: int = 25,
                  seed: int = 0, overwrite: bool = False, progress: bool = True, targets: list[str] | None = None,
                  add_words: list[str] | None = None, high_noise_share: float = 0.0,
-                 high_noise_start: int | None = None, echo=typer.echo) -> dict:
+                 high_noise_start: int | None = None, prior_images: Path | None = None, echo=typer.echo) -> dict:
     """The work of ``tft2v finetune``; returns ``{"adapter", "steps", "targets", "words", "summary"}``
     (``summary``: the trainer's run summary); ``high_noise_start`` None: the recipe's default."""
     from tft2v.config import LORA_TARGET_GROUPS, load_config
@@ -73,6 +100,8 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
 
     if clips is None and images is None:
         raise TFT2VError("give --clips (motion) and/or --images (content) to fine-tune on")
+    if prior_images is not None and images is None:
+        raise TFT2VError("--prior-images keeps ordinary prompts intact while --images teaches; give --images too")
     num_clips = count_clips(clips) if clips is not None else 0
     if images is not None and not images.is_dir():
         raise TFT2VError(f"--images {images}: not a folder")
@@ -93,10 +122,12 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
     steps = steps or default_steps(num_clips or sum(1 for _ in images.glob("*.txt")))
     prompts = list(prompts or [])
     out.mkdir(parents=True, exist_ok=True)
-    data = " + ".join(x for x in (f"{num_clips} clips" if clips is not None else "", "images" if images else "") if x)
+    data = " + ".join(x for x in (f"{num_clips} clips" if clips is not None else "", "images" if images else "",
+                                  "prior images" if prior_images else "") if x)
     echo(f"finetune: {data}, {steps} steps, rank {rank} on {'+'.join(targets)}, {frames} frames of {height}x{width}"
          + (f", new words: {' '.join(words)}" if words else ""))
 
+    image_source = image_manifest(images, prior_images, out / "images.jsonl") if prior_images else images
     before = _samples(pipe, prompts, out / "samples", "before", seed, frames, sample_steps, d["fps"])
     for p in before:
         echo(f"wrote {p}")
@@ -106,7 +137,7 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
     sets = {
         "out_dir": str(out / "run"), "seed": seed,
         "data.kind": "sources",
-        "data.videos": str(clips) if clips else "", "data.images": str(images) if images else "",
+        "data.videos": str(clips) if clips else "", "data.images": str(image_source) if images else "",
         "data.height": height, "data.width": width, "data.num_frames": frames, "data.fps": float(d["fps"]),
         "data.video_batch_size": batch, "data.image_batch_size": batch,
         "data.ratio": ratio, "data.labelled_ratio": 0.0,
@@ -173,10 +204,13 @@ def finetune(
                                            "(recipe.video_high_noise_share)."),
     high_noise_start: Optional[int] = typer.Option(None, min=0, help="First timestep of that high-noise range "
                                                   "(default: recipe.video_high_noise_start, 600)."),
+    prior_images: Optional[Path] = typer.Option(None, "--prior-images", help="Captioned images of ordinary "
+                                                "prompts (PNG/JPG + .txt), mixed with --images so the adapter "
+                                                "leaves ordinary prompts alone (prior preservation)."),
 ) -> None:
     """Fine-tune LoRA adapters on your own clips (motion) and/or images (content); the base stays frozen.
     Then use the adapter with ``tft2v generate --lora OUT/lora[:SCALE]``."""
     run_finetune(model, clips, out, images=images, prompts=prompt, rank=rank, steps=steps, lr=lr, batch=batch,
                  frames=frames, size=size, sample_steps=sample_steps, seed=seed, overwrite=overwrite,
                  progress=progress, targets=target, add_words=add_word, high_noise_share=high_noise_share,
-                 high_noise_start=high_noise_start)
+                 high_noise_start=high_noise_start, prior_images=prior_images)
