@@ -62,8 +62,7 @@ def image_manifest(images: Path, prior: Path, out: Path) -> Path:
         if not items:
             raise TFT2VError(f"{folder}: no image files")
         for it in items:
-            sidecar = Path(it.caption_path)
-            caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
+            caption = it.read_caption()
             if not caption:
                 raise TFT2VError(f"{it.media}: no caption (.txt beside it); the image branch needs captioned images")
             rows.append({"path": str(Path(it.media).resolve()), "caption": caption})

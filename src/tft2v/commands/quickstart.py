@@ -13,7 +13,8 @@ from tft2v.errors import TFT2VError
 def quickstart(
     out: Path = typer.Option(Path("quickstart_out"), "--out", help="Folder for report.md, samples, plots, runs."),
     plan: str = typer.Option("default", "--plan", help="Fixed plan (steps, batches, seeds): the same work on "
-                                                      "every machine. Choices: default; full (4× the variant steps: shows claims 1 and 2)."),
+                                                      "every machine. Choices: default; full (4× the variant "
+                                                      "steps: shows claims 1 and 2)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Budget mode instead of the plan: step counts "
                                                                     "are fitted to N minutes on this machine."),
     seed: int = typer.Option(0, "--seed", help="Seed of data, training and sampling."),

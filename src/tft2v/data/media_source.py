@@ -61,6 +61,14 @@ class Item:
     caption_path: str | None = None  # a sidecar .txt read lazily, at decode time
     meta: dict = field(default_factory=dict)
 
+    def read_caption(self) -> str:
+        """The caption, stripped: ``caption``, else the sidecar's text, else ``""``."""
+        caption = self.caption
+        if caption is None and self.caption_path is not None:
+            caption = Path(self.caption_path).read_text(encoding="utf-8", errors="replace") if (
+                os.path.isfile(self.caption_path)) else ""
+        return (caption or "").strip()
+
 
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is None or world_size is None:
@@ -164,11 +172,7 @@ class MediaSource(IterableDataset):
         cond = pixels[:, index].clone()  # (C, H, W)
         if self.image_transform is not None:
             cond = self.image_transform(cond)
-        caption = item.caption
-        if caption is None and item.caption_path is not None:
-            caption = Path(item.caption_path).read_text(encoding="utf-8", errors="replace") if (
-                os.path.isfile(item.caption_path)) else ""
-        caption = (caption or "").strip()
+        caption = item.read_caption()
         source = media if isinstance(media, str) else item.meta.get("source", item.key)
         return {"pixels": pixels, "caption": caption, "has_text": bool(caption), "cond_frame": cond, "epoch": epoch,
                 "key": item.key, "meta": {**item.meta, **meta, "source": source, "kind": self.kind,
