@@ -5,7 +5,9 @@ taught to a base TF-T2V model folder from a few dozen examples of something it h
   1–2 px/frame speed range), train a temporal LoRA (rank 16) through ``tft2v finetune`` (its function,
   :func:`tft2v.commands.finetune.run_finetune`), every training timestep drawn from t >= 800
   (``--high-noise-share 1 --high-noise-start 800``: a motion is decided at high noise; RESULTS.md's probes:
-  uniform t 17 %, t >= 600 58 %, t >= 800 78 % diagonal). Sampled on ordinary ``"a <colour> <shape>"`` prompts
+  uniform t 17 %, t >= 600 58 %, t >= 800 78 % diagonal), with the ``prior_images`` ordinary captioned
+  images as its image branch (``--prior-images``, ``motion_image_batch`` per step: the temporal layers also
+  run on single frames, so captions stay in control). Sampled on ordinary ``"a <colour> <shape>"`` prompts
   (all 18, ``ordinary_seeds`` seeds each) with the base model and with the adapter; among clips that
   show a moving object, the share moving diagonally (detector directions: the spec's four + diagonal).
 * **appearance adapter** — ``images`` captioned images of a new colour, ``"a orange circle"`` …
@@ -50,7 +52,7 @@ NEW_MOTION = {"diagonal": (1, 1)}
 class Plan:
     clips: int = 32  # text-free diagonal clips (motion adapter)
     images: int = 32  # captioned orange images (appearance adapter)
-    prior_images: int = 32  # ordinary captioned images beside them (prior preservation; 0: none)
+    prior_images: int = 32  # ordinary captioned images beside them, and the motion adapter's image branch (0: none)
     rank: int = 16
     motion_steps: int = 250  # batch 2 x 16 frames: ~0.6 s/step on one thread of the 2-core box
     appearance_steps: int = 600  # batch 4 images: ~0.1 s/step
@@ -60,7 +62,8 @@ class Plan:
     motion_high_noise_start: int = 800  # 600: 58 %, 800: 78 % diagonal in RESULTS.md's probes
     motion_batch: int = 2
     appearance_batch: int = 4
-    ordinary_seeds: int = 3  # x 18 prompts
+    motion_image_batch: int = 8  # prior images per motion step (batch 2: objects present 81 %, 8: 94 %; RESULTS.md)
+    ordinary_seeds: int = 4  # x 18 prompts: >= 48 clips with a moving object to judge the motion by
     orange_seeds: int = 16  # x 3 prompts: 48 clips, as many as the motion figure asks for
     sample_steps: int = 8
     exact_clips: int = 6  # clips compared bit for bit at scale 0
@@ -110,7 +113,8 @@ def train_adapters(model: Path, out: Path, clips: Path, images: Path, prior: Pat
     runs = {
         "motion": dict(clips=clips, targets=["temporal"], steps=plan.motion_steps, batch=plan.motion_batch,
                        lr=plan.motion_lr, high_noise_share=plan.motion_high_noise_share,
-                       high_noise_start=plan.motion_high_noise_start),
+                       high_noise_start=plan.motion_high_noise_start, prior_images=prior,
+                       image_batch=plan.motion_image_batch),
         "appearance": dict(clips=None, images=images, prior_images=prior, targets=["attn2_kv"],
                            add_words=list(NEW_COLOUR), steps=plan.appearance_steps, batch=plan.appearance_batch,
                            lr=plan.appearance_lr),
@@ -123,7 +127,7 @@ def train_adapters(model: Path, out: Path, clips: Path, images: Path, prior: Pat
         s = done["summary"]
         result[name] = {"adapter": str(done["adapter"]), "steps": done["steps"], "targets": done["targets"],
                         "words": done["words"], "examples": plan.clips if name == "motion" else plan.images,
-                        "prior_examples": 0 if name == "motion" else plan.prior_images,
+                        "prior_examples": plan.prior_images if prior is not None else 0,
                         "train_cpu_s": round(time.process_time() - cpu0, 1),
                         "train_wall_s": round(time.perf_counter() - wall0, 1),
                         "loss_first": s["loss_first"], "loss_last": s["loss_last"]}

@@ -254,9 +254,21 @@ def test_finetune_prior_images_join_the_image_branch(tmp_path, capsys):
     assert len(items) == 6 and captions.count("orange") == 3  # the 3 new images and the 3 ordinary ones
     assert {Path(it.media).parent for it in items} == {new.resolve(), prior.resolve()}
 
-    code, out, err = run(["finetune", "--model", str(model), "--clips", str(new), "--prior-images", str(prior),
-                          "--out", str(tmp_path / "bad")], capsys)
-    assert code != 0 and "--images" in out + err
+    # With clips and no --images, the prior images are the image branch's only data (a motion adapter
+    # then also learns on captioned single frames), in their own batch size.
+    code, _, err = run(["data", "toy", str(tmp_path / "clips"), "--num-images", "0", "--num-videos", "2",
+                        "--num-captioned", "0"], capsys)
+    assert code == 0, err
+    code, out, err = run(["finetune", "--model", str(model), "--clips", str(tmp_path / "clips" / "videos"),
+                          "--prior-images", str(prior), "--image-batch", "3", "--out", str(tmp_path / "motion"),
+                          "--steps", "2", "--rank", "2", "--no-progress"], capsys)
+    assert code == 0, err
+    cfg = yaml.safe_load((tmp_path / "motion" / "run" / "config.yaml").read_text())
+    assert cfg["data"]["images"] == str(tmp_path / "motion" / "images.jsonl")
+    assert cfg["data"]["ratio"] == [1, 1] and cfg["data"]["image_batch_size"] == 3 and cfg["data"]["video_batch_size"] == 2
+    assert cfg["model"]["lora"]["targets"] == ["temporal"]
+    items = build_source(tmp_path / "motion" / "images.jsonl", kind="image").items
+    assert {Path(it.media).parent for it in items} == {prior.resolve()} and len(items) == 3
     next(prior.glob("*.txt")).unlink()
     code, out, err = run(["finetune", "--model", str(model), "--images", str(new), "--prior-images", str(prior),
                           "--target", "text_kv", "--out", str(tmp_path / "bad2")], capsys)
@@ -293,6 +305,10 @@ def test_lora_demo_end_to_end_on_a_tiny_model(tmp_path):
     assert a["appearance"]["prior_examples"] == 2
     manifest = [json.loads(line) for line in (tmp_path / "demo" / "appearance" / "images.jsonl").open()]
     assert sorted(r["caption"].split()[1] == "orange" for r in manifest) == [False, False, True, True]
+    # The motion adapter's image branch: the ordinary images alone.
+    assert a["motion"]["prior_examples"] == 2
+    manifest = [json.loads(line) for line in (tmp_path / "demo" / "motion" / "images.jsonl").open()]
+    assert len(manifest) == 2 and all(r["caption"].split()[1] != "orange" for r in manifest)
 
 
 def test_scale_zero_is_bit_exact_and_one_is_not(tmp_path):

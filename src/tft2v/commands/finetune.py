@@ -7,7 +7,9 @@ content branch, in the same steps, with the unchanged TF-T2V recipe; only the ad
 
 ``--prior-images`` (DreamBooth's prior preservation) mixes captioned images of what the base model already
 draws — e.g. its own samples of ordinary prompts — into the image branch, in proportion to the files, so
-the adapter learns to leave ordinary prompts alone. ``--images`` alone (no ``--clips``) trains content
+the adapter learns to leave ordinary prompts alone. With ``--clips`` and no ``--images`` they are the image
+branch's only data: a temporal adapter then also trains on captioned single frames (the temporal layers
+run on images too), which keeps captions in control (benchmarks/RESULTS.md). ``--images`` alone (no ``--clips``) trains content
 adapters from image–text pairs only; ``--target``
 picks the adapted groups (default: ``temporal``, plus ``spatial`` with ``--images``). ``--add-word``
 gives a new caption word (e.g. a new colour) its own token in the toy text encoder; the adapter folder
@@ -47,9 +49,9 @@ def count_clips(folder: Path) -> int:
     return n
 
 
-def image_manifest(images: Path, prior: Path, out: Path) -> Path:
-    """``out`` as a JSONL manifest of the captioned images in ``images`` and ``prior`` (absolute paths): one
-    image source holding both, so a step draws from them in proportion to their files."""
+def image_manifest(images: Path | None, prior: Path, out: Path) -> Path:
+    """``out`` as a JSONL manifest of the captioned images in ``images`` (if any) and ``prior`` (absolute
+    paths): one image source holding both, so a step draws from them in proportion to their files."""
     import json
 
     from tft2v.data.sources import scan_folder
@@ -57,7 +59,7 @@ def image_manifest(images: Path, prior: Path, out: Path) -> Path:
     if not prior.is_dir():
         raise TFT2VError(f"--prior-images {prior}: not a folder")
     rows = []
-    for folder in (images, prior):
+    for folder in (f for f in (images, prior) if f is not None):
         items = scan_folder(folder, "image")
         if not items:
             raise TFT2VError(f"{folder}: no image files")
@@ -89,7 +91,8 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
                  batch: int = 2, frames: int | None = None, size: int | None = None, sample_steps: int = 25,
                  seed: int = 0, overwrite: bool = False, progress: bool = True, targets: list[str] | None = None,
                  add_words: list[str] | None = None, high_noise_share: float = 0.0,
-                 high_noise_start: int | None = None, prior_images: Path | None = None, echo=typer.echo) -> dict:
+                 high_noise_start: int | None = None, prior_images: Path | None = None,
+                 image_batch: int | None = None, echo=typer.echo) -> dict:
     """The work of ``tft2v finetune``; returns ``{"adapter", "steps", "targets", "words", "summary"}``
     (``summary``: the trainer's run summary); ``high_noise_start`` None: the recipe's default."""
     from tft2v.config import LORA_TARGET_GROUPS, load_config
@@ -99,8 +102,6 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
 
     if clips is None and images is None:
         raise TFT2VError("give --clips (motion) and/or --images (content) to fine-tune on")
-    if prior_images is not None and images is None:
-        raise TFT2VError("--prior-images keeps ordinary prompts intact while --images teaches; give --images too")
     num_clips = count_clips(clips) if clips is not None else 0
     if images is not None and not images.is_dir():
         raise TFT2VError(f"--images {images}: not a folder")
@@ -132,13 +133,13 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
         echo(f"wrote {p}")
 
     # One adapter on the chosen groups, same rank: clips teach the temporal modules, images the spatial ones.
-    ratio = f"[{1 if images is not None else 0}, {1 if clips is not None else 0}]"
+    ratio = f"[{1 if image_source is not None else 0}, {1 if clips is not None else 0}]"
     sets = {
         "out_dir": str(out / "run"), "seed": seed,
         "data.kind": "sources",
-        "data.videos": str(clips) if clips else "", "data.images": str(image_source) if images else "",
+        "data.videos": str(clips) if clips else "", "data.images": str(image_source) if image_source else "",
         "data.height": height, "data.width": width, "data.num_frames": frames, "data.fps": float(d["fps"]),
-        "data.video_batch_size": batch, "data.image_batch_size": batch,
+        "data.video_batch_size": batch, "data.image_batch_size": image_batch or batch,
         "data.ratio": ratio, "data.labelled_ratio": 0.0,
         "model.init": "pretrained", "model.init_path": str(model), "model.unet": "{}",
         "model.lora": f"{{rank: {rank}, targets: [{', '.join(targets)}]}}",
@@ -204,12 +205,15 @@ def finetune(
     high_noise_start: Optional[int] = typer.Option(None, min=0, help="First timestep of that high-noise range "
                                                   "(default: recipe.video_high_noise_start, 600)."),
     prior_images: Optional[Path] = typer.Option(None, "--prior-images", help="Captioned images of ordinary "
-                                                "prompts (PNG/JPG + .txt), mixed with --images so the adapter "
-                                                "leaves ordinary prompts alone (prior preservation)."),
+                                                "prompts (PNG/JPG + .txt), mixed with --images (or, with --clips "
+                                                "alone, the image branch's data) so the adapter leaves ordinary "
+                                                "prompts alone (prior preservation)."),
+    image_batch: Optional[int] = typer.Option(None, "--image-batch", min=1, help="Images per step in the image "
+                                              "branch (default: --batch)."),
 ) -> None:
     """Fine-tune LoRA adapters on your own clips (motion) and/or images (content); the base stays frozen.
     Then use the adapter with ``tft2v generate --lora OUT/lora[:SCALE]``."""
     run_finetune(model, clips, out, images=images, prompts=prompt, rank=rank, steps=steps, lr=lr, batch=batch,
                  frames=frames, size=size, sample_steps=sample_steps, seed=seed, overwrite=overwrite,
                  progress=progress, targets=target, add_words=add_word, high_noise_share=high_noise_share,
-                 high_noise_start=high_noise_start, prior_images=prior_images)
+                 high_noise_start=high_noise_start, prior_images=prior_images, image_batch=image_batch)
