@@ -143,6 +143,9 @@ class RecipeConfig:
     # its direction, is decided at high noise, which uniform t visits rarely (benchmarks/RESULTS.md).
     video_high_noise_share: float = 0.0
     video_high_noise_start: int = 600
+    # Each video's RGB channels in a random order (one permutation per clip): a motion learnt from a few
+    # clips cannot carry their colours along (MotionDirector's appearance debiasing, as an augmentation).
+    video_colour_permute: bool = False
     conditions: tuple[str, ...] = ()  # compositional: extracted on the fly from every batch
     condition_dropout: bool = True  # VGen's all-zero / all-keep / each-dropped masks
     depth_model: str = ""  # for the "depth" condition: a TorchScript path or "luminance"

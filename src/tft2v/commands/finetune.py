@@ -13,8 +13,9 @@ run on images too), which keeps captions in control (benchmarks/RESULTS.md). ``-
 adapters from image–text pairs only; ``--target``
 picks the adapted groups (default: ``temporal``, plus ``spatial`` with ``--images``). ``--add-word``
 gives a new caption word (e.g. a new colour) its own token in the toy text encoder; the adapter folder
-records it (``encoder_words``) and loading the adapter adds it again. :func:`run_finetune` is the same
-as a Python function (used by ``benchmarks/lora_demo.py``).
+records it (``encoder_words``) and loading the adapter adds it again. ``--colour-permute`` reorders each
+clip's RGB channels at random while training, so a motion adapter cannot take the clips' colours along.
+:func:`run_finetune` is the same as a Python function (used by ``benchmarks/lora_demo.py``).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
                  seed: int = 0, overwrite: bool = False, progress: bool = True, targets: list[str] | None = None,
                  add_words: list[str] | None = None, high_noise_share: float = 0.0,
                  high_noise_start: int | None = None, prior_images: Path | None = None,
-                 image_batch: int | None = None, echo=typer.echo) -> dict:
+                 image_batch: int | None = None, colour_permute: bool = False, echo=typer.echo) -> dict:
     """The work of ``tft2v finetune``; returns ``{"adapter", "steps", "targets", "words", "summary"}``
     (``summary``: the trainer's run summary); ``high_noise_start`` None: the recipe's default."""
     from tft2v.config import LORA_TARGET_GROUPS, load_config
@@ -144,7 +145,7 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
         "model.init": "pretrained", "model.init_path": str(model), "model.unet": "{}",
         "model.lora": f"{{rank: {rank}, targets: [{', '.join(targets)}]}}",
         "recipe.image_tokens_on_videos": bool(pipe.unet.config.image_embed_dim),
-        "recipe.video_high_noise_share": high_noise_share,
+        "recipe.video_high_noise_share": high_noise_share, "recipe.video_colour_permute": colour_permute,
         "optim.lr": lr, "optim.warmup_steps": min(50, max(1, steps // 10)), "optim.ema_decay": 0.0,
         "train.max_steps": steps, "train.log_every": max(1, steps // 20), "train.checkpoint_every": 0,
         "train.keep_last": 1, "train.progress": progress, "train.trackers": "[]", "train.export": False,
@@ -210,10 +211,14 @@ def finetune(
                                                 "prompts alone (prior preservation)."),
     image_batch: Optional[int] = typer.Option(None, "--image-batch", min=1, help="Images per step in the image "
                                               "branch (default: --batch)."),
+    colour_permute: bool = typer.Option(False, "--colour-permute", help="Reorder each clip's RGB channels at "
+                                        "random while training, so a motion adapter does not learn the clips' "
+                                        "colours (recipe.video_colour_permute)."),
 ) -> None:
     """Fine-tune LoRA adapters on your own clips (motion) and/or images (content); the base stays frozen.
     Then use the adapter with ``tft2v generate --lora OUT/lora[:SCALE]``."""
     run_finetune(model, clips, out, images=images, prompts=prompt, rank=rank, steps=steps, lr=lr, batch=batch,
                  frames=frames, size=size, sample_steps=sample_steps, seed=seed, overwrite=overwrite,
                  progress=progress, targets=target, add_words=add_word, high_noise_share=high_noise_share,
-                 high_noise_start=high_noise_start, prior_images=prior_images, image_batch=image_batch)
+                 high_noise_start=high_noise_start, prior_images=prior_images, image_batch=image_batch,
+                 colour_permute=colour_permute)

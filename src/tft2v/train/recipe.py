@@ -79,6 +79,12 @@ class Recipe:
             std = None if std is None else std.to(device)
         else:
             pixels = batch["pixels"].to(device)  # (B, 3, F, H, W)
+        cond_frame = batch.get("cond_frame")
+        if branch == "video" and cfg.video_colour_permute:
+            if cached:
+                raise TFT2VError("recipe.video_colour_permute changes pixels; a data.cache holds latents only")
+            pixels, cond_frame = _permute_colours(pixels, cond_frame, generators, device)
+        if not cached:
             mean, std = self.autoencoder.posterior(pixels)
         b = mean.shape[0]
         if len(generators) != b:
@@ -114,7 +120,7 @@ class Recipe:
                 raise TFT2VError("data.cache has no image embeddings (built with an encoder without an image tower)")
             image_embeds = batch["image_embed"].to(device)  # (B, D_img): cond frame / the image itself
         elif wants_image:
-            frame = batch["cond_frame"] if branch == "video" else batch["pixels"][:, :, 0]  # (B, 3, H, W)
+            frame = cond_frame if branch == "video" else batch["pixels"][:, :, 0]  # (B, 3, H, W)
             image_embeds = self.encoder.encode_image(frame.to(device)).float().to(device)
         if wants_image:
             masks["image"] = _uniform(generators, device) >= cfg.image_token_dropout
@@ -201,6 +207,19 @@ def sample_generators(seed: int, step: int, branch: str, first: int, count: int,
 def _per_sample(generators: list[torch.Generator], draw: Callable[[int, torch.Generator], torch.Tensor]) -> torch.Tensor:
     """``cat([draw(i, g_i)])`` along the batch: each sample's value comes from its own generator."""
     return torch.cat([draw(i, g) for i, g in enumerate(generators)])
+
+
+def _permute_colours(pixels: torch.Tensor, cond_frame: torch.Tensor | None, generators: list[torch.Generator],
+                     device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sample i's RGB channels reordered by a permutation from ``generators[i]`` (the same for its
+    conditioning frame)."""
+    if len(generators) != pixels.shape[0]:
+        raise TFT2VError(f"{len(generators)} generators for a batch of {pixels.shape[0]}")
+    order = torch.stack([torch.randperm(3, generator=g, device=device) for g in generators])  # (B, 3)
+    pixels = torch.stack([p[o] for p, o in zip(pixels, order)])
+    if cond_frame is not None:
+        cond_frame = torch.stack([c[o] for c, o in zip(cond_frame.to(device), order)])
+    return pixels, cond_frame
 
 
 def _uniform(generators: list[torch.Generator], device) -> torch.Tensor:
