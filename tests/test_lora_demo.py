@@ -260,12 +260,13 @@ def test_finetune_prior_images_join_the_image_branch(tmp_path, capsys):
                         "--num-captioned", "0"], capsys)
     assert code == 0, err
     code, out, err = run(["finetune", "--model", str(model), "--clips", str(tmp_path / "clips" / "videos"),
-                          "--prior-images", str(prior), "--image-batch", "3", "--colour-permute", "--out", str(tmp_path / "motion"),
-                          "--steps", "2", "--rank", "2", "--no-progress"], capsys)
+                          "--prior-images", str(prior), "--image-batch", "3", "--colour-permute",
+                          "--out", str(tmp_path / "motion"), "--steps", "2", "--rank", "2", "--no-progress"], capsys)
     assert code == 0, err
     cfg = yaml.safe_load((tmp_path / "motion" / "run" / "config.yaml").read_text())
     assert cfg["data"]["images"] == str(tmp_path / "motion" / "images.jsonl")
-    assert cfg["data"]["ratio"] == [1, 1] and cfg["data"]["image_batch_size"] == 3 and cfg["data"]["video_batch_size"] == 2
+    assert cfg["data"]["ratio"] == [1, 1]
+    assert cfg["data"]["image_batch_size"] == 3 and cfg["data"]["video_batch_size"] == 2
     assert cfg["model"]["lora"]["targets"] == ["temporal"] and cfg["recipe"]["video_colour_permute"] is True
     items = build_source(tmp_path / "motion" / "images.jsonl", kind="image").items
     assert {Path(it.media).parent for it in items} == {prior.resolve()} and len(items) == 3

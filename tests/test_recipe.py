@@ -157,8 +157,9 @@ def test_video_colour_permute_reorders_each_clips_channels(parts):
     batch, gens = parts["video"], sample_generators(0, 0, "video", 0, 2)
     order = [torch.randperm(3, generator=g) for g in gens]  # what the recipe draws first, per sample
     assert any(not torch.equal(o, torch.arange(3)) for o in order)  # this seed does reorder
-    permuted = {**batch, "pixels": torch.stack([p[o] for p, o in zip(batch["pixels"], order)]),
-                "cond_frame": torch.stack([c[o] for c, o in zip(batch["cond_frame"], order)])}
+    pixels = torch.stack([p[o] for p, o in zip(batch["pixels"], order)])
+    frames = torch.stack([c[o] for c, o in zip(batch["cond_frame"], order)])
+    permuted = {**batch, "pixels": pixels, "cond_frame": frames}
     expected = recipe(parts).inputs(permuted, "video", gens, "cpu")
     got = inputs(parts, "video", video_colour_permute=True)
     for key in ("x_t", "t", "target", "image_embeds"):
@@ -166,5 +167,6 @@ def test_video_colour_permute_reorders_each_clips_channels(parts):
     assert not torch.equal(got["x_t"], inputs(parts, "video")["x_t"])
     assert torch.equal(inputs(parts, "image", video_colour_permute=True)["x_t"], inputs(parts, "image")["x_t"])
     cached = {**batch, "latent_mean": batch["pixels"]}
+    gens = sample_generators(0, 0, "video", 0, 2)
     with pytest.raises(TFT2VError, match="cache"):
-        recipe(parts, video_colour_permute=True).inputs(cached, "video", sample_generators(0, 0, "video", 0, 2), "cpu")
+        recipe(parts, video_colour_permute=True).inputs(cached, "video", gens, "cpu")

@@ -209,8 +209,8 @@ def _per_sample(generators: list[torch.Generator], draw: Callable[[int, torch.Ge
     return torch.cat([draw(i, g) for i, g in enumerate(generators)])
 
 
-def _permute_colours(pixels: torch.Tensor, cond_frame: torch.Tensor | None, generators: list[torch.Generator],
-                     device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _permute_colours(pixels: torch.Tensor, cond_frame: torch.Tensor | None,
+                     generators: list[torch.Generator], device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sample i's RGB channels reordered by a permutation from ``generators[i]`` (the same for its
     conditioning frame)."""
     if len(generators) != pixels.shape[0]:
