@@ -79,6 +79,9 @@ class Recipe:
             std = None if std is None else std.to(device)
         else:
             pixels = batch["pixels"].to(device)  # (B, 3, F, H, W)
+        b = (mean if cached else pixels).shape[0]
+        if len(generators) != b:
+            raise TFT2VError(f"{len(generators)} generators for a batch of {b}")
         cond_frame = batch.get("cond_frame")
         if branch == "video" and cfg.video_colour_permute:
             if cached:
@@ -86,9 +89,6 @@ class Recipe:
             pixels, cond_frame = _permute_colours(pixels, cond_frame, generators, device)
         if not cached:
             mean, std = self.autoencoder.posterior(pixels)
-        b = mean.shape[0]
-        if len(generators) != b:
-            raise TFT2VError(f"{len(generators)} generators for a batch of {b}")
         x0 = _per_sample(generators, lambda i, g: self.autoencoder.sample_posterior(
             mean[i : i + 1], None if std is None else std[i : i + 1], g))  # (B, C, F, h, w)
         s = self.schedule
@@ -213,13 +213,11 @@ def _permute_colours(pixels: torch.Tensor, cond_frame: torch.Tensor | None,
                      generators: list[torch.Generator], device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sample i's RGB channels reordered by a permutation from ``generators[i]`` (the same for its
     conditioning frame)."""
-    if len(generators) != pixels.shape[0]:
-        raise TFT2VError(f"{len(generators)} generators for a batch of {pixels.shape[0]}")
-    order = torch.stack([torch.randperm(3, generator=g, device=device) for g in generators])  # (B, 3)
-    pixels = torch.stack([p[o] for p, o in zip(pixels, order)])
+    order = _per_sample(generators, lambda i, g: torch.randperm(3, generator=g, device=device)[None])  # (B, 3)
+    rows = torch.arange(len(generators), device=device)[:, None]
     if cond_frame is not None:
-        cond_frame = torch.stack([c[o] for c, o in zip(cond_frame.to(device), order)])
-    return pixels, cond_frame
+        cond_frame = cond_frame.to(device)[rows, order]
+    return pixels[rows, order], cond_frame
 
 
 def _uniform(generators: list[torch.Generator], device) -> torch.Tensor:
