@@ -166,3 +166,15 @@ def test_validation_videos_and_exported_model_folder(tmp_path):
     frames = pipe("a red circle", num_frames=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                   output_type="pt")
     assert frames.shape[-2:] == (16, 16)
+
+
+def test_optimizer_uses_the_fused_adamw_kernel_unless_switched_off(tmp_path):
+    fused = Trainer(tiny_config(tmp_path / "fused", **{"train.max_steps": 2}))
+    plain = Trainer(tiny_config(tmp_path / "plain", **{"train.max_steps": 2, "optim.fused": False}))
+    assert fused.optimizer.optimizer.param_groups[0]["fused"] is True
+    assert not plain.optimizer.optimizer.param_groups[0]["fused"]
+    for trainer in (fused, plain):
+        trainer.run()
+    # The same update up to float rounding: one kernel for all tensors instead of a loop over them.
+    for a, b in zip(fused.unet.parameters(), plain.unet.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
