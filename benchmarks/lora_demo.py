@@ -63,6 +63,7 @@ class Plan:
     motion_batch: int = 2
     appearance_batch: int = 4
     motion_image_batch: int = 8  # prior images per motion step (batch 2: objects present 81 %, 8: 94 %; RESULTS.md)
+    motion_colour_permute: bool = False  # --colour-permute: the clips' colours cannot leak into the adapter
     ordinary_seeds: int = 4  # x 18 prompts: >= 48 clips with a moving object to judge the motion by
     orange_seeds: int = 16  # x 3 prompts: 48 clips, as many as the motion figure asks for
     sample_steps: int = 8
@@ -114,7 +115,7 @@ def train_adapters(model: Path, out: Path, clips: Path, images: Path, prior: Pat
         "motion": dict(clips=clips, targets=["temporal"], steps=plan.motion_steps, batch=plan.motion_batch,
                        lr=plan.motion_lr, high_noise_share=plan.motion_high_noise_share,
                        high_noise_start=plan.motion_high_noise_start, prior_images=prior,
-                       image_batch=plan.motion_image_batch),
+                       image_batch=plan.motion_image_batch, colour_permute=plan.motion_colour_permute),
         "appearance": dict(clips=None, images=images, prior_images=prior, targets=["attn2_kv"],
                            add_words=list(NEW_COLOUR), steps=plan.appearance_steps, batch=plan.appearance_batch,
                            lr=plan.appearance_lr),
