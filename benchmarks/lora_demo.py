@@ -7,7 +7,8 @@ taught to a base TF-T2V model folder from a few dozen examples of something it h
   (``--high-noise-share 1 --high-noise-start 800``: a motion is decided at high noise; RESULTS.md's probes:
   uniform t 17 %, t >= 600 58 %, t >= 800 78 % diagonal), with the ``prior_images`` ordinary captioned
   images as its image branch (``--prior-images``, ``motion_image_batch`` per step: the temporal layers also
-  run on single frames, so captions stay in control). Sampled on ordinary ``"a <colour> <shape>"`` prompts
+  run on single frames, so captions stay in control) and each clip's RGB channels in a random order
+  (``--colour-permute``: the 32 clips' colours do not become the adapter's). Sampled on ordinary ``"a <colour> <shape>"`` prompts
   (all 18, ``ordinary_seeds`` seeds each) with the base model and with the adapter; among clips that
   show a moving object, the share moving diagonally (detector directions: the spec's four + diagonal).
 * **appearance adapter** — ``images`` captioned images of a new colour, ``"a orange circle"`` …
@@ -54,7 +55,7 @@ class Plan:
     images: int = 32  # captioned orange images (appearance adapter)
     prior_images: int = 32  # ordinary captioned images beside them, and the motion adapter's image branch (0: none)
     rank: int = 16
-    motion_steps: int = 250  # batch 2 x 16 frames: ~0.6 s/step on one thread of the 2-core box
+    motion_steps: int = 450  # batch 2 clips + 8 images at the quickstart's 8 frames: ~0.36 s/step on one thread
     appearance_steps: int = 600  # batch 4 images: ~0.1 s/step
     motion_lr: float = 2e-3
     appearance_lr: float = 1e-3  # 3e-3 breaks ordinary prompts (RESULTS.md)
@@ -63,7 +64,7 @@ class Plan:
     motion_batch: int = 2
     appearance_batch: int = 4
     motion_image_batch: int = 8  # prior images per motion step (batch 2: objects present 81 %, 8: 94 %; RESULTS.md)
-    motion_colour_permute: bool = False  # --colour-permute: the clips' colours cannot leak into the adapter
+    motion_colour_permute: bool = True  # --colour-permute: the clips' colours cannot leak into the adapter
     ordinary_seeds: int = 4  # x 18 prompts: >= 48 clips with a moving object to judge the motion by
     orange_seeds: int = 16  # x 3 prompts: 48 clips, as many as the motion figure asks for
     sample_steps: int = 8
