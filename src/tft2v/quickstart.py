@@ -29,8 +29,9 @@ import torch
 from tft2v.data import shapes_spec as spec
 from tft2v.errors import TFT2VError
 
-# Clip length of the quickstart's videos: 8-frame clips of the shapes world (its default is 16) learn coherent motion
-# 4× as often in the same steps, at 0.6× the cost (benchmarks/RESULTS.md, "Quickstart at 8 frames").
+# Clip length of the quickstart's videos: 8-frame clips of the shapes world (its default is 16) move coherently
+# in 25–44 % of samples after the same steps (16: 3–11 %), at 0.7× the cost per video step (RESULTS.md,
+# "Quickstart at 8 frames").
 QUICKSTART_FRAMES = 8
 
 # The toy model: a space-to-depth "latent" (32×32×3 → 16×16×12) and a small UNet with the full
@@ -141,8 +142,8 @@ class Plan:
     eval_seeds: tuple[int, int] = EVAL_SEEDS
 
 
-# default: the step counts the 10-minute budget gave on the reference 2-core box. full: 4× the variant
-# steps, where claims (1) and (2) hold for seed 0 (~34 min on a 2-core box; benchmarks/RESULTS.md).
+# default: the step counts the 10-minute budget gave on the reference 2-core box. full: 4× the variant steps,
+# where the TF-T2V variant's colour and coherent motion near issue 13's targets (~19 min on a 0.26 s box; RESULTS.md).
 PLANS = {"default": Plan("default", content_steps=750, variant_steps=250, sample_steps=MIN_SAMPLE_STEPS),
          "full": Plan("full", content_steps=750, variant_steps=1000, sample_steps=MIN_SAMPLE_STEPS)}
 
