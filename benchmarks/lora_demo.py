@@ -8,9 +8,10 @@ taught to a base TF-T2V model folder from a few dozen examples of something it h
   uniform t 17 %, t >= 600 58 %, t >= 800 78 % diagonal), with the ``prior_images`` ordinary captioned
   images as its image branch (``--prior-images``, ``motion_image_batch`` per step: the temporal layers also
   run on single frames, so captions stay in control) and each clip's RGB channels in a random order
-  (``--colour-permute``: the 32 clips' colours do not become the adapter's). Sampled on ordinary ``"a <colour> <shape>"`` prompts
-  (all 18, ``ordinary_seeds`` seeds each) with the base model and with the adapter; among clips that
-  show a moving object, the share moving diagonally (detector directions: the spec's four + diagonal).
+  (``--colour-permute``: the 32 clips' colours do not become the adapter's). Sampled on ordinary
+  ``"a <colour> <shape>"`` prompts (all 18, ``ordinary_seeds`` seeds each) with the base model and with the
+  adapter; among clips that show a moving object, the share moving diagonally (detector directions: the
+  spec's four + diagonal).
 * **appearance adapter** — ``images`` captioned images of a new colour, ``"a orange circle"`` …
   (RGB 245, 140, 30), train a LoRA on the keys and values of every second attention (``attn2_kv``: the text
   cross-attention + the temporal transformers' attn2) with the new word ``orange`` added to the toy text encoder

@@ -164,10 +164,10 @@ class Trainer:
         _freeze_for_recipe(cfg, self.unet)
         apply_lora(cfg.model.lora, self.unet, self.resume_from)  # model.lora: frozen base, adapters train
         o = cfg.optim
-        fused = o.fused and acc.distributed_type.value not in ("FSDP", "DEEPSPEED")
+        sharded = acc.distributed_type.value in ("FSDP", "DEEPSPEED")
         optimizer = torch.optim.AdamW([p for p in self.unet.parameters() if p.requires_grad], lr=o.lr,
                                       betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                                      **({"fused": True} if fused else {}))
+                                      fused=o.fused and not sharded)
         if ckpt_io.is_fsdp2(acc):
             _broadcast_weights(self.unet, self.device)
         # Model and optimizer in one prepare call (FSDP2 and DeepSpeed need both: fully_shard swaps the
