@@ -57,6 +57,11 @@ BASE_CONFIG = {
 CONTENT_STAGE = {"data": {"ratio": [1, 0], "image_batch_size": 32}, "recipe": {"coherence_weight": 0.0}}
 
 
+# torch's thread count for the whole run: float results depend on it (RESULTS.md, "Threads and
+# reproducibility"), so a 4- or 16-core machine runs the reference 2-core box's arithmetic.
+QUICKSTART_THREADS = 2
+
+
 # λ of the TF-T2V variants: the paper's 0.1 moves consistency too little to measure at toy scale
 # (benchmarks/RESULTS.md, "What did not speed up motion learning").
 TOY_COHERENCE_WEIGHT = 1.0
@@ -296,7 +301,16 @@ def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float | None
 
     Runs the fixed plan ``plan`` (a name in :data:`PLANS` or a :class:`Plan`), or with ``minutes`` fits
     the step counts to that budget instead. ``base`` replaces :data:`BASE_CONFIG` (e.g. a smaller model
-    for a smoke test)."""
+    for a smoke test). Runs on :data:`QUICKSTART_THREADS` torch threads whatever the machine's core count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(QUICKSTART_THREADS)
+    try:
+        return _run_quickstart(out_dir, minutes, seed, log, base, plan)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_quickstart(out_dir, minutes, seed, log, base, plan) -> Path:
     from tft2v.quickstart_report import write_report
 
     if isinstance(plan, str):
@@ -319,7 +333,7 @@ def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float | None
     budget.spent["calibration"] = time.perf_counter() - t0
     mode = f"plan '{plan.name}'" if minutes is None else f"fitted to a {minutes:g}-minute budget"
     log(f"{mode}: content stage {budget.content_steps} steps, {budget.variant_steps} steps per variant, "
-        f"{budget.sample_steps} DPM-Solver++ steps per clip, {n_clips} clips in all"
+        f"{budget.sample_steps} DPM-Solver++ steps per clip, {n_clips} clips in all, {QUICKSTART_THREADS} threads"
         + ("" if budget.eval_seeds == EVAL_SEEDS else
            f" ({budget.eval_seeds[0]}/{budget.eval_seeds[1]} seeds per prompt instead of "
            f"{EVAL_SEEDS[0]}/{EVAL_SEEDS[1]}: sampling is slow on this machine)"))
