@@ -59,7 +59,7 @@ class Plan:
     images: int = 32  # captioned orange images (appearance adapter)
     prior_images: int = 32  # ordinary captioned images beside them, and the motion adapter's image branch (0: none)
     rank: int = 16
-    motion_steps: int = 250  # 200: 58 %, 250: 78 %, 300: 85 % diagonal; shape on ordinary prompts -0, +1, -8 points
+    motion_steps: int = 250  # reference base, 200/250/300 steps: 58/78/85 % diagonal, shape 0/+1/−8 points
     appearance_steps: int = 600  # batch 4 images: ~0.1 s/step
     motion_lr: float = 2e-3
     appearance_lr: float = 1e-3  # 3e-3 breaks ordinary prompts (RESULTS.md)

@@ -9,9 +9,8 @@ from tft2v.data import shapes_spec as spec
 from tft2v.data.toy import generate
 from tft2v.metrics.toy import evaluate_toy, summarise
 from tft2v.quickstart import (BASE_CONFIG, EVAL_SEEDS, PLANS, QUICKSTART_THREADS, REDUCED_EVAL_SEEDS, VARIANTS,
-                              Budget, Plan,
-                              appearance_prompts,
-                              count_clips, direction_prompts, evaluation_prompts, merge_config, variant_config)
+                              Budget, Plan, appearance_prompts, count_clips, direction_prompts, evaluation_prompts,
+                              merge_config, variant_config)
 from tft2v.quickstart_report import claims, slow_machine_note, write_report
 
 from tests.toy_drawing import BACKGROUND, draw
@@ -256,9 +255,13 @@ def test_quickstart_end_to_end_small(tmp_path):
                  "image_batch_size": 8, "video_batch_size": 2},
         "model": {"unet": {"model_channels": 16, "channel_mult": [1, 2], "attention_scales": [0.5], "head_dim": 8}}})
     said = []
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the run sets its own thread count and gives this one back
-    report = run_quickstart(tmp_path, seed=0, base=tiny, log=said.append, plan=Plan("tiny", 20, 20, 8, (1, 1)))
-    assert torch.get_num_threads() == 1 and f"in all, {QUICKSTART_THREADS} threads" in said[1]
+    try:
+        report = run_quickstart(tmp_path, seed=0, base=tiny, log=said.append, plan=Plan("tiny", 20, 20, 8, (1, 1)))
+        assert torch.get_num_threads() == 1 and f"in all, {QUICKSTART_THREADS} threads" in said[1]
+    finally:
+        torch.set_num_threads(threads)
     text = report.read_text()
     assert "## The paper's claims at toy scale" in text and "4 frames per clip" in text
     assert "fixed plan 'tiny'" in text and said[1].startswith("plan 'tiny': content stage 20 steps, 20 steps")
