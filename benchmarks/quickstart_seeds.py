@@ -14,8 +14,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 
 def summary(run: Path) -> dict:
     """Verdicts and headline figures of one finished quickstart folder."""
@@ -43,10 +41,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="quickstart_seeds")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--plan", default="default")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plan", default="default")  # each run on the quickstart's own fixed thread count
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
 
     from tft2v.quickstart import run_quickstart
 
