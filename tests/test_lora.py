@@ -285,9 +285,21 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
 
     spatial = lora.target_modules(TFT2VPipeline.from_pretrained(model).unet, ["spatial"])
     assert set(spatial) < set(meta["modules"])
+    # a module-name regular expression as the target: only what it names is adapted
     with pytest.raises(SystemExit) as e:
-        main(["finetune", "--model", str(model), "--clips", str(tmp_path / "nope"), "--out", str(out)])
-    assert e.value.code == 2
+        main(["finetune", "--model", str(model), "--clips", str(clips), "--out", str(tmp_path / "out3"),
+              "--steps", "1", "--rank", "2", "--target", r".*temporal_conv\.conv1.*", "--no-progress"])
+    assert e.value.code == 0
+    modules = lora.read_adapter(tmp_path / "out3" / "lora")[0]["modules"]
+    assert modules and all(".temporal_conv.conv1." in m for m in modules)
+    for bad, says in ((str(tmp_path / "nope"), "not a folder"), ("(", "neither a group"),
+                      ("nothing_here", "select no module")):
+        args = ["--clips", bad] if says == "not a folder" else ["--clips", str(clips), "--target", bad]
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(["finetune", "--model", str(model), *args, "--out", str(tmp_path / "out4"), "--steps", "1"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and says in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_lora_run_checkpoint_holds_plain_base_and_resume_is_exact(tmp_path):

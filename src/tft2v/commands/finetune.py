@@ -11,7 +11,7 @@ the adapter learns to leave ordinary prompts alone. With ``--clips`` and no ``--
 branch's only data: a temporal adapter then also trains on captioned single frames (the temporal layers
 run on images too), which keeps captions in control (benchmarks/RESULTS.md). ``--images`` alone (no
 ``--clips``) trains content adapters from image–text pairs only; ``--target`` picks the adapted groups
-(default: ``temporal``, plus ``spatial`` with ``--images``). ``--add-word`` gives a new caption word
+or module-name regular expressions (default: ``temporal``, plus ``spatial`` with ``--images``). ``--add-word`` gives a new caption word
 (e.g. a new colour) its own token in the toy text encoder; the adapter folder records it
 (``encoder_words``) and loading the adapter adds it again. ``--colour-permute`` reorders each clip's RGB
 channels at random while training, so a motion adapter cannot take the clips' colours along.
@@ -20,6 +20,8 @@ channels at random while training, so a motion adapter cannot take the clips' co
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -53,8 +55,6 @@ def count_clips(folder: Path) -> int:
 def image_manifest(images: Path | None, prior: Path, out: Path) -> Path:
     """``out`` as a JSONL manifest of the captioned images in ``images`` (if any) and ``prior`` (absolute
     paths): one image source holding both, so a step draws from them in proportion to their files."""
-    import json
-
     from tft2v.data.sources import scan_folder
 
     if not prior.is_dir():
@@ -107,10 +107,16 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
     if images is not None and not images.is_dir():
         raise TFT2VError(f"--images {images}: not a folder")
     targets = list(targets or (["temporal"] if clips is not None else []) + (["spatial"] if images is not None else []))
-    unknown = [t for t in targets if t not in LORA_TARGET_GROUPS]
-    if unknown:
-        raise TFT2VError(f"--target {unknown[0]!r} is not one of {list(LORA_TARGET_GROUPS)}")
+    for t in targets:
+        if t not in LORA_TARGET_GROUPS:
+            try:
+                re.compile(t)
+            except re.error as e:
+                raise TFT2VError(f"--target {t!r} is neither a group {list(LORA_TARGET_GROUPS)} nor a module-name "
+                                 f"regular expression ({e})") from None
     pipe = TFT2VPipeline.from_pretrained(model)
+    for t in targets:  # each target on its own: one that selects nothing is a typo, not a no-op
+        lora.target_modules(pipe.unet, [t])
     pipe.set_progress_bar_config(disable=True)
     words = list(dict.fromkeys(add_words or []))
     if words:
@@ -143,7 +149,7 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
         "data.video_batch_size": batch, "data.image_batch_size": image_batch or batch,
         "data.ratio": ratio, "data.labelled_ratio": 0.0,
         "model.init": "pretrained", "model.init_path": str(model), "model.unet": "{}",
-        "model.lora": f"{{rank: {rank}, targets: [{', '.join(targets)}]}}",
+        "model.lora": json.dumps({"rank": rank, "targets": targets}),  # JSON is YAML; regexes stay intact
         "recipe.image_tokens_on_videos": bool(pipe.unet.config.image_embed_dim),
         "recipe.video_high_noise_share": high_noise_share, "recipe.video_colour_permute": colour_permute,
         "optim.lr": lr, "optim.warmup_steps": min(50, max(1, steps // 10)), "optim.ema_decay": 0.0,
@@ -196,7 +202,8 @@ def finetune(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar while training."),
     target: Optional[list[str]] = typer.Option(None, "--target", help="Adapted group (repeatable): temporal, "
                                                "spatial, spatial_conv, text_kv (cross-attention keys/values: a new "
-                                               "word), attn2_kv (text_kv + temporal attn2 keys/values) (default: "
+                                               "word), attn2_kv (text_kv + temporal attn2 keys/values), or a "
+                                               "module-name regular expression, e.g. '.*temporal_conv.*' (default: "
                                                "temporal, + spatial with --images)."),
     add_word: Optional[list[str]] = typer.Option(None, "--add-word", help="New caption word (repeatable, e.g. a new "
                                                  "colour) to give its own toy-encoder token; the adapter records it."),
