@@ -13,8 +13,9 @@ run on images too), which keeps captions in control (benchmarks/RESULTS.md). ``-
 ``--clips``) trains content adapters from image–text pairs only; ``--target`` picks the adapted groups
 or module-name regular expressions (default: ``temporal``, plus ``spatial`` with ``--images``).
 ``--add-word`` gives a new caption word (e.g. a new colour) its own token in the toy text encoder; the
-adapter folder records it (``encoder_words``) and loading the adapter adds it again. ``--colour-permute`` reorders each clip's RGB
-channels at random while training, so a motion adapter cannot take the clips' colours along.
+adapter folder records it (``encoder_words``) and loading the adapter adds it again. ``--colour-permute``
+reorders each clip's RGB channels at random while training, so a motion adapter cannot take the clips'
+colours along.
 :func:`run_finetune` is the same as a Python function (used by ``benchmarks/lora_demo.py``).
 """
 
