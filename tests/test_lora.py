@@ -71,6 +71,8 @@ def test_targets_select_spatial_and_temporal_modules():
     assert lora.target_modules(unet, [r"middle_block\.0\.in_layers\.2"]) == ["middle_block.0.in_layers.2"]
     with pytest.raises(lora.LoraError, match="select no module"):
         lora.target_modules(unet, ["nothing_here"])
+    with pytest.raises(lora.LoraError, match="neither a group"):  # configs and the CLI alike
+        lora.target_modules(unet, ["("])
 
 
 def test_apply_lora_freezes_base_and_starts_as_identity():

@@ -22,7 +22,6 @@ colours along.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -97,7 +96,7 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
                  image_batch: int | None = None, colour_permute: bool = False, echo=typer.echo) -> dict:
     """The work of ``tft2v finetune``; returns ``{"adapter", "steps", "targets", "words", "summary"}``
     (``summary``: the trainer's run summary); ``high_noise_start`` None: the recipe's default."""
-    from tft2v.config import LORA_TARGET_GROUPS, load_config
+    from tft2v.config import load_config
     from tft2v.models import lora
     from tft2v.pipeline import TFT2VPipeline
     from tft2v.train.trainer import Trainer
@@ -108,13 +107,6 @@ def run_finetune(model: Path, clips: Path | None, out: Path, images: Path | None
     if images is not None and not images.is_dir():
         raise TFT2VError(f"--images {images}: not a folder")
     targets = list(targets or (["temporal"] if clips is not None else []) + (["spatial"] if images is not None else []))
-    for t in targets:
-        if t not in LORA_TARGET_GROUPS:
-            try:
-                re.compile(t)
-            except re.error as e:
-                raise TFT2VError(f"--target {t!r} is neither a group {list(LORA_TARGET_GROUPS)} nor a module-name "
-                                 f"regular expression ({e})") from None
     pipe = TFT2VPipeline.from_pretrained(model)
     for t in targets:  # each target on its own: one that selects nothing is a typo, not a no-op
         lora.target_modules(pipe.unet, [t])

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tft2v.config import LORA_TARGET_GROUPS
 from tft2v.errors import TFT2VError
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -59,6 +60,13 @@ def _parent_types(model: nn.Module) -> dict[str, tuple[str, ...]]:
 
 def target_modules(model: nn.Module, targets) -> list[str]:
     """Module names of ``model`` the ``targets`` (groups and/or regular expressions) select."""
+    for t in targets:
+        if t not in LORA_TARGET_GROUPS:
+            try:
+                re.compile(t)
+            except re.error as e:
+                raise LoraError(f"LoRA target {t!r} is neither a group {list(LORA_TARGET_GROUPS)} nor a module-name "
+                                f"regular expression ({e})") from None
     parents = _parent_types(model)
     chosen: list[str] = []
     for name, module in model.named_modules():
