@@ -45,16 +45,21 @@ def take(batch: dict, start: int, count: int) -> dict:
     return {branch: {k: v[start:start + count] for k, v in part.items()} for branch, part in batch.items()}
 
 
+def driver_config(out, steps: int, sets: dict | None = None):
+    """The tiny config the driver trains: ``steps`` steps, EMA, two validation prompts; ``sets`` on top."""
+    overrides = {"train.max_steps": steps, "optim.ema_decay": 0.9, "optim.warmup_steps": 1,
+                 "train.validation_prompts": "['a red circle', 'a blue square']", "train.validation_frames": 2,
+                 "train.validation_steps": 3, **(sets or {})}
+    return tiny_config(out, **overrides)
+
+
 def run(out, steps: int, global_batch: int = 4, save_at=(), resume=None, validate: bool = False,
         export: bool = False, sets: dict | None = None) -> dict:
     """Train ``steps`` steps of the tiny config in ``out`` (this process's share of each global batch);
     returns (and writes to ``out/driver_rank{r}.json``) the per-step losses and what else was asked for."""
     from tft2v.train import Trainer
 
-    overrides = {"train.max_steps": steps, "optim.ema_decay": 0.9, "optim.warmup_steps": 1,
-                 "train.validation_prompts": "['a red circle', 'a blue square']", "train.validation_frames": 2,
-                 "train.validation_steps": 3, **(sets or {})}
-    cfg = tiny_config(out, **overrides)
+    cfg = driver_config(out, steps, sets)
     trainer = Trainer(cfg, resume=None if resume is None else str(resume))
     acc = trainer.accelerator
     world, rank, accum = acc.num_processes, acc.process_index, cfg.train.grad_accum

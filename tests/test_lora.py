@@ -319,6 +319,16 @@ def test_lora_run_checkpoint_holds_plain_base_and_resume_is_exact(tmp_path):
         _, a = lora.read_adapter(Path(full["checkpoint"]) / folder)
         _, b = lora.read_adapter(Path(part["checkpoint"]) / folder)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # lora_ema/ holds the EMA's shadow weights (the trainable parameters' order), not the live ones
+    live = lora.read_adapter(Path(full["checkpoint"]) / "lora")[1]
+    ema = lora.read_adapter(Path(full["checkpoint"]) / "lora_ema")[1]
+    shadows = torch.load(Path(full["checkpoint"]) / "ema.pt", weights_only=False)["shadow_params"]
+    trainable = [k for k, p in Trainer(tiny_config(tmp_path / "names", **extra)).unet.named_parameters()
+                 if p.requires_grad]
+    assert len(trainable) == len(shadows) == len(ema)
+    for name, shadow in zip(trainable, shadows):
+        assert torch.equal(ema["unet." + name.replace(".default.", ".")], shadow), name
+    assert any(not torch.equal(live[k], ema[k]) for k in live)
     saved = safetensors.torch.load_file(Path(full["checkpoint"]) / "unet" / "diffusion_pytorch_model.safetensors")
     base = safetensors.torch.load_file(tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors")
     assert saved.keys() == base.keys() and all(torch.equal(saved[k], base[k]) for k in base)

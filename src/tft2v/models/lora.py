@@ -196,20 +196,22 @@ def same_base(a: dict, b: dict) -> bool:
 
 
 def adapter_state(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> dict[str, torch.Tensor]:
-    """The adapter's weights in the diffusers layout: ``unet.<module>.lora_A.weight`` …"""
+    """The adapter's weights in the diffusers layout: ``unet.<module>.lora_A.weight`` … Under FSDP2 the
+    shards are gathered (``DTensor.full_tensor``): collective there, every rank must call it."""
     marker = f".{adapter_name}."
     out = {}
     for k, v in model.named_parameters():  # not state_dict(): a training UNet's leaves the adapters out
         if "lora_" in k and marker in k:
-            out["unet." + k.replace(marker, ".")] = v.detach().cpu().contiguous()
+            full = v.full_tensor() if hasattr(v, "full_tensor") else v
+            out["unet." + k.replace(marker, ".")] = full.detach().to("cpu", copy=True).contiguous()  # a snapshot
     return out
 
 
 def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = DEFAULT_ADAPTER,
-                 state: dict[str, torch.Tensor] | None = None, fingerprint: dict | None = None,
+                 weights: dict[str, torch.Tensor] | None = None, fingerprint: dict | None = None,
                  extra: dict | None = None) -> Path:
-    """Write ``directory/pytorch_lora_weights.safetensors`` + ``tft2v_lora.json``. ``state``: a full
-    state dict of ``model`` to take the adapter from instead of the live weights (e.g. the EMA's)."""
+    """Write ``directory/pytorch_lora_weights.safetensors`` + ``tft2v_lora.json``. ``weights``: the
+    adapter in :func:`adapter_state`'s layout to write instead of the live weights (e.g. the EMA's)."""
     import safetensors.torch
 
     info = getattr(model, "_tft2v_lora", {}).get(adapter_name)
@@ -217,12 +219,7 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = DE
         raise LoraError(f"the model has no LoRA adapter {adapter_name!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if state is None:
-        weights = adapter_state(model, adapter_name)
-    else:  # a state dict taken without the training hook (keys with the adapter name)
-        marker = f".{adapter_name}."
-        weights = {"unet." + k.replace(marker, "."): v.detach().cpu().contiguous()
-                   for k, v in state.items() if "lora_" in k and marker in k}
+    weights = adapter_state(model, adapter_name) if weights is None else weights
     safetensors.torch.save_file(weights, directory / WEIGHTS_NAME, metadata={"format": "pt"})
     meta = {"format": "tft2v-lora/1", "rank": info["rank"], "alpha": info["alpha"], "modules": info["modules"],
             "base": fingerprint or getattr(model, "_tft2v_lora_base", None) or base_fingerprint(model),
@@ -286,17 +283,32 @@ def _fill_adapter(model: nn.Module, weights: dict[str, torch.Tensor], adapter_na
 
 
 def save_checkpoint_adapters(trainer, checkpoint: str | Path) -> None:
-    """Beside a training checkpoint: ``lora/`` (live adapter weights) and, with EMA, ``lora_ema/`` — the
-    adapter-only files a LoRA run is for. Main process only; not under FSDP (weights are sharded)."""
+    """Into a training checkpoint (before it is published): ``lora/`` (live adapter weights) and, with EMA,
+    ``lora_ema/`` — the adapter-only files a LoRA run is for. Collective: every rank calls it (under FSDP2
+    the adapter shards are gathered); the main process writes."""
     from tft2v.train import checkpoint as ckpt_io
 
-    if not trainer.accelerator.is_main_process or getattr(trainer.unet, "_tft2v_lora", None) is None:
+    acc, unet = trainer.accelerator, trainer.unet
+    if getattr(unet, "_tft2v_lora", None) is None or not (acc.is_main_process or ckpt_io.is_fsdp2(acc)):
         return
-    checkpoint = Path(checkpoint)
-    save_adapter(trainer.unet, checkpoint / "lora")
+    live = adapter_state(unet)
+    ema = None
     if trainer.ema is not None:
-        with ckpt_io.ema_weights(trainer.ema, trainer.params):
-            save_adapter(trainer.unet, checkpoint / "lora_ema")
+        with ckpt_io.ema_weights(trainer.ema, trainer.params):  # each rank swaps its own shards in
+            ema = adapter_state(unet)
+    if acc.is_main_process:
+        save_adapter(unet, Path(checkpoint) / "lora", weights=live)
+        if ema is not None:
+            save_adapter(unet, Path(checkpoint) / "lora_ema", weights=ema)
+
+
+def copy_adapter(source: nn.Module, target: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Give ``target`` (a plain copy of ``source``'s base) ``source``'s training adapter, filled with
+    ``weights`` (:func:`adapter_state`'s layout): a gathered FSDP2 copy samples with the adapter on."""
+    info = source._tft2v_lora[DEFAULT_ADAPTER]
+    with torch.random.fork_rng(devices=[]):  # peft's initialisation must not move training's RNG stream
+        add_adapter(target, info["rank"], info["alpha"], modules=info["modules"])
+    _fill_adapter(target, weights, DEFAULT_ADAPTER, "the training run's adapter")
 
 
 # -- mixing, fusing ----------------------------------------------------------------------------------

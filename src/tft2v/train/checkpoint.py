@@ -122,10 +122,11 @@ def is_fsdp2(accelerator) -> bool:
 
 def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, optimizer, lr_scheduler,
                     loader_state: dict, config_yaml: str, ema=None, ema_params=None, scaler=None, keep_last: int = 3,
-                    debug: bool = False) -> Path:
+                    debug: bool = False, write_extra=None) -> Path:
     """Write a checkpoint of every rank's state; collective (all ranks must call it). Returns its path.
 
     ``ema_params``: the (prepared, possibly sharded) parameters the EMA tracks — the trainable ones.
+    ``write_extra(folder)``: called on every rank before the checkpoint is published, to add files to it.
     """
     root = Path(root)
     rank, main = accelerator.process_index, accelerator.is_main_process
@@ -163,6 +164,8 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
         torch.save(optimizer.state_dict(), tmp / f"optimizer_rank{rank}.pt")
     elif main:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if write_extra is not None:
+        write_extra(tmp)
 
     plain, tensors = _rng_state()
     (tmp / f"rank{rank}.json").write_text(json.dumps({"rng": plain, "loader": loader_state}))

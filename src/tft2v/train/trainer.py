@@ -101,12 +101,13 @@ def _build_accelerator(cfg: Config):
 
 def _broadcast_weights(unet, device) -> None:
     """Every rank takes the main process's initial weights (ranks seed their init differently). DDP
-    does this itself; FSDP2 shards each rank's own tensors as they are."""
+    does this itself; FSDP2 shards each rank's own tensors as they are. Parameters and buffers, not
+    ``state_dict()``: a LoRA run's leaves out the (randomly initialised) adapters."""
     import torch.distributed as dist
 
     unet.to(device)
     with torch.no_grad():
-        for tensor in unet.state_dict().values():
+        for tensor in [*unet.parameters(), *unet.buffers()]:
             dist.broadcast(tensor, src=0)
 
 
@@ -263,8 +264,8 @@ class Trainer:
             self.run_dir / "checkpoints", self.step, accelerator=self.accelerator, model=self.model, unet=self.unet,
             optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, loader_state=self.loader.state_dict(),
             config_yaml=self.config_yaml, ema=self.ema, ema_params=self.params, scaler=self.accelerator.scaler,
-            keep_last=self.cfg.train.keep_last, debug=debug)
-        save_checkpoint_adapters(self, path)  # model.lora: adapter-only files beside the full weights
+            keep_last=self.cfg.train.keep_last, debug=debug,
+            write_extra=lambda folder: save_checkpoint_adapters(self, folder))  # model.lora: lora/, lora_ema/
         return path
 
     def validate(self) -> list[Path]:

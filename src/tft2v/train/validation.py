@@ -35,8 +35,10 @@ def sampling_unet(accelerator, model, unet, ema=None, params=None):
     Unsharded (single process, DDP) that is ``unet`` itself with the EMA weights swapped in (and back
     out on exit, bit-exactly). Under FSDP2 every rank swaps its EMA shards in, the full weights are
     gathered onto the main process and loaded into a copy of the UNet built from its config (on the
-    meta device first, so building it draws nothing from the global RNG that training dropout uses).
+    meta device first, so building it draws nothing from the global RNG that training dropout uses);
+    a LoRA run's copy gets the gathered adapter too.
     """
+    from tft2v.models.lora import adapter_state, copy_adapter
     from tft2v.train.checkpoint import ema_weights, is_fsdp2, model_class
 
     main = accelerator.is_main_process
@@ -47,14 +49,18 @@ def sampling_unet(accelerator, model, unet, ema=None, params=None):
         with ema_weights(ema, params):
             yield unet
         return
+    lora = getattr(unet, "_tft2v_lora", None) is not None
     with ema_weights(ema, params):
-        weights = accelerator.get_state_dict(model)  # gathered: {} off the main process
+        weights = accelerator.get_state_dict(model)  # gathered: {} off the main process; a LoRA run's: the base
+        adapter = adapter_state(unet) if lora else None  # gathered on every rank
     if not main:
         yield None
         return
     with torch.device("meta"):
         copy = model_class(unet).from_config(unet.config)
     copy.load_state_dict(weights, assign=True)
+    if lora:
+        copy_adapter(unet, copy, adapter)
     yield copy.to(accelerator.device).eval()
 
 
