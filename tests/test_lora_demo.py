@@ -294,7 +294,7 @@ def test_lora_demo_end_to_end_on_a_tiny_model(tmp_path):
         assert 0.0 <= acc["colour"] <= 1.0 and 0.0 <= acc["shape"] <= 1.0
     a = figures["adapters"]
     assert a["motion"]["steps"] == 2 and a["motion"]["targets"] == ["temporal"] and a["motion"]["train_cpu_s"] > 0
-    assert a["appearance"]["targets"] == ["attn2_kv"] and a["appearance"]["words"] == ["orange"]
+    assert a["appearance"]["targets"] == [plan.appearance_target] and a["appearance"]["words"] == ["orange"]
     assert lora.read_adapter(a["appearance"]["adapter"])[0]["encoder_words"] == ["orange"]
     clips = sorted((tmp_path / "demo" / "data_motion" / "videos").glob("*.mp4"))
     assert len(clips) == 2
@@ -310,6 +310,13 @@ def test_lora_demo_end_to_end_on_a_tiny_model(tmp_path):
     assert a["motion"]["prior_examples"] == 2
     manifest = [json.loads(line) for line in (tmp_path / "demo" / "motion" / "images.jsonl").open()]
     assert len(manifest) == 2 and all(r["caption"].split()[1] != "orange" for r in manifest)
+
+
+def test_demo_plans_per_base():
+    from lora_demo import PLANS, Plan
+
+    assert PLANS["default"] == Plan() and PLANS["default"].appearance_target == "text_kv"
+    assert PLANS["full"].motion_steps == 250 and PLANS["full"].appearance_target == "attn2_kv"
 
 
 def test_scale_zero_is_bit_exact_and_one_is_not(tmp_path):

@@ -226,7 +226,7 @@ class TFT2VPipeline:
         name = adapter_name or f"adapter_{len(known)}"
         device, dtype = self.unet.device, self.unet.dtype
         lora.load_adapter(self.unet, path, name, fingerprint=self._lora_base)
-        self.unet.to(device=device, dtype=dtype)
+        torch.nn.Module.to(self.unet, device=device, dtype=dtype)  # the new adapter too; no ModelMixin warning
         if words:
             self.encoder.add_words(words)
         self.set_adapters([*self._lora_active, name], [*self._lora_active.values(), scale])
