@@ -89,6 +89,25 @@ def test_apply_lora_freezes_base_and_starts_as_identity():
     assert lora.apply_lora(LoraConfig(rank=0), tiny_unet(**SMALL)) is None
 
 
+def test_lora_gradients_survive_gradient_checkpointing():
+    """Frozen base, inputs without grad: the case where re-entrant checkpointing drops every gradient."""
+    from tft2v.config import LoraConfig
+
+    grads = []
+    for ckpt in (False, True):
+        unet = tiny_unet(**SMALL)
+        lora.apply_lora(LoraConfig(rank=2, targets=("spatial", "temporal")), unet)
+        _randomize_adapter(unet)  # lora_B != 0, so lora_A gets a gradient too
+        if ckpt:
+            unet.enable_gradient_checkpointing()
+        x, t, text, image = _inputs(unet)
+        unet.train()(x, t, text, image_embeds=image).square().mean().backward()
+        grads.append({k: p.grad for k, p in unet.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and all(g is not None for g in grads[1].values())
+    assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])
+    assert any(g.abs().sum() > 0 for k, g in grads[1].items() if "lora_A" in k)
+
+
 def test_trainer_with_lora_trains_and_saves_only_adapters(tmp_path):
     from train_fixtures import tiny_config
 
