@@ -393,3 +393,51 @@ def test_lora_under_two_ddp_cpu_ranks(tmp_path):
     base = safetensors.torch.load_file(tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(ranks[0]["base"][k], base[k]) for k in base)  # frozen base
     assert (out / "checkpoints" / "step-00000002" / "lora" / lora.WEIGHTS_NAME).is_file()
+
+
+@pytest.mark.slow
+def test_lora_run_killed_mid_run_resumes_to_the_same_adapter(tmp_path):
+    """kill -9 a LoRA training process mid-run (CLI, files on disk); every checkpoint it left has its adapter,
+    and ``--resume auto`` ends with the uninterrupted run's losses and adapter files, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from test_trainer import losses
+    from train_fixtures import tiny_overrides
+
+    from tft2v.train.checkpoint import list_checkpoints
+
+    repo = Path(__file__).resolve().parents[1]
+    steps = 8
+    extra = {**_from_base(tmp_path), "train.max_steps": steps, "train.checkpoint_every": 1, "optim.ema_decay": 0.9,
+             "model.lora": "{rank: 2, targets: [spatial, temporal]}"}
+
+    def cmd(run: Path) -> list[str]:
+        sets = sum((["--set", s] for s in tiny_overrides(run, **extra)), [])
+        return [sys.executable, "-m", "tft2v.cli", "train", str(repo / "configs/toy.yaml"), *sets]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = subprocess.run(cmd(tmp_path / "full"), cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(run), cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not list_checkpoints(run / "checkpoints")
+                                      or list_checkpoints(run / "checkpoints")[-1].name < "step-00000003"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = list_checkpoints(run / "checkpoints")
+    assert left and left[-1].name < f"step-{steps:08d}", "the run finished before it was killed"
+    assert all((c / "lora" / lora.WEIGHTS_NAME).is_file() and (c / "lora_ema" / lora.WEIGHTS_NAME).is_file()
+               for c in left)  # written before the checkpoint was published
+    resumed = subprocess.run([*cmd(run), "--resume", "auto"], cwd=repo, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert losses(run) == losses(tmp_path / "full") and sorted(losses(run)) == list(range(1, steps + 1))
+    a, b = list_checkpoints(run / "checkpoints")[-1], list_checkpoints(tmp_path / "full/checkpoints")[-1]
+    for folder in ("lora", "lora_ema"):
+        wa, wb = lora.read_adapter(a / folder)[1], lora.read_adapter(b / folder)[1]
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wb), folder
