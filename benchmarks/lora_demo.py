@@ -19,8 +19,8 @@ only on the text cross-attention (RESULTS.md, "LoRA demonstration on the shapes 
   spec's four + diagonal).
 * **appearance adapter** — ``images`` captioned images of a new colour, ``"a orange circle"`` …
   (RGB 245, 140, 30), train a LoRA on the keys and values of the text cross-attention (``text_kv``; the
-  ``full`` plan: ``attn2_kv``, also the temporal transformers' attn2) with the new word ``orange`` added to the toy text encoder
-  (``--add-word``; the adapter records it), with ``prior_images`` ordinary captioned images of the shapes
+  ``full`` plan: ``attn2_kv``, also the temporal transformers' attn2) with the new word ``orange`` added to
+  the toy text encoder (``--add-word``; the adapter records it), with ``prior_images`` ordinary captioned images of the shapes
   world mixed in (``--prior-images``: prior preservation, so ordinary prompts stay as they were). Colour
   accuracy on ``"a orange <shape>"`` prompts, base (the base UNet with the word known, i.e. the adapters at
   scale 0) vs adapter.
