@@ -400,12 +400,10 @@ def test_lora_run_killed_mid_run_resumes_to_the_same_adapter(tmp_path):
     """kill -9 a LoRA training process mid-run (CLI, files on disk); every checkpoint it left has its adapter,
     and ``--resume auto`` ends with the uninterrupted run's losses and adapter files, bit for bit."""
     import os
-    import signal
     import subprocess
-    import time
 
     from test_trainer import losses
-    from train_fixtures import tiny_overrides
+    from train_fixtures import kill_after_checkpoint, tiny_overrides
 
     from tft2v.train.checkpoint import list_checkpoints
 
@@ -422,14 +420,7 @@ def test_lora_run_killed_mid_run_resumes_to_the_same_adapter(tmp_path):
     full = subprocess.run(cmd(tmp_path / "full"), cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr[-2000:]
     run = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(run), cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and (not list_checkpoints(run / "checkpoints")
-                                      or list_checkpoints(run / "checkpoints")[-1].name < "step-00000003"):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    left = list_checkpoints(run / "checkpoints")
+    left = kill_after_checkpoint(cmd(run), run, "step-00000003", repo, env)
     assert left and left[-1].name < f"step-{steps:08d}", "the run finished before it was killed"
     assert all((c / "lora" / lora.WEIGHTS_NAME).is_file() and (c / "lora_ema" / lora.WEIGHTS_NAME).is_file()
                for c in left)  # written before the checkpoint was published

@@ -2,7 +2,7 @@
 runs them): the same losses and adapter as one process on the same global batch, the adapter files gathered
 from the shards, validation sampled *with* the adapter, the base left as it was, and exact resume.
 
-The run starts from a tiny model folder (tests/pipeline_fixtures.py) with spatial and temporal adapters,
+The run starts from a tiny model folder (``test_lora._from_base``) with spatial and temporal adapters,
 driven by tests/dist_driver.py as in tests/test_fsdp.py.
 """
 
@@ -19,24 +19,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dist_driver import driver_config, run  # noqa: E402
 from test_fsdp import fsdp_env, sets, torchrun  # noqa: E402
+from test_lora import _from_base  # noqa: E402
 from tft2v.models import lora  # noqa: E402
 from tft2v.train.checkpoint import list_checkpoints  # noqa: E402
 
 
-def _lora_sets(base: Path) -> dict:
-    return {"model.init": "pretrained", "model.init_path": str(base), "model.unet": "{}",
-            "encoder.args": "{text_dim: 32, image_dim: 32, max_length: 8}",
-            "model.lora": "{rank: 2, targets: [spatial, temporal]}"}
+def _lora_sets(root: Path) -> dict:
+    """Start from the tiny model folder ``root/base`` (made on first use) with spatial + temporal adapters."""
+    return {**_from_base(root), "model.lora": "{rank: 2, targets: [spatial, temporal]}"}
 
 
 @pytest.fixture(scope="module")
 def lora_runs(tmp_path_factory):
     """The same 4 LoRA steps under FSDP (2 ranks) and in one process; checkpoints at 2 and 4, validation."""
-    from pipeline_fixtures import toy_model_folder
-
     root = tmp_path_factory.mktemp("lora_fsdp")
-    base = toy_model_folder(root / "base")
-    s = _lora_sets(base)
+    s = _lora_sets(root)
+    base = root / "base"
     fsdp = torchrun(root / "fsdp", "--steps", "4", "--save-at", "2,4", "--validate", *sets(s), env=fsdp_env())
     single = run(root / "single", 4, save_at={2, 4}, validate=True, sets=s)
     return root, base, fsdp, single
@@ -73,7 +71,7 @@ def test_lora_fsdp_validation_samples_with_the_adapter(lora_runs, tmp_path):
     from tft2v.train import Trainer
     from tft2v.train.validation import sample_validation_clips
 
-    cfg = driver_config(tmp_path / "base_only", 1, {**_lora_sets(base), "model.lora": "{rank: 0}"})
+    cfg = driver_config(tmp_path / "base_only", 1, _from_base(root))  # no adapter
     plain = Trainer(cfg)
     without = sample_validation_clips(plain.unet, plain.encoder, plain.autoencoder, cfg)
     assert without.shape == ours.shape and (without - ours).abs().max() > 1e-2
@@ -84,7 +82,7 @@ def test_lora_fsdp_resume_is_exact(lora_runs, tmp_path):
     root, base, fsdp, _ = lora_runs
     step2 = root / "fsdp/checkpoints/step-00000002"
     resumed = torchrun(tmp_path / "resumed", "--steps", "4", "--save-at", "4", "--resume", str(step2),
-                       *sets(_lora_sets(base)), env=fsdp_env())
+                       *sets(_lora_sets(root)), env=fsdp_env())
     assert [resumed["losses"][s] for s in ("3", "4")] == [fsdp["losses"][s] for s in ("3", "4")]  # bit-exact
     a = list_checkpoints(tmp_path / "resumed/checkpoints")[-1]
     b = list_checkpoints(root / "fsdp/checkpoints")[-1]

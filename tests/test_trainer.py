@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import torch
 from tft2v.errors import TFT2VError
 from tft2v.train import Trainer, train
 from tft2v.train.checkpoint import list_checkpoints
-from train_fixtures import tiny_config, tiny_overrides
+from train_fixtures import kill_after_checkpoint, tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,16 +102,8 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "tft2v.cli", "train", str(REPO / "configs/toy.yaml"),
            *sum((["--set", s] for s in tiny_overrides(run, **extra)), [])]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list_checkpoints(run / "checkpoints")) < 1:
-        time.sleep(0.05)
-    while time.time() < deadline and list_checkpoints(run / "checkpoints")[-1].name < "step-00000003":
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = list_checkpoints(run / "checkpoints")[-1].name
+    left = kill_after_checkpoint(cmd, run, "step-00000003", REPO, {**os.environ, "OMP_NUM_THREADS": "1"})
+    killed_at = left[-1].name
     assert killed_at < f"step-{steps:08d}", "the run finished before it was killed"
     resumed = _cli(["train", str(REPO / "configs/toy.yaml"),
                     *sum((["--set", s] for s in tiny_overrides(run, **extra)), []), "--resume", "auto"], timeout=600)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tft2v.config import load_config
 
 
@@ -28,3 +30,22 @@ def tiny_overrides(out_dir, **extra) -> list[str]:
 
 def tiny_config(out_dir, **extra):
     return load_config(None, tiny_overrides(out_dir, **extra))
+
+
+def kill_after_checkpoint(cmd: list[str], run_dir, name: str, cwd, env) -> list:
+    """Start ``cmd`` (a training run writing to ``run_dir``), SIGKILL it once its newest checkpoint is
+    ``name`` or later, and return the checkpoints it left (oldest first)."""
+    import signal
+    import subprocess
+    import time
+
+    from tft2v.train.checkpoint import list_checkpoints
+
+    ckpts = Path(run_dir) / "checkpoints"
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not list_checkpoints(ckpts) or list_checkpoints(ckpts)[-1].name < name):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return list_checkpoints(ckpts)
