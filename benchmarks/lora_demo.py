@@ -20,8 +20,9 @@ only on the text cross-attention (RESULTS.md, "LoRA demonstration on the shapes 
 * **appearance adapter** — ``images`` captioned images of a new colour, ``"a orange circle"`` …
   (RGB 245, 140, 30), train a LoRA on the keys and values of the text cross-attention (``text_kv``; the
   ``full`` plan: ``attn2_kv``, also the temporal transformers' attn2) with the new word ``orange`` added to
-  the toy text encoder (``--add-word``; the adapter records it), with ``prior_images`` ordinary captioned images of the shapes
-  world mixed in (``--prior-images``: prior preservation, so ordinary prompts stay as they were). Colour
+  the toy text encoder (``--add-word``; the adapter records it), with ``prior_images`` ordinary captioned
+  images of the shapes world mixed in (``--prior-images``: prior preservation, so ordinary prompts stay as
+  they were). Colour
   accuracy on ``"a orange <shape>"`` prompts, base (the base UNet with the word known, i.e. the adapters at
   scale 0) vs adapter.
 * **side effects** — colour / shape accuracy on the ordinary prompts with either adapter on, next to
@@ -273,7 +274,8 @@ def run_demo(model: str | Path, out: str | Path = "lora_demo_out", seed: int = 0
     return figures
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Plan]:
+    """The command line, and the plan it asks for: ``--base-plan``'s, with any step overrides."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="Base TF-T2V model folder (e.g. quickstart_full/runs/tft2v/model).")
     ap.add_argument("--out", default="lora_demo_out")
@@ -283,11 +285,14 @@ def main() -> None:
                     help="The quickstart plan that made --model: picks the demo's plan for that base.")
     ap.add_argument("--motion-steps", type=int, help="Override the plan's motion steps.")
     ap.add_argument("--appearance-steps", type=int, help="Override the plan's appearance steps.")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    steps = {"motion_steps": args.motion_steps, "appearance_steps": args.appearance_steps}
+    return args, replace(PLANS[args.base_plan], **{k: v for k, v in steps.items() if v is not None})
+
+
+def main() -> None:
+    args, plan = parse_args()
     torch.set_num_threads(args.threads)
-    plan = PLANS[args.base_plan]
-    plan = replace(plan, **{k: v for k, v in (("motion_steps", args.motion_steps),
-                                              ("appearance_steps", args.appearance_steps)) if v is not None})
     figures = run_demo(args.model, args.out, args.seed, plan, log=lambda *a: print(*a, flush=True))
     summary = {k: v for k, v in figures.items() if k != "details"}
     print(json.dumps(summary))

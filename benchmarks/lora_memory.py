@@ -9,7 +9,7 @@ trainable parameters, then one warm-up and one timed train step (fwd + bwd + opt
 On the CPU each case runs with glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``):
 otherwise glibc raises the threshold after the first large frees and later tensors come from the heap,
 whose freed pages stay in RSS, so peak RSS measured the allocator's history more than the step's memory
-(full fine-tune + checkpointing: 6.49 GiB with the dynamic threshold, 2.85 GiB with the fixed one).
+(full fine-tune + checkpointing: 6.49 GiB with the dynamic threshold, 2.84 GiB with the fixed one).
 
     python benchmarks/lora_memory.py [--threads 2] [--cases full,full-ckpt,lora,lora-ckpt]
 """

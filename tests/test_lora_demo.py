@@ -312,11 +312,14 @@ def test_lora_demo_end_to_end_on_a_tiny_model(tmp_path):
     assert len(manifest) == 2 and all(r["caption"].split()[1] != "orange" for r in manifest)
 
 
-def test_demo_plans_per_base():
-    from lora_demo import PLANS, Plan
+def test_demo_command_line_picks_the_base_plan():
+    from lora_demo import PLANS, Plan, parse_args
 
-    assert PLANS["default"] == Plan() and PLANS["default"].appearance_target == "text_kv"
-    assert PLANS["full"].motion_steps == 250 and PLANS["full"].appearance_target == "attn2_kv"
+    assert parse_args(["--model", "m"])[1] == PLANS["default"] == Plan()
+    _, full = parse_args(["--model", "m", "--base-plan", "full", "--appearance-steps", "7"])
+    assert (full.motion_steps, full.appearance_steps, full.appearance_target) == (250, 7, "attn2_kv")
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m", "--base-plan", "huge"])
 
 
 def test_scale_zero_is_bit_exact_and_one_is_not(tmp_path):
