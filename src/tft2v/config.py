@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from tft2v.data.buckets import Bucket, check_buckets
 from tft2v.diffusion import ScheduleConfig
 from tft2v.errors import ConfigError
 
@@ -57,9 +58,16 @@ class DataConfig:
     video_batch_size: int = 4
     ratio: tuple[int, int] = (1, 1)
     labelled_ratio: float = 0.0
+    # Aspect / length buckets (tft2v.data.buckets): "HxWxF:B" strings or {height, width, frames, batch}
+    # mappings; frames 1 = image buckets. Empty: one geometry (height × width × num_frames) for all.
+    buckets: tuple[Bucket, ...] = ()
+    index_cache: str = ""  # where file indexes are cached ('' = $TFT2V_CACHE_DIR/index or ~/.cache/tft2v/index)
 
     def __post_init__(self):
         _choice("data.kind", self.kind, DATA_KINDS)
+        check_buckets(self.buckets)
+        if self.buckets and (self.kind != "sources" or self.cache):
+            raise ConfigError("data.buckets need data.kind 'sources' read from files (not the toy world or data.cache)")
         if self.kind == "sources" and not (self.images or self.videos or self.captioned_videos):
             raise ConfigError("data.kind 'sources' needs at least one of data.images / data.videos / data.captioned_videos")
         if min(self.height, self.width, self.num_frames) < 1:
@@ -245,6 +253,8 @@ def _choice(key: str, value, allowed) -> None:
 def _coerce(key: str, value, tp):
     """Convert a YAML value to the annotated type ``tp`` or raise ConfigError naming ``key``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if hasattr(tp, "coerce"):  # a value type with its own short form (data.buckets)
+        return tp.coerce(key, value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")

@@ -48,7 +48,12 @@ def _positive_int(value, name: str) -> int:
 
 def spatial_stride(pipe) -> int:
     """Height/width must be multiples of this: the autoencoder factor times the UNet's downsampling."""
-    return pipe.autoencoder.spatial_factor * 2 ** (len(pipe.unet.config.channel_mult) - 1)
+    return unet_stride(pipe.unet, pipe.autoencoder)
+
+
+def unet_stride(unet, autoencoder) -> int:
+    """The pixel multiple a UNet (behind ``autoencoder``) takes: the autoencoder factor times its downsampling."""
+    return autoencoder.spatial_factor * 2 ** (len(unet.config.channel_mult) - 1)
 
 
 def check_call(pipe, prompt, negative_prompt, num_frames, height, width, steps, guidance_scale, output_type,

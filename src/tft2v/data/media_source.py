@@ -142,18 +142,20 @@ class MediaSource(IterableDataset):
     def _iter_items(self, rng: np.random.Generator, shard: int, num_shards: int) -> Iterator[Item]:
         raise NotImplementedError
 
-    def decode_item(self, item: Item, epoch: int | None = None) -> dict | None:
-        """Decode one item into a SAMPLE (randomness of ``epoch``, default ``self.epoch``); on failure
-        count the skip and return None."""
+    def decode_item(self, item: Item, epoch: int | None = None, geometry: tuple[int, int, int] | None = None
+                    ) -> dict | None:
+        """Decode one item into a SAMPLE (randomness of ``epoch``, default ``self.epoch``; ``geometry``
+        (H, W, F) in place of the source's size and frames, for a bucket); on failure count the skip and
+        return None."""
         try:
-            sample = self._decode(item, self.epoch if epoch is None else epoch)
+            sample = self._decode(item, self.epoch if epoch is None else epoch, geometry)
         except Exception as exc:  # noqa: BLE001 - every failure of one file is a counted skip
             self.stats.add_skip(classify(exc), item.key, f"{type(exc).__name__}: {exc}")
             return None
         self.stats.add_ok()
         return sample
 
-    def _decode(self, item: Item, epoch: int) -> dict:
+    def _decode(self, item: Item, epoch: int, geometry: tuple[int, int, int] | None = None) -> dict:
         media = item.media.read() if isinstance(item.media, TarMember) else item.media
         if isinstance(media, bytes):
             if not media:
@@ -161,11 +163,11 @@ class MediaSource(IterableDataset):
         elif "://" not in media and os.path.isfile(media) and os.path.getsize(media) == 0:
             raise SampleSkipped("empty", "zero-length file")
         rng = np.random.default_rng([self.seed, epoch, zlib.crc32(item.key.encode())])
+        size, frames = (self.size, self.num_frames) if geometry is None else (geometry[:2], geometry[2])
         if self.kind == "video":
-            clip, meta = read_clip(media, self.num_frames, self.fps, self.size, rng,
-                                   timeout_s=self.decode_timeout)
+            clip, meta = read_clip(media, frames, self.fps, size, rng, timeout_s=self.decode_timeout)
         else:
-            image, meta = read_image(media, self.size)
+            image, meta = read_image(media, size)
             clip = image[None]  # (1, H, W, C)
         pixels = _to_tensor(clip)  # (C, F, H, W)
         index = self._cond_index(pixels.shape[1], rng)
@@ -190,7 +192,7 @@ class MediaSource(IterableDataset):
 
 def collate(samples: list[dict]) -> dict:
     """Stack SAMPLEs of one shape into a BATCH: pixels (B, 3, F, H, W), cond_frame (B, ...), has_text
-    (B,) bool; caption/key/meta (and epoch, when the samples carry it) as lists."""
+    (B,) bool; caption/key/meta (and epoch and bucket, when the samples carry them) as lists."""
     if not samples:
         raise TFT2VError("cannot collate an empty list of samples")
     shapes = {tuple(s["pixels"].shape) for s in samples}
@@ -207,4 +209,6 @@ def collate(samples: list[dict]) -> dict:
     }
     if all("epoch" in s for s in samples):
         batch["epoch"] = [int(s["epoch"]) for s in samples]
+    if all("bucket" in s for s in samples):
+        batch["bucket"] = [s["bucket"] for s in samples]
     return batch

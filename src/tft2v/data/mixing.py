@@ -20,6 +20,10 @@ randomness: shuffling and seeds live in the streams, so the whole sequence is a 
 streams' seeds. ``state_dict()`` records how many samples each stream gave; ``load_state_dict()``
 resumes at exactly the next step (streams with ``iter_from(n)`` jump there, others are fast-forwarded
 by reading and dropping ``n`` samples).
+
+With ``batched=True`` (aspect / length buckets, :mod:`tft2v.data.bucketed`) each stream yields whole
+micro-batches ``{"samples": [...], "position", "epoch", "bucket"}`` whose size is the bucket's, and
+the labelled / text-free choice is made per video micro-batch instead of per sample.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ class MixedLoader:
         config: MixConfig = MixConfig(),
         captioned_videos: Iterable[dict] | None = None,
         collate_fn: Callable[[list[dict]], dict] = collate,
+        batched: bool = False,
     ) -> None:
         a, b = config.ratio
         if a > 0 and images is None:
@@ -123,7 +128,7 @@ class MixedLoader:
             raise TFT2VError(f"ratio {config.ratio} asks for video batches but no video stream was given")
         if videos is None and config.labelled_ratio < 1.0 and b > 0:
             raise TFT2VError("text-free video slots need a video stream (or set labelled_ratio to 1)")
-        self.config, self.collate_fn = config, collate_fn
+        self.config, self.collate_fn, self.batched = config, collate_fn, batched
         self.streams = {"images": images, "videos": videos, "captioned_videos": captioned_videos}
         self._state = {"step": 0, "video_slots": 0, "consumed": dict.fromkeys(STREAMS, 0), "epochs": {}}
 
@@ -154,28 +159,35 @@ class MixedLoader:
             want_image, want_video = cfg.branches_at(step)
             out = {"step": step, "image": None, "video": None}
             if want_image:
-                out["image"] = self.collate_fn([self._image(cursors["images"]) for _ in range(cfg.image_batch_size)])
+                out["image"] = self.collate_fn(self._images(cursors["images"]))
             if want_video:
-                out["video"] = self.collate_fn([self._video(cursors) for _ in range(cfg.video_batch_size)])
+                out["video"] = self.collate_fn(self._videos(cursors))
             self._state["step"] = step + 1
             self._state["consumed"].update({k: c.consumed for k, c in cursors.items()})
             self._state["epochs"].update({k: c.epoch for k, c in cursors.items() if c.epoch is not None})
             yield out
 
-    @staticmethod
-    def _image(cursor: _Cursor) -> dict:
-        sample = cursor.take()
-        # Raw samples carry pixels, cached ones (tft2v.data.cache) the VAE posterior mean.
-        frames = (sample["pixels"] if "pixels" in sample else sample["latent_mean"]).shape[1]
-        if frames != 1:
-            raise TFT2VError(f"image stream gave {sample['key']!r} with {frames} frames")
-        return {**sample, "has_text": sample["caption"] != ""}
+    def _images(self, cursor: _Cursor) -> list[dict]:
+        taken = cursor.take()["samples"] if self.batched else [
+            cursor.take() for _ in range(self.config.image_batch_size)]
+        for sample in taken:
+            # Raw samples carry pixels, cached ones (tft2v.data.cache) the VAE posterior mean.
+            frames = (sample["pixels"] if "pixels" in sample else sample["latent_mean"]).shape[1]
+            if frames != 1:
+                raise TFT2VError(f"image stream gave {sample['key']!r} with {frames} frames")
+        return [{**s, "has_text": s["caption"] != ""} for s in taken]
 
-    def _video(self, cursors: dict[str, _Cursor]) -> dict:
-        slot = self._state["video_slots"]
-        self._state["video_slots"] = slot + 1
-        if self.config.is_labelled(slot):
-            sample = cursors.get("captioned_videos", cursors.get("videos")).take()
-            return {**sample, "has_text": sample["caption"] != ""}
-        sample = cursors["videos"].take()
-        return {**sample, "caption": "", "has_text": False}
+    def _videos(self, cursors: dict[str, _Cursor]) -> list[dict]:
+        """A video micro-batch; each slot (a sample, or with ``batched`` the whole micro-batch) is labelled
+        (its caption kept, from the captioned stream when there is one) or text-free."""
+        out = []
+        for _ in range(1 if self.batched else self.config.video_batch_size):
+            slot = self._state["video_slots"]
+            self._state["video_slots"] = slot + 1
+            labelled = self.config.is_labelled(slot)
+            cursor = cursors.get("captioned_videos", cursors.get("videos")) if labelled else cursors["videos"]
+            taken = cursor.take()
+            for sample in taken["samples"] if self.batched else [taken]:
+                out.append({**sample, "has_text": sample["caption"] != ""} if labelled else
+                           {**sample, "caption": "", "has_text": False})
+        return out

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tft2v.data.media_source import Item, MediaSource
+from tft2v.data.robust import SkipStats
 from tft2v.data.sharding import EpochSampler, shard_indices
 from tft2v.data.sources_webdataset import TarShardSource, index_tar_shards, is_streamed_spec, is_tar_spec
 from tft2v.encoders.base import CLIP_MEAN, CLIP_STD, clip_preprocess
@@ -86,18 +87,21 @@ class _ByKey(Dataset):
 class SourceStream:
     """A finite source read by ``num_workers`` DataLoader processes, resumable at any position.
 
-    Workers decode ahead (``prefetch_factor`` samples each) but samples come back in sampler order, so
+    ``source`` is a :class:`ListSource` (samples) or a :class:`tft2v.data.bucketed.BucketedSource`
+    (micro-batches): anything with ``sampler(start)``, ``iter_from(start)``, ``seed`` and keyed items.
+    Workers decode ahead (``prefetch_factor`` items each) but items come back in sampler order, so
     the stream is the same for any number of workers. The DataLoader gets its own generator, so
     starting or restarting it never draws from the global torch RNG (model dropout, restored on resume).
     """
 
-    def __init__(self, source: ListSource, num_workers: int = 0, prefetch_factor: int = 2):
+    def __init__(self, source, num_workers: int = 0, prefetch_factor: int = 2):
         self.source, self.num_workers, self.prefetch_factor = source, int(num_workers), int(prefetch_factor)
 
     def iter_from(self, start: int) -> Iterator[dict]:
         if self.num_workers == 0:
             return self.source.iter_from(start)
-        loader = DataLoader(_ByKey(self.source), sampler=self.source.sampler(start), batch_size=None,
+        dataset = _ByKey(self.source) if isinstance(self.source, ListSource) else self.source
+        loader = DataLoader(dataset, sampler=self.source.sampler(start), batch_size=None,
                             num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
                             collate_fn=_no_collate, generator=torch.Generator().manual_seed(self.source.seed))
         return (s for s in loader if s is not None)
@@ -172,20 +176,17 @@ def read_vgen_list(path: str | os.PathLike, data_dir: str | os.PathLike | None =
     return items
 
 
-def build_source(spec: str | os.PathLike, kind: str = "video", data_dir: str | None = None,
-                 **kw) -> MediaSource:
-    """Pick the source for ``spec``: a folder, ``.csv``/``.jsonl`` manifest, VGen ``.txt``/``.list``
-    file, or WebDataset shards (``.tar`` paths, brace patterns, URLs). ``kw`` go to ``MediaSource``."""
+def list_items(spec: str | os.PathLike, kind: str = "video", data_dir: str | None = None,
+               stats: SkipStats | None = None) -> list[Item]:
+    """The items of a local source: a folder, ``.csv``/``.jsonl`` manifest, VGen ``.txt``/``.list`` file
+    or local ``.tar`` shards (unreadable shards are counted in ``stats``). Raises on an empty source."""
     text = os.fspath(spec)
-    if is_streamed_spec(text):
-        return TarShardSource(text, kind=kind, **kw)
     path = Path(text)
     if is_tar_spec(text):
-        source = ListSource([], kind=kind, **kw)
-        source.items = index_tar_shards(text, kind, source.stats)
-        if not source.items:
+        items = index_tar_shards(text, kind, stats if stats is not None else SkipStats())
+        if not items:
             raise TFT2VError(f"data source {text} holds no usable {kind} samples")
-        return source
+        return items
     if path.is_dir():
         items = scan_folder(path, kind)
     elif not path.exists():
@@ -198,7 +199,19 @@ def build_source(spec: str | os.PathLike, kind: str = "video", data_dir: str | N
         raise TFT2VError(f"cannot tell the format of {text}: use a folder, .csv, .jsonl, .txt list or .tar")
     if not items:
         raise TFT2VError(f"data source {text} lists no {kind} files")
-    return ListSource(items, kind=kind, **kw)
+    return items
+
+
+def build_source(spec: str | os.PathLike, kind: str = "video", data_dir: str | None = None,
+                 **kw) -> MediaSource:
+    """Pick the source for ``spec``: a folder, ``.csv``/``.jsonl`` manifest, VGen ``.txt``/``.list``
+    file, or WebDataset shards (``.tar`` paths, brace patterns, URLs). ``kw`` go to ``MediaSource``."""
+    text = os.fspath(spec)
+    if is_streamed_spec(text):
+        return TarShardSource(text, kind=kind, **kw)
+    source = ListSource([], kind=kind, **kw)
+    source.items = list_items(text, kind, data_dir, source.stats)
+    return source
 
 
 def encoder_image_transform(size: int | tuple[int, int] = 224, mean=CLIP_MEAN, std=CLIP_STD

@@ -25,6 +25,17 @@ def mix_config(cfg: Config) -> MixConfig:
     return MixConfig(d.image_batch_size, d.video_batch_size, ratio, d.labelled_ratio)
 
 
+def branch_strides(cfg: Config) -> dict[str, int]:
+    """Per branch, the largest micro-batch a rank can get: sample generators are numbered in steps of it,
+    so ranks holding buckets of different batch sizes never share a generator."""
+    d = cfg.data
+    if not d.buckets:
+        return {"image": d.image_batch_size, "video": d.video_batch_size}
+    image = [b.batch for b in d.buckets if b.frames == 1]
+    video = [b.batch for b in d.buckets if b.frames > 1]
+    return {"image": max(image, default=1), "video": max(video, default=1)}
+
+
 def wanted_streams(mix: MixConfig) -> tuple[bool, bool, bool]:
     """Which pixel streams the mix reads: (images, text-free videos, captioned videos)."""
     videos = mix.ratio[1] > 0
@@ -45,7 +56,8 @@ def build_loader(cfg: Config, rank: int = 0, world_size: int = 1, encoder=None, 
         streams = toy_streams(cfg, rank, *wanted)
     else:
         streams = _source_streams(cfg, rank, world_size, *wanted)
-    return MixedLoader(streams["images"], streams["videos"], mix, captioned_videos=streams["captioned_videos"])
+    return MixedLoader(streams["images"], streams["videos"], mix, captioned_videos=streams["captioned_videos"],
+                       batched=bool(cfg.data.buckets))
 
 
 def _cached_loader(cfg: Config, mix: MixConfig, rank: int, world_size: int, encoder, autoencoder) -> MixedLoader:
@@ -103,28 +115,41 @@ def toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: b
 
 
 def _source_streams(cfg: Config, rank: int, world_size: int, images: bool, videos: bool, captioned: bool) -> dict:
-    """Finite sources read by ``data.num_workers`` processes each, resumable by position; streamed
-    (remote) tar shards through a plain DataLoader."""
+    """Finite sources, indexed once per run (:mod:`tft2v.data.index`) and read by ``data.num_workers``
+    processes each, resumable by position; with ``data.buckets`` as micro-batches in buckets. Streamed
+    (remote) tar shards go through a plain DataLoader."""
     from torch.utils.data import DataLoader
 
+    from tft2v.data.bucketed import BucketedSource
+    from tft2v.data.index import shared_index
     from tft2v.data.sources import ListSource, SourceStream, build_source
+    from tft2v.data.sources_webdataset import is_streamed_spec
 
     d = cfg.data
     specs = {"images": (images, d.images, "image"), "videos": (videos, d.videos, "video"),
              "captioned_videos": (captioned, d.captioned_videos or d.videos, "video")}
     out = {}
-    for name, (use, spec, kind) in specs.items():
+    for salt, (name, (use, spec, kind)) in enumerate(specs.items()):
         if not use:
             out[name] = None
             continue
         if not spec:
             raise ConfigError(f"this recipe needs data.{name} (a folder, manifest, list or tar shards)")
-        source = build_source(spec, kind=kind, data_dir=d.data_dir or None, num_frames=d.num_frames, fps=d.fps,
-                              size=(d.height, d.width), seed=cfg.seed, rank=rank, world_size=world_size)
-        if isinstance(source, ListSource):
-            out[name] = SourceStream(source, d.num_workers, d.prefetch_factor)
-        else:
+        kw = dict(kind=kind, num_frames=d.num_frames, fps=d.fps, size=(d.height, d.width), seed=cfg.seed,
+                  rank=rank, world_size=world_size)
+        if is_streamed_spec(spec):
+            if d.buckets:
+                raise ConfigError(f"data.buckets need an indexed source; data.{name} {spec} is streamed (a URL, "
+                                  "pipe: or compressed shards): use local .tar shards, a folder or a manifest")
+            source = build_source(spec, **kw)  # streamed: nothing to index
             out[name] = DataLoader(source, batch_size=None, num_workers=d.num_workers) if d.num_workers else source
+            continue
+        source = ListSource([], **kw)
+        index = shared_index(spec, kind, d.data_dir or None, bool(d.buckets), d.index_cache or None, source.stats)
+        source.items = index.items
+        if d.buckets:
+            source = BucketedSource(source, index, d.buckets, name, salt)
+        out[name] = SourceStream(source, d.num_workers, d.prefetch_factor)
     return out
 
 
@@ -208,6 +233,20 @@ def _check_model_matches(cfg: Config, kwargs: dict, encoder, channels: int) -> N
     missing = sorted(set(r.conditions) - set(kwargs.get("conditions", ())))
     if missing:
         raise ConfigError(f"recipe.conditions {missing} are not in model.unet.conditions")
+
+
+def check_geometry(cfg: Config, unet, autoencoder) -> None:
+    """Every training geometry (data.height × data.width, each bucket) is one the UNet can take."""
+    from tft2v.pipeline_inputs import unet_stride
+
+    stride = unet_stride(unet, autoencoder)
+    d = cfg.data
+    named = [("data.height x data.width", d.height, d.width)]
+    named += [(f"data.buckets[{i}] {b.name}", b.height, b.width) for i, b in enumerate(d.buckets)]
+    for what, h, w in named:
+        if h % stride or w % stride:
+            raise ConfigError(f"{what}: height and width must be multiples of {stride} for this model "
+                              f"(autoencoder factor {autoencoder.spatial_factor} x UNet downsampling), got {h}x{w}")
 
 
 def check_data_paths(cfg: Config) -> None:

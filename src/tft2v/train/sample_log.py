@@ -1,7 +1,8 @@
 """``samples.jsonl``: which samples every training step consumed, one row per (step, rank).
 
 Row: ``{"step": n, "rank": r, "epoch": e, "images": [keys], "videos": [keys], "image_epochs": [...],
-"video_epochs": [...]}``, ``step`` counted as in ``metrics.jsonl`` (the optimizer step the samples
+"video_epochs": [...]}`` (with data.buckets also ``"image_buckets"``, ``"video_buckets"``: each
+sample's bucket ``"HxWxF"``), ``step`` counted as in ``metrics.jsonl`` (the optimizer step the samples
 went into, from 1), ``epoch`` the epoch the step's main stream (videos, else images) is in, and the
 per-sample epochs beside the keys (a step can straddle two epochs). Every rank's row is gathered to the
 main process, which writes them in rank order — so order, coverage per epoch and resume can be checked
@@ -24,6 +25,8 @@ def step_row(step: int, rank: int, batches: list[dict], epochs: dict) -> dict:
         parts = [b[branch] for b in batches if b[branch] is not None]
         row[name] = [key for p in parts for key in p["key"]]
         row[f"{branch}_epochs"] = [e for p in parts for e in p.get("epoch", [None] * len(p["key"]))]
+        if any("bucket" in p for p in parts):
+            row[f"{branch}_buckets"] = [b for p in parts for b in p.get("bucket", [None] * len(p["key"]))]
     return row
 
 

@@ -27,11 +27,13 @@ from tft2v.config import Config, dump_config
 from tft2v.errors import TFT2VError
 from tft2v.train import checkpoint as ckpt_io
 from tft2v.train.data import (
+    branch_strides,
     build_autoencoder_from_config,
     build_encoder_from_config,
     build_loader,
     build_unet,
     check_data_paths,
+    check_geometry,
 )
 from tft2v.models.lora import apply_lora, save_checkpoint_adapters
 from tft2v.train.logging import RunLogger
@@ -158,6 +160,7 @@ class Trainer:
         self.encoder = (encoder or build_encoder_from_config(cfg)).to(self.device)
         self.autoencoder = (autoencoder or build_autoencoder_from_config(cfg)).to(self.device)
         self.unet = build_unet(cfg, self.encoder, self.autoencoder)
+        check_geometry(cfg, self.unet, self.autoencoder)
         if self.resume_from is not None:
             ckpt_io.load_unet_weights(self.resume_from, self.unet)
         if cfg.model.gradient_checkpointing:
@@ -186,6 +189,7 @@ class Trainer:
         if cfg.model.compile:
             self.model = torch.compile(self.model)
         self.loader = build_loader(cfg, self.rank, acc.num_processes, self.encoder, self.autoencoder)
+        self.strides = branch_strides(cfg)
         self.step = 0
         if self.resume_from is not None:
             state = ckpt_io.load_training_state(self.resume_from, accelerator=acc, optimizer=self.optimizer,
@@ -239,13 +243,14 @@ class Trainer:
 
     def _micro_loss(self, batch: dict, micro: int, weight_sums: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
         """Sum of the branch losses of one micro-batch; sample ``i`` of a branch gets the generator of
-        its index in the whole step, (micro · world + rank) · B + i, and weighs as in one big batch."""
+        its index in the whole step, (micro · world + rank) · B + i (B: the branch's largest micro-batch,
+        see :func:`branch_strides`), and weighs as in one big batch."""
         loss, parts = None, {}
         for branch in BRANCHES:
             if batch[branch] is None:
                 continue
             b = len(batch[branch]["key"])
-            first = (micro * self.accelerator.num_processes + self.rank) * b
+            first = (micro * self.accelerator.num_processes + self.rank) * self.strides[branch]
             gens = sample_generators(self.cfg.seed, self.step, branch, first, b, device=self.device)
             branch_loss, branch_parts = self.recipe.branch_loss(self.model, self.unet, batch[branch], branch, gens,
                                                                 self.device, weight_sums[branch])
