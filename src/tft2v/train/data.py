@@ -103,11 +103,10 @@ def toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: b
 
 
 def _source_streams(cfg: Config, rank: int, world_size: int, images: bool, videos: bool, captioned: bool) -> dict:
-    """Finite sources read by ``data.num_workers`` processes each, resumable by position; streamed
-    (remote) tar shards through a plain DataLoader."""
-    from torch.utils.data import DataLoader
-
+    """Every source read by ``data.num_workers`` processes and resumable by position: finite ones by
+    their sampler, streamed (remote, ``pipe:``, compressed) tar shards epoch by epoch."""
     from tft2v.data.sources import ListSource, SourceStream, build_source
+    from tft2v.data.sources_webdataset import ShardStream
 
     d = cfg.data
     specs = {"images": (images, d.images, "image"), "videos": (videos, d.videos, "video"),
@@ -121,10 +120,8 @@ def _source_streams(cfg: Config, rank: int, world_size: int, images: bool, video
             raise ConfigError(f"this recipe needs data.{name} (a folder, manifest, list or tar shards)")
         source = build_source(spec, kind=kind, data_dir=d.data_dir or None, num_frames=d.num_frames, fps=d.fps,
                               size=(d.height, d.width), seed=cfg.seed, rank=rank, world_size=world_size)
-        if isinstance(source, ListSource):
-            out[name] = SourceStream(source, d.num_workers, d.prefetch_factor)
-        else:
-            out[name] = DataLoader(source, batch_size=None, num_workers=d.num_workers) if d.num_workers else source
+        stream = SourceStream if isinstance(source, ListSource) else ShardStream
+        out[name] = stream(source, d.num_workers, d.prefetch_factor)
     return out
 
 
@@ -218,5 +215,6 @@ def check_data_paths(cfg: Config) -> None:
         return
     for name in ("images", "videos", "captioned_videos"):
         spec = getattr(cfg.data, name)
-        if spec and "://" not in spec and "{" not in spec and not Path(spec).exists():
+        local = spec and "://" not in spec and "{" not in spec and not spec.startswith("pipe:")
+        if local and not Path(spec).exists():
             raise TFT2VError(f"data.{name}: path not found: {spec}")
