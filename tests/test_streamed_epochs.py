@@ -112,6 +112,13 @@ def test_mixed_loader_records_epochs_and_resumes(shards):
         [(s["video"]["key"], s["video"]["epoch"]) for s in after]
 
 
+def test_a_missing_shard_is_counted_and_the_epoch_goes_on(shards):
+    """``cat`` of a missing file fails (exit 1) at read and again at close: one ``bad_shard``, no crash."""
+    source = build_source(shards.replace(f"{SHARDS - 1}}}", f"{SHARDS}}}"), kind="video", **KW)
+    assert sorted(x["key"] for x in source) == [f"v{i:02d}" for i in range(CLIPS)]  # one epoch
+    assert source.stats.as_dict()["bad_shard"] == 1
+
+
 def test_an_epoch_without_usable_samples_is_an_error(tmp_path):
     write_tar(tmp_path / "bad.tar", [("a.mp4", b"not a video"), ("b.mp4", b"nor this")])
     with pytest.raises(TFT2VError, match="epoch 0 of 1 streamed shards gave rank 0 no usable video samples"):

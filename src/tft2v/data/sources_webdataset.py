@@ -18,6 +18,7 @@ A shard that cannot be opened or ends mid-member is counted as ``bad_shard`` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tarfile
@@ -156,10 +157,12 @@ class TarShardSource(MediaSource):
                 continue
             try:
                 yield from self._group(url, tar_file_iterator(stream))
-            except Exception as exc:  # noqa: BLE001 - truncated or damaged tar: keep what was read
+                stream.close()  # a pipe's command (cat, curl, ...) reports its failure here
+            except Exception as exc:  # noqa: BLE001 - damaged tar or failed command: keep what was read
                 self.stats.add_skip("bad_shard", url, f"{type(exc).__name__}: {exc}")
             finally:
-                stream.close()
+                with contextlib.suppress(Exception):  # counted above, or the reader stopped early
+                    stream.close()
 
     def _group(self, url: str, members) -> Iterator[Item]:
         """Group consecutive members by key (webdataset's ``base_plus_ext`` rule) into Items."""
