@@ -5,7 +5,7 @@ batches them to ``(B, C, F, H, W)``. uint8 ``(F, H, W, C)`` exists only inside v
 
 SAMPLE = {"pixels": (3, F, H, W), "caption": str ('' if none), "has_text": bool,
           "cond_frame": (3, H, W) (or whatever ``image_transform`` returns), "key": str, "meta": dict,
-          "epoch": int, "position": int (finite sources: where the sample sits in its rank's stream)}
+          "epoch": int, "position": int (training streams: where the sample sits in its rank's stream)}
 
 Per-sample randomness (clip start, random condition frame) comes from a generator seeded by
 (seed, epoch, key), so it does not depend on how samples are split over ranks and workers, and a new

@@ -6,7 +6,8 @@ A finite source is map-style over ``(epoch, index, position)`` keys drawn by
 :class:`tft2v.data.sharding.EpochSampler`: each epoch is a fresh seeded permutation split over ranks,
 clip windows and condition frames are redrawn per epoch, and a resume starts the sampler at the next
 position — nothing already used is decoded again except what the DataLoader had prefetched. Remote or
-compressed tar shards stream through :class:`tft2v.data.sources_webdataset.TarShardSource` instead.
+compressed tar shards stream through :class:`tft2v.data.sources_webdataset.TarShardSource` instead,
+epoch by epoch in a :class:`tft2v.data.sources_webdataset.ShardStream`.
 Layout: ``pixels`` (C, F, H, W) per sample, (B, C, F, H, W) once collated.
 """
 

@@ -9,14 +9,16 @@ optional caption (``.txt``, or ``.json`` with a ``caption``/``text`` field).
   :class:`tft2v.data.sources.ListSource` whose items are read by offset at decode time: the same
   per-epoch permutation, rank split and exact resume by position as any list, i.e. by (shard, offset).
 * URLs ``webdataset.gopen`` opens (http(s), pipe:, ...) and compressed shards cannot be read by offset;
-  :class:`TarShardSource` streams them: a seeded shard permutation per epoch, split over ranks × workers
-  when there are enough shards (otherwise every worker streams all shards and keeps every G-th sample),
-  then a ``shuffle_buffer``. A resume of such a stream reads (without training on) what was used before.
+  :class:`TarShardSource` streams one epoch of them: a shard permutation seeded by (seed, epoch), split
+  over ranks × workers when there are enough shards (otherwise every worker streams all shards and keeps
+  every G-th sample), then a ``shuffle_buffer`` seeded by (seed, epoch, reader); clip windows come from
+  (seed, epoch, key) as everywhere. :class:`ShardStream` walks the epochs one after another.
 A shard that cannot be opened or ends mid-member is counted as ``bad_shard`` and the rest goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tarfile
@@ -24,6 +26,8 @@ from typing import Iterator
 
 import braceexpand
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
@@ -153,10 +157,12 @@ class TarShardSource(MediaSource):
                 continue
             try:
                 yield from self._group(url, tar_file_iterator(stream))
-            except Exception as exc:  # noqa: BLE001 - truncated or damaged tar: keep what was read
+                stream.close()  # a pipe's command (cat, curl, ...) reports its failure here
+            except Exception as exc:  # noqa: BLE001 - damaged tar or failed command: keep what was read
                 self.stats.add_skip("bad_shard", url, f"{type(exc).__name__}: {exc}")
             finally:
-                stream.close()
+                with contextlib.suppress(Exception):  # counted above, or the reader stopped early
+                    stream.close()
 
     def _group(self, url: str, members) -> Iterator[Item]:
         """Group consecutive members by key (webdataset's ``base_plus_ext`` rule) into Items."""
@@ -201,3 +207,65 @@ class TarShardSource(MediaSource):
             buffer[i] = item
         rng.shuffle(buffer)
         yield from buffer
+
+
+# A rank's epoch length is only known once the epoch has been read (skips, uneven shards), so the epoch
+# is written into the position: position = epoch · EPOCH_SPAN + index of the item in that epoch's pass.
+EPOCH_SPAN = 1 << 40
+
+
+class _PassWithSkips(IterableDataset):
+    """One epoch of a TarShardSource with None for each skipped item, so positions count every item
+    whatever the decoder makes of it (a transient decode failure cannot shift a resumed stream)."""
+
+    def __init__(self, source: TarShardSource):
+        self.source = source
+
+    def __iter__(self) -> Iterator[dict | None]:
+        return self.source.iter_with_skips()
+
+
+def _keep(sample):
+    return sample
+
+
+class ShardStream:
+    """A TarShardSource read epoch after epoch by ``num_workers`` DataLoader processes, resumable at any
+    position (see ``EPOCH_SPAN``).
+
+    Each epoch sets the source's epoch (so the stream owns its source: one stream per source) and starts
+    a fresh DataLoader with its own generator, so the global torch RNG is untouched. The DataLoader hands
+    the workers' items back round-robin, each worker's in its own fixed order, so a pass is the same
+    sequence every time it is read. A resume re-reads (and decodes) the current epoch's pass up to its
+    position and drops what was used before: streamed shards cannot be read by offset.
+    """
+
+    def __init__(self, source: TarShardSource, num_workers: int = 0, prefetch_factor: int = 2):
+        self.source, self.num_workers, self.prefetch_factor = source, int(num_workers), int(prefetch_factor)
+
+    def iter_from(self, start: int) -> Iterator[dict]:
+        epoch, skip = divmod(int(start), EPOCH_SPAN)
+        while True:
+            usable = 0
+            for index, sample in enumerate(self._pass(epoch)):
+                if sample is None:
+                    continue
+                usable += 1
+                if index >= skip:
+                    sample["position"] = epoch * EPOCH_SPAN + index
+                    yield sample
+            if usable == 0:
+                raise TFT2VError(f"epoch {epoch} of {len(self.source.urls)} streamed shards gave rank "
+                                 f"{self.source.rank} no usable {self.source.kind} samples ({self.source.stats})")
+            epoch, skip = epoch + 1, 0
+
+    def _pass(self, epoch: int) -> Iterator[dict | None]:
+        self.source.set_epoch(epoch)
+        if self.num_workers == 0:
+            return self.source.iter_with_skips()
+        return iter(DataLoader(_PassWithSkips(self.source), batch_size=None, num_workers=self.num_workers,
+                               prefetch_factor=self.prefetch_factor, collate_fn=_keep,
+                               generator=torch.Generator().manual_seed(self.source.seed)))
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.iter_from(0)

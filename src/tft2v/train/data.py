@@ -115,15 +115,13 @@ def toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: b
 
 
 def _source_streams(cfg: Config, rank: int, world_size: int, images: bool, videos: bool, captioned: bool) -> dict:
-    """Finite sources, indexed once per run (:mod:`tft2v.data.index`) and read by ``data.num_workers``
-    processes each, resumable by position; with ``data.buckets`` as micro-batches in buckets. Streamed
-    (remote) tar shards go through a plain DataLoader."""
-    from torch.utils.data import DataLoader
-
+    """Every source read by ``data.num_workers`` processes and resumable by position: finite ones indexed
+    once per run (:mod:`tft2v.data.index`) and read by their sampler, with ``data.buckets`` as
+    micro-batches in buckets; streamed (remote, ``pipe:``, compressed) tar shards epoch by epoch."""
     from tft2v.data.bucketed import BucketedSource
     from tft2v.data.index import shared_index
     from tft2v.data.sources import ListSource, SourceStream, build_source
-    from tft2v.data.sources_webdataset import is_streamed_spec
+    from tft2v.data.sources_webdataset import ShardStream, is_streamed_spec
 
     d = cfg.data
     specs = {"images": (images, d.images, "image"), "videos": (videos, d.videos, "video"),
@@ -141,8 +139,7 @@ def _source_streams(cfg: Config, rank: int, world_size: int, images: bool, video
             if d.buckets:
                 raise ConfigError(f"data.buckets need an indexed source; data.{name} {spec} is streamed (a URL, "
                                   "pipe: or compressed shards): use local .tar shards, a folder or a manifest")
-            source = build_source(spec, **kw)  # streamed: nothing to index
-            out[name] = DataLoader(source, batch_size=None, num_workers=d.num_workers) if d.num_workers else source
+            out[name] = ShardStream(build_source(spec, **kw), d.num_workers, d.prefetch_factor)
             continue
         source = ListSource([], **kw)
         index = shared_index(spec, kind, d.data_dir or None, bool(d.buckets), d.index_cache or None, source.stats)
@@ -257,5 +254,6 @@ def check_data_paths(cfg: Config) -> None:
         return
     for name in ("images", "videos", "captioned_videos"):
         spec = getattr(cfg.data, name)
-        if spec and "://" not in spec and "{" not in spec and not Path(spec).exists():
+        local = spec and "://" not in spec and "{" not in spec and not spec.startswith("pipe:")
+        if local and not Path(spec).exists():
             raise TFT2VError(f"data.{name}: path not found: {spec}")
