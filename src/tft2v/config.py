@@ -177,8 +177,9 @@ class OptimConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0  # 0 disables clipping
     ema_decay: float = 0.0  # 0 disables EMA
-    # torch's fused AdamW kernel (unsharded models; FSDP and DeepSpeed keep torch's default): on a CPU the
-    # toy UNet's optimizer step takes 3.7 ms instead of 17 (benchmarks/RESULTS.md, "Quickstart at 8 frames").
+    # torch's fused AdamW kernel (unsharded models; FSDP and the untested DeepSpeed path keep torch's default):
+    # on a CPU the toy UNet's optimizer step takes 3.7 ms instead of 17 (benchmarks/RESULTS.md, "Quickstart at
+    # 8 frames").
     fused: bool = True
 
     def __post_init__(self):
