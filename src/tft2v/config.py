@@ -27,6 +27,8 @@ DROPOUT_TARGETS = ("empty", "negative")
 TRAINABLE = ("all", "condition_encoders")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb")  # experiment trackers, through accelerate (wandb runs offline)
+# String keys whose value may be the word YAML 1.1 reads as false: accelerate's ``mixed_precision: no``.
+FALSE_MEANS = {"train.mixed_precision": "no"}
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,8 @@ def _coerce(key: str, value, tp):
     if tp is str:
         if value is None:
             return ""
+        if value is False and key in FALSE_MEANS:
+            return FALSE_MEANS[key]
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key} must be a string, got {value!r}")
