@@ -25,6 +25,16 @@ def test_overrides_coerce_types():
     assert cfg.optim.betas == (0.8, 0.9)
 
 
+def test_mixed_precision_no_is_accelerates_spelling_not_false(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")  # YAML 1.1 reads an unquoted no as False
+    assert load_config(path).train.mixed_precision == "no"
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config(path, ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+    with pytest.raises(ConfigError, match="data.kind must be a string, got False"):
+        load_config(None, ["data.kind=no"])  # other keys keep YAML's reading
+
+
 @pytest.mark.parametrize("override, key", [
     ("recipe.coherence_wieght=0.2", "recipe.coherence_wieght"),
     ("nonsense=1", "nonsense"),

@@ -432,3 +432,33 @@ def test_lora_run_killed_mid_run_resumes_to_the_same_adapter(tmp_path):
     for folder in ("lora", "lora_ema"):
         wa, wb = lora.read_adapter(a / folder)[1], lora.read_adapter(b / folder)[1]
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wb), folder
+
+
+def test_finetune_clips_are_the_video_types_training_reads(tmp_path, capsys):
+    """``--clips`` counts the types training reads (tft2v.data.media_types): .m4v and .ts clips train; a
+    GIF is an image there, so a folder of GIFs holds no clips."""
+    from cli_run import run
+    from pipeline_fixtures import toy_model_folder
+
+    from tft2v.data.toy import ToyWorld, generate
+    from tft2v.data.toy_files import write_video
+
+    model = toy_model_folder(tmp_path / "model")
+    frames = generate("videos", 2, seed=0, world=ToyWorld(size=32, frames=6)).frames  # uint8 (2, 6, 32, 32, 3)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_video(clips / "a.m4v", frames[0])
+    write_video(clips / "b.ts", frames[1])
+    code, out, err = run(["finetune", "--model", str(model), "--clips", str(clips), "--out", str(tmp_path / "out"),
+                          "--steps", "1", "--rank", "2", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "finetune: 2 clips" in out
+    (state,) = (tmp_path / "out" / "run" / "checkpoints").glob("step-*/rank0.json")
+    loader = json.loads(state.read_text())["loader"]
+    assert loader["consumed"]["videos"] == 2 and loader["epochs"]["videos"] == 0  # both decoded, none skipped
+    gifs = tmp_path / "gifs"
+    gifs.mkdir()
+    (gifs / "a.gif").write_bytes(b"GIF89a")
+    code, out, err = run(["finetune", "--model", str(model), "--clips", str(gifs), "--out", str(tmp_path / "out2"),
+                          "--steps", "1"], capsys)
+    assert code == 2 and "no video files (.mp4" in err and ".m4v" in err and ".gif" not in err.split("(")[1], err

@@ -193,6 +193,19 @@ def test_webdataset_video_shards_with_brace_pattern(tmp_path):
     assert sorted(shards[0] + shards[1]) == sorted(s["key"] for s in samples) and not set(shards[0]) & set(shards[1])
 
 
+def test_m4v_and_ts_are_videos_in_folders_and_tar_shards(tmp_path):
+    """Folder scans and tar members read the one list of video types (tft2v.data.media_types)."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    clips = [write_video(folder / name, index_frames(20), fps=20, codec="libx264") for name in ("a.m4v", "b.ts")]
+    assert sorted(s["key"] for s in build_source(str(folder), kind="video", **KW)) == ["a", "b"]
+    shard = write_tar(tmp_path / "s.tar", [(c.name, c.read_bytes()) for c in clips])
+    samples = list(build_source(str(shard), kind="video", **KW))
+    assert sorted(s["meta"]["source"] for s in samples) == [f"{shard}#a.m4v", f"{shard}#b.ts"]
+    for s in samples:
+        check_sample(s, 4, KW["size"])
+
+
 def test_webdataset_image_shard_fewer_shards_than_ranks(tmp_path):
     path = write_tar(tmp_path / "images.tar", tar_members(0, 6, "image"))
     parts = [keys_of(build_source(str(path), kind="image", size=(16, 16), rank=r, world_size=4)) for r in range(4)]

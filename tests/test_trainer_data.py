@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from tft2v.data.mixing import MixConfig
+from tft2v.data.sharding import epoch_order
+from tft2v.data.toy import ToyWorld, generate
 from tft2v.errors import ConfigError
 from tft2v.train.data import mix_config, toy_streams, wanted_streams
 from train_fixtures import tiny_config
@@ -29,23 +31,25 @@ def test_images_only_recipe_wants_no_videos(tmp_path):
     assert wanted_streams(mix_config(cfg)) == (True, False, False)
 
 
-def test_toy_streams_same_sets_on_every_rank_in_rank_order(tmp_path):
+def test_toy_streams_split_each_epoch_over_ranks_like_every_source(tmp_path):
     cfg = tiny_config(tmp_path, **{"data.toy_images": 5, "data.toy_videos": 3})
-    rank0 = toy_streams(cfg, 0, True, True, False)
-    rank1 = toy_streams(cfg, 1, True, True, False)
+    rank0 = toy_streams(cfg, 0, True, True, False, world_size=2)
+    rank1 = toy_streams(cfg, 1, True, True, False, world_size=2)
     assert rank0["captioned_videos"] is None and rank1["captioned_videos"] is None
-    first = list(islice(rank0["images"], 5))
-    assert all(s["pixels"].shape == (3, 1, 16, 16) and s["caption"] for s in first)
     assert all(s["pixels"].shape == (3, 4, 16, 16) and not s["caption"] for s in islice(rank0["videos"], 3))
+    walks = [list(islice(rank0["images"], 6)), list(islice(rank1["images"], 4))]  # two epochs of 3 and of 2
+    assert all(s["pixels"].shape == (3, 1, 16, 16) and s["caption"] for s in walks[0] + walks[1])
+    for epoch in range(2):
+        order = epoch_order(5, cfg.seed * 1000, epoch)
+        for rank, walk in enumerate(walks):  # the DistributedSampler rule of tft2v.data.sharding
+            assert [s["key"] for s in walk if s["epoch"] == epoch] == [f"images/{i:06d}" for i in order[rank::2]]
 
-    def key(s):
-        return s["pixels"].flatten().tolist()
-
-    other = list(islice(rank1["images"], 5))
-    assert sorted(map(key, first)) == sorted(map(key, other))  # one set, one epoch each
-    assert [key(s) for s in first] != [key(s) for s in other]  # walked in different orders
-    again = list(islice(toy_streams(cfg, 0, True, False, False)["images"], 5))
-    assert all(torch.equal(a["pixels"], b["pixels"]) for a, b in zip(first, again))
+    # One process walks the whole set in the order single-process runs always had.
+    alone = [s["key"] for s in islice(toy_streams(cfg, 0, True, False, False)["images"], 10)]
+    generated = generate("images", 5, seed=cfg.seed, world=ToyWorld(size=16, frames=4, size_range=(3, 6)))
+    assert alone == [s["key"] for s in islice(generated.stream(seed=cfg.seed * 1000), 10)]
+    first = next(iter(toy_streams(cfg, 0, True, False, False)["images"]))
+    assert torch.equal(first["pixels"], generated.sample(int(first["key"].split("/")[1]))["pixels"])
 
 
 def test_toy_streams_bad_configs(tmp_path):
@@ -53,3 +57,5 @@ def test_toy_streams_bad_configs(tmp_path):
         toy_streams(tiny_config(tmp_path, **{"data.width": 24}), 0, True, False, False)
     with pytest.raises(ConfigError, match="data.toy_captioned_videos must be >= 1"):
         toy_streams(tiny_config(tmp_path, **{"data.toy_captioned_videos": 0}), 0, False, False, True)
+    with pytest.raises(ConfigError, match="data.toy_images must be >= 3 for this recipe on 3 ranks, got 2"):
+        toy_streams(tiny_config(tmp_path, **{"data.toy_images": 2}), 0, True, False, False, world_size=3)

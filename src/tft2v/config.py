@@ -28,6 +28,8 @@ DROPOUT_TARGETS = ("empty", "negative")
 TRAINABLE = ("all", "condition_encoders")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb")  # experiment trackers, through accelerate (wandb runs offline)
+# String keys whose value may be the word YAML 1.1 reads as false: accelerate's ``mixed_precision: no``.
+FALSE_MEANS = {"train.mixed_precision": "no"}
 
 
 @dataclass(frozen=True)
@@ -185,8 +187,9 @@ class OptimConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0  # 0 disables clipping
     ema_decay: float = 0.0  # 0 disables EMA
-    # torch's fused AdamW kernel (unsharded models; FSDP and DeepSpeed keep torch's default): on a CPU the
-    # toy UNet's optimizer step takes 3.7 ms instead of 17 (benchmarks/RESULTS.md, "Quickstart at 8 frames").
+    # torch's fused AdamW kernel (unsharded models; FSDP and the untested DeepSpeed path keep torch's default):
+    # on a CPU the toy UNet's optimizer step takes 3.7 ms instead of 17 (benchmarks/RESULTS.md, "Quickstart at
+    # 8 frames").
     fused: bool = True
 
     def __post_init__(self):
@@ -297,6 +300,8 @@ def _coerce(key: str, value, tp):
     if tp is str:
         if value is None:
             return ""
+        if value is False and key in FALSE_MEANS:
+            return FALSE_MEANS[key]
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key} must be a string, got {value!r}")

@@ -23,9 +23,10 @@ from typing import Optional
 
 import typer
 
+from tft2v.data.media_types import VIDEO_EXTS
 from tft2v.errors import TFT2VError
 
-VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv")
+VIDEO_SUFFIXES = VIDEO_EXTS + (".gif",)  # the videos training reads, and the GIFs `tft2v generate` writes
 FVD_FRAMES = 16  # the FVD convention (FVD16)
 
 

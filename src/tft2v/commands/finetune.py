@@ -28,9 +28,9 @@ from typing import Optional
 
 import typer
 
+from tft2v.data.media_types import VIDEO_EXTS
 from tft2v.errors import TFT2VError
 
-VIDEO_EXTS = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif"}
 EXAMPLES = """Examples:
   tft2v finetune --model runs/toy/model --clips my_clips/ --out runs/mine --prompt "a red circle"
   tft2v generate --model runs/toy/model "a red circle" --lora runs/mine/lora:0.8 --out mine.mp4
@@ -48,7 +48,7 @@ def count_clips(folder: Path) -> int:
         raise TFT2VError(f"--clips {folder}: not a folder")
     n = sum(1 for f in folder.rglob("*") if f.suffix.lower() in VIDEO_EXTS)
     if not n:
-        raise TFT2VError(f"--clips {folder}: no video files ({', '.join(sorted(VIDEO_EXTS))})")
+        raise TFT2VError(f"--clips {folder}: no video files ({', '.join(VIDEO_EXTS)})")
     return n
 
 

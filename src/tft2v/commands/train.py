@@ -1,7 +1,7 @@
 """``tft2v train CONFIG.yaml [--set key=value ...] [--resume DIR|auto|auto-or-new | --overwrite] [--out DIR]``.
 
-Runs single-process or under ``accelerate launch`` / ``torchrun`` (DDP, FSDP, DeepSpeed): every rank
-runs this same command. Heavy imports happen inside the command so ``--help`` stays fast.
+Runs single-process or under ``accelerate launch`` / ``torchrun`` (DDP, FSDP; DeepSpeed is untested, see the
+README): every rank runs this same command. Heavy imports happen inside the command so ``--help`` stays fast.
 
 The run folder (``--out``) holds one run: a new or empty folder starts one, ``--resume`` continues it,
 ``--overwrite`` replaces it; training into a folder that holds a run without either is an error

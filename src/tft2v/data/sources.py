@@ -24,14 +24,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tft2v.data.media_source import Item, MediaSource
+from tft2v.data.media_types import IMAGE_EXTS, VIDEO_EXTS
 from tft2v.data.robust import SkipStats
 from tft2v.data.sharding import EpochSampler, shard_indices
 from tft2v.data.sources_webdataset import TarShardSource, index_tar_shards, is_streamed_spec, is_tar_spec
 from tft2v.encoders.base import CLIP_MEAN, CLIP_STD, clip_preprocess
 from tft2v.errors import TFT2VError
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
 
 
 class ListSource(MediaSource):

@@ -1,8 +1,8 @@
 """WebDataset tar shards in the img2dataset / video2dataset layout.
 
 Layout: samples are the SAMPLE dicts of ``tft2v.data.media_source`` (``pixels`` float32 ``(C, F, H, W)``).
-A shard holds members ``<key>.<ext>``: the media (``.jpg/.jpeg/.png/.webp`` or ``.mp4/.webm/...``) and an
-optional caption (``.txt``, or ``.json`` with a ``caption``/``text`` field).
+A shard holds members ``<key>.<ext>``: the media (an image or video type of :mod:`tft2v.data.media_types`,
+e.g. ``.jpg`` or ``.mp4``) and an optional caption (``.txt``, or ``.json`` with a ``caption``/``text`` field).
 
 * Local uncompressed shards (paths, brace patterns ``data/{00000..00099}.tar``, ``::``-joined lists) are
   indexed once — member offsets from the tar headers, captions read — and become a
@@ -32,12 +32,13 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from tft2v.data.media_source import Item, MediaSource, TarMember
+from tft2v.data.media_types import IMAGE_EXTS, VIDEO_EXTS
 from tft2v.data.robust import SkipStats, classify
 from tft2v.data.sharding import epoch_order
 from tft2v.errors import TFT2VError
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-VIDEO_KEYS = ("mp4", "webm", "mkv", "mov", "avi")
+IMAGE_KEYS = tuple(ext[1:] for ext in IMAGE_EXTS)  # member suffixes: "jpg", not ".jpg"
+VIDEO_KEYS = tuple(ext[1:] for ext in VIDEO_EXTS)
 
 
 def expand_urls(spec: str) -> list[str]:

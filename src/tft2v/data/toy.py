@@ -132,24 +132,28 @@ class ToySet:
             "meta": self.truth(i),
         }
 
-    def stream(self, seed: int = 0, shuffle: bool = True) -> "ToyStream":
-        """An endless, seeded, resumable stream of this set's samples (reshuffled every epoch)."""
-        return ToyStream(self, seed=seed, shuffle=shuffle)
+    def stream(self, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> "ToyStream":
+        """An endless, seeded, resumable stream of rank ``rank``'s share of this set (reshuffled every epoch)."""
+        return ToyStream(self, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size)
 
 
 class ToyStream:
-    """Endless iterable over a :class:`ToySet`; epoch ``e`` is a permutation seeded by (seed, e).
+    """Endless iterable over one rank's share of a :class:`ToySet`, by the rule of
+    :mod:`tft2v.data.sharding`: epoch ``e`` is a permutation seeded by (seed, e), rank ``r`` of ``R``
+    takes ``perm[r::R]``.
 
     ``iter_from(n)`` starts at the n-th item in O(1), which the mixing loader uses to resume exactly.
     """
 
-    def __init__(self, data: ToySet, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, data: ToySet, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
         if len(data) == 0:
             raise TFT2VError(f"toy set {data.kind!r} is empty")
-        self.data, self.seed, self.shuffle = data, seed, shuffle
+        self.data, self.seed, self.shuffle, self.rank, self.world_size = data, seed, shuffle, rank, world_size
+        EpochSampler(len(data), seed, rank, world_size, shuffle)  # fewer samples than ranks fails here, not mid-run
 
     def iter_from(self, start: int) -> Iterator[dict]:
-        for epoch, index, position in EpochSampler(len(self.data), self.seed, shuffle=self.shuffle, start=start):
+        for epoch, index, position in EpochSampler(len(self.data), self.seed, self.rank, self.world_size,
+                                                   self.shuffle, start):
             yield {**self.data.sample(index), "epoch": epoch, "position": position}
 
     def __iter__(self) -> Iterator[dict]:

@@ -3,8 +3,9 @@
 Samples are ``pixels`` (3, F, H, W) in [-1, 1] (F = 1 for images), batched to (B, 3, F, H, W) by the
 mixing loader. ``data.kind: toy`` generates the shapes world in memory; ``data.kind: sources`` streams
 folders / manifests / VGen lists / tar shards through :func:`tft2v.data.sources.build_source`. Every
-stream is seeded from the run seed and the rank, so shuffling is reproducible (unlike VGen's
-unshuffled single-GPU loader, VGen issue #137) and ranks read different samples.
+finite stream follows :mod:`tft2v.data.sharding`: a permutation per epoch from the run seed, split over
+ranks, so shuffling is reproducible (unlike VGen's unshuffled single-GPU loader, VGen issue #137) and
+each sample is read once per epoch, by one rank.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def build_loader(cfg: Config, rank: int = 0, world_size: int = 1, encoder=None, 
         return _cached_loader(cfg, mix, rank, world_size, encoder, autoencoder)
     wanted = wanted_streams(mix)
     if cfg.data.kind == "toy":
-        streams = toy_streams(cfg, rank, *wanted)
+        streams = toy_streams(cfg, rank, *wanted, world_size=world_size)
     else:
         streams = _source_streams(cfg, rank, world_size, *wanted)
     return MixedLoader(streams["images"], streams["videos"], mix, captioned_videos=streams["captioned_videos"],
@@ -85,14 +86,14 @@ def _cached_loader(cfg: Config, mix: MixConfig, rank: int, world_size: int, enco
                        collate_fn=collate_cached)
 
 
-def toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: bool) -> dict:
+def toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: bool, world_size: int = 1) -> dict:
     """The shapes-world streams of ``data.kind: toy`` for this rank, keyed like the mixing loader's
     inputs: "images", "videos" (text-free), "captioned_videos"; a stream whose flag is False is None.
 
     Each stream is an endless seeded walk over a fixed set of ``data.toy_<name>`` samples (pixels
-    (3, F, H, W) in [-1, 1], F = 1 for images); every rank gets the same sets (from ``seed``) and walks
-    them in its own order (from ``seed`` and ``rank``). Raises ConfigError for non-square frames or an
-    empty wanted set.
+    (3, F, H, W) in [-1, 1], F = 1 for images): every rank generates the same sets (from ``seed``) and
+    reads its share of each epoch's permutation, as every finite source does (tft2v.data.sharding).
+    Raises ConfigError for non-square frames or a wanted set with fewer samples than ranks.
     """
     from tft2v.data.toy import ToyWorld, generate
 
@@ -107,10 +108,14 @@ def toy_streams(cfg: Config, rank: int, images: bool, videos: bool, captioned: b
         if not use:
             out[kind] = None
             continue
-        if n < 1:
-            raise ConfigError(f"data.toy_{kind} must be >= 1 for this recipe, got {n}")
-        # The sets are the same on every rank; each rank walks them in its own seeded order.
-        out[kind] = generate(kind, n, seed=cfg.seed, world=world).stream(seed=cfg.seed * 1000 + rank)
+        need = max(1, world_size)  # one sample per rank and epoch at least
+        if n < need:
+            ranks = f" on {world_size} ranks" if world_size > 1 else ""
+            raise ConfigError(f"data.toy_{kind} must be >= {need} for this recipe{ranks}, got {n}")
+        # The permutation seed seed * 1000 is the one single-process runs have always walked, so their
+        # streams (and the quickstart's figures) are unchanged by the rank split.
+        out[kind] = generate(kind, n, seed=cfg.seed, world=world).stream(seed=cfg.seed * 1000, rank=rank,
+                                                                         world_size=world_size)
     return out
 
 

@@ -4,8 +4,8 @@ One optimizer step = ``train.grad_accum`` mixing-loader steps (micro-batches); e
 micro-batch (content branch, (B, 3, 1, H, W)) and/or a video micro-batch (motion branch,
 (B, 3, F, H, W)). Both branches of a micro-batch are summed into one loss and ONE backward, and the
 micro-batches accumulate under ``accelerator.accumulate`` — so both branches update the shared UNet in
-one optimizer step, and gradients are synchronised once per step under DDP/FSDP/DeepSpeed alike
-(DeepSpeed steps inside ``backward`` when it is not told about accumulation). Each sample draws its
+one optimizer step, and gradients are synchronised once per step under DDP and FSDP (the DeepSpeed
+paths below are untested: nothing in tft2v has run under it). Each sample draws its
 randomness from its own generator (:func:`tft2v.train.recipe.sample_generators`); model dropout uses
 the global torch RNG, which the checkpoints save and restore — together this makes ``--resume``
 continue bit-exactly.
