@@ -156,3 +156,17 @@ def test_streamed_shards_with_buckets_are_refused(files, tmp_path):
                              'data.buckets=["16x16x4:1","16x16x1:1"]'])
     with pytest.raises(ConfigError, match="data.buckets need an indexed source"):
         build_loader(cfg)
+
+
+def test_data_inspect_shows_the_buckets_a_data_set_falls_into(files, tmp_path):
+    root, meta = files
+    args = [sys.executable, "-m", "tft2v.cli", "data", "inspect", str(root / "videos"), "--json",
+            "--index-cache", str(tmp_path), *sum((["--bucket", b] for b in [*BUCKETS[:4], "16x16x16:1"]), [])]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["buckets"] == {"16x24x4": 5, "24x16x4": 4, "16x16x4": 3, "16x16x8": 2, "16x16x16": 0}
+    assert report["skipped"] == {"too_short": len(meta["videos"]) - len(usable_videos(meta))}
+    assert report["examined"] == len(meta["videos"]) and Path(report["index"]).parent == tmp_path
+    r = subprocess.run([*args[:5], "--bucket", "16x24x:2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "must look like HxWxF:B" in r.stderr and "Traceback" not in r.stderr

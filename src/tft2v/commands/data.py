@@ -64,6 +64,51 @@ def inspect_source(spec: str, kind: str = "video", frames: int = 16, fps: float 
             "seconds": round(time.perf_counter() - start, 3)}
 
 
+def inspect_buckets(spec: str, buckets: list[str], kind: str = "video", fps: float = 8.0,
+                    data_dir: str | None = None, index_cache: str | None = None) -> dict:
+    """How ``spec`` falls into ``buckets`` (``"HxWxF:B"`` strings) as training would place it: samples
+    per bucket and left out by reason, from the file index alone (headers, no clip decoding)."""
+    from collections import Counter
+
+    from tft2v.data.bucketed import assign_index, kind_buckets
+    from tft2v.data.buckets import Bucket, check_buckets
+    from tft2v.data.index import build_index
+    from tft2v.data.robust import SkipStats
+
+    parsed = tuple(Bucket.coerce(f"--bucket {b!r}", b) for b in buckets)
+    check_buckets(parsed)
+    mine = kind_buckets(parsed, kind)
+    if not mine:
+        raise TFT2VError(f"no --bucket serves {kind}s (images take frames 1, videos frames > 1)")
+    start = time.perf_counter()
+    stats = SkipStats()
+    index, path = build_index(spec, kind, data_dir, True, index_cache, stats)
+    assigned, skipped = assign_index(index, mine, kind, fps)
+    counts = Counter(mine[b].name for b in assigned if b is not None)
+    listing = {k: v for k, v in stats.as_dict().items() if v and k != "ok"}
+    return {"source": spec, "kind": kind, "examined": len(index.items), "fps": fps,
+            "buckets": {b.name: counts.get(b.name, 0) for b in mine},
+            "skipped": dict(Counter(skipped.values()) + Counter(listing)),
+            "examples": {r: [k for k, v in skipped.items() if v == r][:5] for r in set(skipped.values())},
+            "index": str(path), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _print_buckets(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report['source']} ({report['kind']}s at {report['fps']} fps) in buckets")
+    table.add_column("bucket (HxWxF) / outcome")
+    table.add_column("count", justify="right")
+    table.add_column("first files")
+    for name, count in report["buckets"].items():
+        table.add_row(name, str(count), "" if count else "empty: costs nothing")
+    for reason, count in report["skipped"].items():
+        table.add_row(f"skipped: {reason}", str(count), "\n".join(report["examples"].get(reason, [])))
+    Console().print(table)
+    Console().print(f"examined {report['examined']} in {report['seconds']} s; index {report['index']}")
+
+
 def _print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -91,8 +136,12 @@ def inspect(
     limit: Optional[int] = typer.Option(None, help="Examine at most this many files."),
     data_dir: Optional[str] = typer.Option(None, help="Root for relative paths of a VGen list."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    bucket: Optional[list[str]] = typer.Option(None, "--bucket", help="A training bucket HxWxF:B (repeatable, "
+                                               "as data.buckets): show how SOURCE falls into them instead."),
+    index_cache: Optional[str] = typer.Option(None, help="Where file indexes are cached (as data.index_cache)."),
 ) -> None:
-    """Count usable samples and skipped files by reason, reading SOURCE the way training does."""
+    """Count usable samples and skipped files by reason, reading SOURCE the way training does; with
+    --bucket, count samples per bucket from the file index (no clip decoding)."""
     import logging
 
     if kind not in ("image", "video"):
@@ -100,6 +149,10 @@ def inspect(
     if limit is not None and limit < 1:
         raise TFT2VError(f"--limit must be >= 1, got {limit}")
     logging.getLogger("tft2v.data").setLevel(logging.ERROR)  # skips are reported below instead
+    if bucket:
+        report = inspect_buckets(source, bucket, kind=kind, fps=fps, data_dir=data_dir, index_cache=index_cache)
+        print(json.dumps(report)) if json_out else _print_buckets(report)
+        return
     report = inspect_source(source, kind=kind, frames=frames, fps=fps, size=parse_size(size),
                             limit=limit, data_dir=data_dir)
     if json_out:
