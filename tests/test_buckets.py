@@ -168,5 +168,5 @@ def test_data_inspect_shows_the_buckets_a_data_set_falls_into(files, tmp_path):
     assert report["buckets"] == {"16x24x4": 5, "24x16x4": 4, "16x16x4": 3, "16x16x8": 2, "16x16x16": 0}
     assert report["skipped"] == {"too_short": len(meta["videos"]) - len(usable_videos(meta))}
     assert report["examined"] == len(meta["videos"]) and Path(report["index"]).parent == tmp_path
-    r = subprocess.run([*args[:5], "--bucket", "16x24x:2"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*args[:6], "--bucket", "16x24x:2"], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "must look like HxWxF:B" in r.stderr and "Traceback" not in r.stderr
