@@ -40,9 +40,6 @@ class DataIndex:
     geometry: list[dict | None]
     failures: dict[str, str]  # key -> skip reason, for items that could not be probed
 
-    def probed(self) -> bool:
-        return all(g is not None for g in self.geometry) if self.items else True
-
 
 def default_cache_dir() -> Path:
     root = os.environ.get("TFT2V_CACHE_DIR") or os.path.join(
@@ -166,6 +163,8 @@ def build_index(spec: str, kind: str, data_dir: str | None, probe: bool, cache_d
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     path = cache / f"{kind}-{fingerprint(spec, kind, data_dir, probe, files)}.json"
     if path.is_file():
+        if items is not None and not probe:  # the listing just made is the whole index
+            return DataIndex(items, [None] * len(items), {}), path
         return read_index(path), path
     start = time.perf_counter()
     if items is None:
@@ -213,7 +212,7 @@ def shared_index(spec: str, kind: str, data_dir: str | None, probe: bool, cache_
         try:
             index, path = build_index(spec, kind, data_dir, probe, cache_dir, stats)
             box = [str(path)]
-        except TFT2VError as exc:
+        except Exception as exc:  # noqa: BLE001 - every rank raises it, none waits forever
             box = [exc]
     dist.broadcast_object_list(box, src=0)
     if isinstance(box[0], Exception):
