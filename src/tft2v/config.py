@@ -205,7 +205,8 @@ class TrainConfig:
     guidance_scale: float = 9.0
     progress: bool = True
     trackers: tuple[str, ...] = ("tensorboard",)  # any of TRACKERS; [] = metrics.jsonl only
-    export: bool = True  # write the pipeline model folder at the end
+    export: bool = True  # write the pipeline model folder at the end (a LoRA run's: adapter + base reference)
+    export_fused: bool = False  # a LoRA run also writes model_fused/: the adapter merged into a full model
     log_samples: bool = False  # samples.jsonl: the keys every step consumed, per rank (tft2v.train.sample_log)
 
     def __post_init__(self):
@@ -214,6 +215,8 @@ class TrainConfig:
             _choice("train.trackers", name, TRACKERS)
         if self.max_steps < 1 or self.grad_accum < 1 or self.keep_last < 1 or self.log_every < 1:
             raise ConfigError("train.max_steps, grad_accum, keep_last and log_every must be >= 1")
+        if self.export_fused and not self.export:
+            raise ConfigError("train.export_fused writes beside the exported model folder: it needs train.export: true")
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        if self.train.export_fused and not self.model.lora.rank:
+            raise ConfigError("train.export_fused fuses a LoRA adapter: it needs model.lora.rank > 0")
         if self.recipe.video_high_noise_start >= self.schedule.num_train_timesteps:
             raise ConfigError(f"recipe.video_high_noise_start must be < schedule.num_train_timesteps "
                               f"({self.schedule.num_train_timesteps}), got {self.recipe.video_high_noise_start}")

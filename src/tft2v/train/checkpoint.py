@@ -6,6 +6,8 @@ A checkpoint is a folder ``<run>/checkpoints/step-XXXXXXXX/``:
   FULL weights (gathered from every rank under FSDP);
 * ``unet_ema/`` + ``ema.pt`` — the EMA weights beside them (when EMA is on, full as well) and the EMA's
   counters; under FSDP ``ema_rank{r}.pt`` instead of ``ema.pt``: each rank's shards of the EMA weights;
+* a LoRA run (``model.lora``) writes no ``unet/`` / ``unet_ema/``: its ``lora/``, ``lora_ema/`` adapters
+  and ``base.json``, the frozen base's path and fingerprint (:mod:`tft2v.train.lora_checkpoint`);
 * ``optimizer.pt``, ``lr_scheduler.pt``, ``scaler.pt`` (fp16 only) — loaded with ``weights_only=True``.
   Under FSDP2 the optimizer is saved sharded by accelerate (:func:`accelerate.utils.save_fsdp_optimizer`:
   ``optimizer_0/``, a torch.distributed.checkpoint folder with SHARDED_STATE_DICT, ``optimizer.bin``
@@ -122,11 +124,12 @@ def is_fsdp2(accelerator) -> bool:
 
 def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, optimizer, lr_scheduler,
                     loader_state: dict, config_yaml: str, ema=None, ema_params=None, scaler=None, keep_last: int = 3,
-                    debug: bool = False, write_extra=None) -> Path:
+                    debug: bool = False, write_weights=None) -> Path:
     """Write a checkpoint of every rank's state; collective (all ranks must call it). Returns its path.
 
     ``ema_params``: the (prepared, possibly sharded) parameters the EMA tracks — the trainable ones.
-    ``write_extra(folder)``: called on every rank before the checkpoint is published, to add files to it.
+    ``write_weights(folder)``: called on every rank to write the model weights instead of ``unet/`` and
+    ``unet_ema/`` (a LoRA run's adapters).
     """
     root = Path(root)
     rank, main = accelerator.process_index, accelerator.is_main_process
@@ -139,18 +142,22 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
     accelerator.wait_for_everyone()
 
     # Collectives first, in the same order on every rank: full weights, full EMA weights, optimizer.
-    # accelerate's get_state_dict: the full weights (under FSDP2 gathered onto the main process, CPU; {}
-    # on the others), else the model's own tensors.
-    weights = accelerator.get_state_dict(model)
-    if main:
-        _save_unet(unet, _cpu(weights), tmp / "unet")
-    del weights
+    if write_weights is not None:
+        write_weights(tmp)
+    else:
+        # accelerate's get_state_dict: the full weights (under FSDP2 gathered onto the main process, CPU; {}
+        # on the others), else the model's own tensors.
+        weights = accelerator.get_state_dict(model)
+        if main:
+            _save_unet(unet, _cpu(weights), tmp / "unet")
+        del weights
+        if ema is not None:
+            with ema_weights(ema, ema_params):  # each rank swaps its own shards in, then all gather
+                weights = accelerator.get_state_dict(model)  # FSDP2: gathered on the main process, {} elsewhere
+                if main:  # written inside the block: unsharded, ``weights`` are the live tensors
+                    _save_unet(unet, _cpu(weights), tmp / "unet_ema")
+                del weights
     if ema is not None:
-        with ema_weights(ema, ema_params):  # each rank swaps its own shards in, then all gather
-            weights = accelerator.get_state_dict(model)  # FSDP2: gathered on the main process, {} elsewhere
-            if main:  # written inside the block: unsharded, ``weights`` are the live tensors
-                _save_unet(unet, _cpu(weights), tmp / "unet_ema")
-            del weights
         if fsdp:
             torch.save(_local_ema_state(ema), tmp / f"ema_rank{rank}.pt")
         elif main:
@@ -164,8 +171,6 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
         torch.save(optimizer.state_dict(), tmp / f"optimizer_rank{rank}.pt")
     elif main:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    if write_extra is not None:
-        write_extra(tmp)
 
     plain, tensors = _rng_state()
     (tmp / f"rank{rank}.json").write_text(json.dumps({"rng": plain, "loader": loader_state}))
@@ -267,6 +272,9 @@ def _save_unet(unet, state_dict: dict, directory: Path) -> None:
 def load_unet_weights(path: str | Path, unet, ema: bool = False) -> None:
     """Load a checkpoint's (EMA) UNet weights into ``unet``; a mismatch names the keys."""
     f = Path(path) / ("unet_ema" if ema else "unet") / WEIGHTS_NAME
+    if not f.is_file() and (Path(path) / "base.json").is_file():  # lora_checkpoint.BASE_NAME
+        raise CheckpointError(f"checkpoint {path} holds a LoRA adapter, not the model: resume it with model.lora "
+                              f"as in its config.yaml")
     if not f.is_file():
         raise CheckpointError(f"checkpoint {path} has no {f.parent.name}/{WEIGHTS_NAME}")
     state = safetensors.torch.load_file(f)

@@ -33,7 +33,8 @@ from tft2v.train.data import (
     build_unet,
     check_data_paths,
 )
-from tft2v.models.lora import apply_lora, save_checkpoint_adapters
+from tft2v.models.lora import apply_lora
+from tft2v.train import lora_checkpoint
 from tft2v.train.logging import RunLogger
 from tft2v.train.run_folder import continue_run_logs, prepare_run_folder
 from tft2v.train.sample_log import SampleLog, step_row
@@ -158,12 +159,19 @@ class Trainer:
         self.encoder = (encoder or build_encoder_from_config(cfg)).to(self.device)
         self.autoencoder = (autoencoder or build_autoencoder_from_config(cfg)).to(self.device)
         self.unet = build_unet(cfg, self.encoder, self.autoencoder)
-        if self.resume_from is not None:
+        lora_resume = (self.resume_from is not None and cfg.model.lora.rank > 0
+                       and lora_checkpoint.is_adapter_only(self.resume_from))
+        if self.resume_from is not None and not lora_resume:  # (an older LoRA checkpoint's unet/: the base)
             ckpt_io.load_unet_weights(self.resume_from, self.unet)
         if cfg.model.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         _freeze_for_recipe(cfg, self.unet)
-        apply_lora(cfg.model.lora, self.unet, self.resume_from)  # model.lora: frozen base, adapters train
+        # model.lora: frozen base, adapters train; the checkpoints hold the adapters and name the base.
+        self.lora_base = None
+        if apply_lora(cfg.model.lora, self.unet) is not None:
+            self.lora_base = lora_checkpoint.base_record(cfg, self.unet)
+            if self.resume_from is not None:
+                lora_checkpoint.restore(self.resume_from, self.unet, self.lora_base, acc)
         o = cfg.optim
         sharded = acc.distributed_type.value in ("FSDP", "DEEPSPEED")
         optimizer = torch.optim.AdamW([p for p in self.unet.parameters() if p.requires_grad], lr=o.lr,
@@ -264,9 +272,15 @@ class Trainer:
             self.run_dir / "checkpoints", self.step, accelerator=self.accelerator, model=self.model, unet=self.unet,
             optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, loader_state=self.loader.state_dict(),
             config_yaml=self.config_yaml, ema=self.ema, ema_params=self.params, scaler=self.accelerator.scaler,
-            keep_last=self.cfg.train.keep_last, debug=debug,
-            write_extra=lambda folder: save_checkpoint_adapters(self, folder))  # model.lora: lora/, lora_ema/
+            keep_last=self.cfg.train.keep_last, debug=debug, write_weights=self._write_adapters())
         return path
+
+    def _write_adapters(self):
+        """A LoRA run's checkpoint weights: the adapters and a reference to the base, not the base."""
+        if self.lora_base is None:
+            return None
+        return lambda folder: lora_checkpoint.save_adapters(folder, accelerator=self.accelerator, unet=self.unet,
+                                                            ema=self.ema, ema_params=self.params, base=self.lora_base)
 
     def validate(self) -> list[Path]:
         """Validation videos from the EMA weights when EMA is on (what export writes), else the live ones.
@@ -285,14 +299,21 @@ class Trainer:
         return paths
 
     def export(self, checkpoint: Path) -> Path | None:
+        """The run's model folder (and with ``train.export_fused`` the fused one) from ``checkpoint``, written
+        by the main process. Collective for a LoRA run whose base has no UNet folder to refer to (not
+        ``model.init: pretrained``): its base is gathered and written into the model folder once."""
         from tft2v.train.validation import export_model_folder
 
+        base_unet = None
+        if self.lora_base is not None and self.lora_base["init"] != "pretrained":
+            base_unet = lora_checkpoint.plain_base(self.accelerator, self.model, self.unet)
         if not self.accelerator.is_main_process:
             return None
         if importlib.util.find_spec("tft2v.pipeline") is None:  # lands separately from the trainer
             self.log.message("model folder not written: tft2v.pipeline is not available in this install")
             return None
-        return export_model_folder(checkpoint, self.run_dir / "model")
+        fused = self.run_dir / "model_fused" if self.cfg.train.export_fused else None
+        return export_model_folder(checkpoint, self.run_dir / "model", base_unet=base_unet, fused_dir=fused)
 
     # -- the loop ---------------------------------------------------------------------------------
 
