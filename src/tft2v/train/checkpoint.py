@@ -17,8 +17,10 @@ A checkpoint is a folder ``<run>/checkpoints/step-XXXXXXXX/``:
 * ``trainer_state.json`` (step, world size, distributed type) and ``config.yaml`` (the resolved config).
 
 Saving is collective: every rank calls :func:`save_checkpoint` (under FSDP the full weights, EMA ones
-included, are gathered with every rank taking part). Writing goes to a hidden temp folder that is
-renamed into place when complete, so a crash (even SIGKILL) mid-save never leaves a half checkpoint
+included, are gathered with every rank taking part). Only the main process copies full weights to host
+memory: the EMA weights are read from the EMA's shadows (under FSDP2 gathered one tensor at a time, every
+rank taking part), never swapped into the live weights on every rank. Writing goes to a hidden temp folder
+that is renamed into place when complete, so a crash (even SIGKILL) mid-save never leaves a half checkpoint
 that ``--resume auto`` would pick. Only the last ``keep_last`` checkpoints are kept; ``debug-step-*``
 folders (NaN stops) are never pruned or resumed. Model tensors are ``(B, C, F, H, W)``-agnostic state dicts.
 """
@@ -148,15 +150,14 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
         # accelerate's get_state_dict: the full weights (under FSDP2 gathered onto the main process, CPU; {}
         # on the others), else the model's own tensors.
         weights = accelerator.get_state_dict(model)
+        weights = _cpu(weights) if main else None
         if main:
-            _save_unet(unet, _cpu(weights), tmp / "unet")
-        del weights
+            _save_unet(unet, weights, tmp / "unet")
         if ema is not None:
-            with ema_weights(ema, ema_params):  # each rank swaps its own shards in, then all gather
-                weights = accelerator.get_state_dict(model)  # FSDP2: gathered on the main process, {} elsewhere
-                if main:  # written inside the block: unsharded, ``weights`` are the live tensors
-                    _save_unet(unet, _cpu(weights), tmp / "unet_ema")
-                del weights
+            weights = _with_ema_weights(accelerator, model, ema, ema_params, weights)
+            if main:
+                _save_unet(unet, weights, tmp / "unet_ema")
+        del weights
     if ema is not None:
         if fsdp:
             torch.save(_local_ema_state(ema), tmp / f"ema_rank{rank}.pt")
@@ -196,6 +197,25 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
                 shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _with_ema_weights(accelerator, model, ema, ema_params, weights: dict | None) -> dict | None:
+    """``weights`` (the main process's host copy of the full weights, None elsewhere) with every weight the
+    EMA tracks replaced, in place, by its shadow. At 8 ranks a full host copy on every rank is 8 of them on
+    one node (45 GB for a 1.4 B model), so nothing is swapped into the live weights: under FSDP2 every rank
+    takes part in gathering each shadow (``full_tensor``), one tensor at a time, and only the main process
+    copies it to host memory; unsharded, the other ranks do nothing."""
+    main = accelerator.is_main_process
+    if not (main or is_fsdp2(accelerator)):
+        return None
+    names = {id(p): n for n, p in accelerator.unwrap_model(model).named_parameters()}
+    for param, shadow in zip(ema_params, ema.shadow_params):
+        full = shadow.full_tensor() if hasattr(shadow, "full_tensor") else shadow  # collective under FSDP2
+        if main:
+            name = names[id(param)]
+            weights[name] = full.detach().to("cpu", weights[name].dtype).contiguous()
+        del full
+    return weights
 
 
 def _cpu(state_dict: dict) -> dict:
