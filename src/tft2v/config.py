@@ -208,6 +208,8 @@ class TrainConfig:
     export: bool = True  # write the pipeline model folder at the end (a LoRA run's: adapter + base reference)
     export_fused: bool = False  # a LoRA run also writes model_fused/: the adapter merged into a full model
     log_samples: bool = False  # samples.jsonl: the keys every step consumed, per rank (tft2v.train.sample_log)
+    # Steps with a non-finite loss or gradients are skipped, weights untouched; this many in a row stop the run.
+    max_nonfinite_skips: int = 8
 
     def __post_init__(self):
         _choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
@@ -215,6 +217,8 @@ class TrainConfig:
             _choice("train.trackers", name, TRACKERS)
         if self.max_steps < 1 or self.grad_accum < 1 or self.keep_last < 1 or self.log_every < 1:
             raise ConfigError("train.max_steps, grad_accum, keep_last and log_every must be >= 1")
+        if self.max_nonfinite_skips < 1:
+            raise ConfigError(f"train.max_nonfinite_skips must be >= 1, got {self.max_nonfinite_skips}")
         if self.export_fused and not self.export:
             raise ConfigError("train.export_fused writes beside the exported model folder: it needs train.export: true")
 

@@ -14,7 +14,8 @@ A checkpoint is a folder ``<run>/checkpoints/step-XXXXXXXX/``:
   with FULL_STATE_DICT); under DeepSpeed ``optimizer_rank{r}.pt`` (untested);
 * ``rank{r}.json`` — python/numpy RNG states and the rank's data-loader position (mixing state);
   ``rank{r}_rng.pt`` — torch CPU (+ CUDA) RNG states;
-* ``trainer_state.json`` (step, world size, distributed type) and ``config.yaml`` (the resolved config).
+* ``trainer_state.json`` (step, world size, distributed type, skipped-step counts) and ``config.yaml``
+  (the resolved config).
 
 Saving is collective: every rank calls :func:`save_checkpoint` (under FSDP the full weights, EMA ones
 included, are gathered with every rank taking part). Only the main process copies full weights to host
@@ -22,7 +23,8 @@ memory: the EMA weights are read from the EMA's shadows (under FSDP2 gathered on
 rank taking part), never swapped into the live weights on every rank. Writing goes to a hidden temp folder
 that is renamed into place when complete, so a crash (even SIGKILL) mid-save never leaves a half checkpoint
 that ``--resume auto`` would pick. Only the last ``keep_last`` checkpoints are kept; ``debug-step-*``
-folders (NaN stops) are never pruned or resumed. Model tensors are ``(B, C, F, H, W)``-agnostic state dicts.
+folders (runs stopped by non-finite steps) are never pruned or picked by ``--resume auto``. Model tensors
+are ``(B, C, F, H, W)``-agnostic state dicts.
 """
 
 from __future__ import annotations
@@ -126,12 +128,12 @@ def is_fsdp2(accelerator) -> bool:
 
 def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, optimizer, lr_scheduler,
                     loader_state: dict, config_yaml: str, ema=None, ema_params=None, scaler=None, keep_last: int = 3,
-                    debug: bool = False, write_weights=None) -> Path:
+                    debug: bool = False, write_weights=None, trainer_state: dict | None = None) -> Path:
     """Write a checkpoint of every rank's state; collective (all ranks must call it). Returns its path.
 
     ``ema_params``: the (prepared, possibly sharded) parameters the EMA tracks — the trainable ones.
     ``write_weights(folder)``: called on every rank to write the model weights instead of ``unet/`` and
-    ``unet_ema/`` (a LoRA run's adapters).
+    ``unet_ema/`` (a LoRA run's adapters). ``trainer_state``: more fields for ``trainer_state.json``.
     """
     root = Path(root)
     rank, main = accelerator.process_index, accelerator.is_main_process
@@ -183,8 +185,8 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "trainer_state.json").write_text(json.dumps(
             {"step": step, "world_size": accelerator.num_processes, "debug": debug,
-             "distributed_type": accelerator.distributed_type.value, "epochs": loader_state.get("epochs", {})},
-            indent=2))
+             "distributed_type": accelerator.distributed_type.value, "epochs": loader_state.get("epochs", {}),
+             **(trainer_state or {})}, indent=2))
     accelerator.wait_for_everyone()
     if main:
         if final.exists():  # re-saving a step (e.g. after a resume): swap the old one out first
@@ -316,7 +318,8 @@ def _load(path: Path):
 
 def load_training_state(path: str | Path, *, accelerator, optimizer, lr_scheduler, ema=None, scaler=None,
                         model=None) -> dict:
-    """Restore optimizer, LR schedule, EMA, scaler and this rank's RNG; return {"step", "loader"}.
+    """Restore optimizer, LR schedule, EMA, scaler and this rank's RNG; return {"step", "loader", "state"}
+    (``state``: the checkpoint's ``trainer_state.json``).
     Collective under FSDP (``model``: the prepared model, needed there for the sharded optimizer).
 
     The UNet weights are loaded separately (:func:`load_unet_weights`) before the model is wrapped.
@@ -348,4 +351,4 @@ def load_training_state(path: str | Path, *, accelerator, optimizer, lr_schedule
         scaler.load_state_dict(_load(path / "scaler.pt"))
     per_rank = json.loads((path / f"rank{rank}.json").read_text())
     _set_rng_state(per_rank["rng"], _load(path / f"rank{rank}_rng.pt"))
-    return {"step": int(state["step"]), "loader": per_rank["loader"]}
+    return {"step": int(state["step"]), "loader": per_rank["loader"], "state": state}
