@@ -7,7 +7,10 @@ micro-batch of rank r in micro-step m holds the global samples (m·world + r)·B
 per-sample generators use (B = global / (world · grad_accum)). Losses per step, the checkpoints and
 (optionally) validation clips sampled with every rank taking part are written to ``out``.
 
-usage: dist_driver.py OUT --steps N [--save-at 2,4] [--resume CKPT] [--validate] [--export] [--set k=v ...]
+``--nan-at K``: the first image sample of step K (rank 0's) has NaN pixels.
+
+usage: dist_driver.py OUT --steps N [--save-at 2,4] [--resume CKPT] [--validate] [--export] [--nan-at K]
+                      [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def driver_config(out, steps: int, sets: dict | None = None):
 
 
 def run(out, steps: int, global_batch: int = 4, save_at=(), resume=None, validate: bool = False,
-        export: bool = False, sets: dict | None = None) -> dict:
+        export: bool = False, sets: dict | None = None, nan_at: int = 0) -> dict:
     """Train ``steps`` steps of the tiny config in ``out`` (this process's share of each global batch);
     returns (and writes to ``out/driver_rank{r}.json``) the per-step losses and what else was asked for."""
     from tft2v.train import Trainer
@@ -68,13 +71,15 @@ def run(out, steps: int, global_batch: int = 4, save_at=(), resume=None, validat
     losses = {}
     while trainer.step < steps:
         whole = global_batch_of(trainer.step, global_batch, cfg.data.num_frames, cfg.data.height)
+        if trainer.step + 1 == nan_at:
+            whole["image"]["pixels"][0] = float("nan")
         micro = [take(whole, (m * world + rank) * b, b) for m in range(accum)]
         logs = trainer.train_step(micro)
         losses[str(trainer.step)] = logs["loss"]  # JSON keys
         if trainer.step in save_at:
             trainer.save()
     result = {"losses": losses, "world": world, "distributed_type": acc.distributed_type.value,
-              "model_class": type(trainer.model).__name__}
+              "model_class": type(trainer.model).__name__, "skipped_steps": trainer.skipped_steps}
     if validate:
         from tft2v.train.validation import sample_validation_clips, sampling_unet
 
@@ -102,10 +107,11 @@ def main() -> None:
     ap.add_argument("--resume", default=None)
     ap.add_argument("--validate", action="store_true")
     ap.add_argument("--export", action="store_true")
+    ap.add_argument("--nan-at", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[])
     a = ap.parse_args()
     run(a.out, a.steps, a.global_batch, {int(s) for s in a.save_at.split(",") if s}, a.resume, a.validate, a.export,
-        dict(s.split("=", 1) for s in a.set))
+        dict(s.split("=", 1) for s in a.set), a.nan_at)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def test_round_trip_restores_everything(tmp_path):
     unet2, opt2, sched2 = parts(seed=1)
     ck.load_unet_weights(path, unet2)
     state = ck.load_training_state(path, accelerator=Accelerator(cpu=True), optimizer=opt2, lr_scheduler=sched2)
-    assert state == {"step": 1, "loader": {"step": 1}}
+    assert (state["step"], state["loader"], state["state"]["world_size"]) == (1, {"step": 1}, 1)
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
     assert np.random.rand() == expected[2]
     unet3, opt3, sched3 = parts()

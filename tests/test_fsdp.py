@@ -121,3 +121,21 @@ def test_fsdp_resume_from_sharded_checkpoint_is_exact(fsdp_run, tmp_path):
     for folder in ("unet", "unet_ema"):
         wa, wb = weights(a, folder), weights(b, folder)
         assert all(torch.equal(wa[k], wb[k]) for k in wb), folder
+
+
+@pytest.mark.slow
+def test_fsdp_nan_on_one_rank_skips_the_step_on_both(tmp_path):
+    """Step 2's NaN pixels are in rank 0's half of the batch only; without clipping each rank checks its own
+    gradient shards. Both ranks skip step 2 (no rank hangs in a collective the other left), and the run goes
+    on as one process that skipped the same step."""
+    no_clip = {**UNUSED_MLP, "optim.max_grad_norm": 0.0}
+    fsdp = torchrun(tmp_path / "fsdp", "--steps", "3", "--save-at", "3", "--nan-at", "2", *sets(no_clip),
+                    env=fsdp_env())
+    single = run(tmp_path / "single", 3, save_at={3}, sets=no_clip, nan_at=2)
+    other_rank = json.loads((tmp_path / "fsdp/driver_rank1.json").read_text())
+    assert fsdp["skipped_steps"] == other_rank["skipped_steps"] == single["skipped_steps"] == 1
+    assert fsdp["losses"]["2"] != fsdp["losses"]["2"]  # NaN: the mean over ranks
+    assert all(abs(fsdp["losses"][s] - single["losses"][s]) <= 1e-5 for s in ("1", "3"))
+    a = weights(list_checkpoints(tmp_path / "fsdp/checkpoints")[-1], "unet_ema")
+    b = weights(list_checkpoints(tmp_path / "single/checkpoints")[-1], "unet_ema")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in b) and all(torch.isfinite(v).all() for v in a.values())

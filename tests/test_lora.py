@@ -323,10 +323,10 @@ def test_finetune_cli_end_to_end(tmp_path, capsys):
         assert e.value.code == 2 and says in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_lora_run_checkpoint_holds_plain_base_and_resume_is_exact(tmp_path):
-    import safetensors.torch
+def test_lora_checkpoint_holds_the_adapter_not_the_base_and_resume_is_exact(tmp_path):
     from train_fixtures import tiny_config
 
+    from tft2v.pipeline import TFT2VPipeline
     from tft2v.train.trainer import Trainer, train
 
     extra = {**_from_base(tmp_path), "train.max_steps": 3, "train.checkpoint_every": 1, "optim.ema_decay": 0.9,
@@ -348,9 +348,127 @@ def test_lora_run_checkpoint_holds_plain_base_and_resume_is_exact(tmp_path):
     for name, shadow in zip(trainable, shadows):
         assert torch.equal(ema["unet." + name.replace(".default.", ".")], shadow), name
     assert any(not torch.equal(live[k], ema[k]) for k in live)
-    saved = safetensors.torch.load_file(Path(full["checkpoint"]) / "unet" / "diffusion_pytorch_model.safetensors")
-    base = safetensors.torch.load_file(tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors")
-    assert saved.keys() == base.keys() and all(torch.equal(saved[k], base[k]) for k in base)
+    # no copy of the frozen base: its path and fingerprint
+    ckpt = Path(full["checkpoint"])
+    assert not (ckpt / "unet").exists() and not (ckpt / "unet_ema").exists()
+    base = json.loads((ckpt / "base.json").read_text())
+    assert (base["init"], base["init_path"]) == ("pretrained", str((tmp_path / "base").resolve()))
+    assert base["fingerprint"] == lora.base_fingerprint(TFT2VPipeline.from_pretrained(tmp_path / "base").unet)
+
+
+def _checkpoint_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def test_lora_checkpoint_is_under_5_percent_of_a_full_one(tmp_path):
+    """The tiny base (430 k weights, 1.7 MB) with a rank-2 temporal adapter (11 k weights, 2.6 %); EMA on in
+    both runs. A checkpoint that still held the base would be larger than the full run's optimizer alone."""
+    from train_fixtures import tiny_config
+
+    from tft2v.train.trainer import train
+
+    extra = {**_from_base(tmp_path), "train.max_steps": 1, "optim.ema_decay": 0.9}
+    full = _checkpoint_bytes(Path(train(tiny_config(tmp_path / "full", **extra))["checkpoint"]))
+    with_lora = {**extra, "model.lora": "{rank: 2, targets: [temporal]}"}
+    adapter = _checkpoint_bytes(Path(train(tiny_config(tmp_path / "lora", **with_lora))["checkpoint"]))
+    assert adapter < 0.05 * full, (adapter, full)
+
+
+def test_resume_against_another_base_is_refused(tmp_path):
+    from pipeline_fixtures import toy_model_folder
+    from train_fixtures import tiny_config
+
+    from tft2v.errors import CheckpointError
+    from tft2v.train.trainer import Trainer, train
+
+    extra = {**_from_base(tmp_path), "train.max_steps": 1, "model.lora": "{rank: 2, targets: [temporal]}"}
+    train(tiny_config(tmp_path / "run", **extra))
+    toy_model_folder(tmp_path / "base", seed=1)  # the same path, other weights
+    with pytest.raises(CheckpointError, match="was trained on the base pretrained .* but this run's base is") as e:
+        Trainer(tiny_config(tmp_path / "run", **{**extra, "train.max_steps": 2}), resume="auto")
+    assert len(str(e.value).splitlines()) == 1 and str(e.value).count("fingerprint") == 2
+    with pytest.raises(CheckpointError, match="holds a LoRA adapter, not the model"):  # resumed without model.lora
+        Trainer(tiny_config(tmp_path / "run", **{**extra, "model.lora": "{rank: 0}"}), resume="auto")
+
+
+def test_lora_run_exports_its_adapter_on_the_base(tmp_path, capsys):
+    """model/ = lora/ (the EMA adapter) + a reference to the base folder: it loads as the base with that adapter
+    and generates as model_fused/, the same model as plain weights; a missing base is a one-line error."""
+    import numpy as np
+    from PIL import Image
+    from train_fixtures import tiny_config
+
+    from tft2v.cli import main
+    from tft2v.pipeline import TFT2VPipeline
+    from tft2v.train.trainer import train
+
+    run = tmp_path / "run"
+    summary = train(tiny_config(run, **{**_from_base(tmp_path), "train.max_steps": 2, "optim.ema_decay": 0.5,
+                                        "model.lora": "{rank: 2, targets: [spatial, temporal]}",
+                                        "train.export": True, "train.export_fused": True}))
+    model = Path(summary["model"])
+    assert (model / "lora" / lora.WEIGHTS_NAME).is_file() and not (model / "unet").exists()
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["lora"] == {"adapter": "lora", "base_unet": str((tmp_path / "base" / "unet").resolve())}
+    exported = TFT2VPipeline.from_pretrained(model)
+    assert exported.get_active_adapters() == {"model": 1.0}
+    reference = TFT2VPipeline.from_pretrained(tmp_path / "base")
+    plain = _run(reference.unet.requires_grad_(False), _inputs(reference.unet))
+    reference.load_lora_weights(Path(summary["checkpoint"]) / "lora_ema")
+    inputs = _inputs(reference.unet)
+    adapted = _run(reference.unet, inputs)
+    assert torch.equal(_run(exported.unet.requires_grad_(False), inputs), adapted)
+    assert not torch.equal(adapted, plain)  # the adapter trained and is applied
+    fused = TFT2VPipeline.from_pretrained(run / "model_fused").unet
+    assert not any("lora_" in k or "base_layer" in k for k in fused.state_dict())
+    assert torch.allclose(_run(fused.requires_grad_(False), inputs), adapted, atol=1e-5)
+
+    def gen(name, *args):
+        with pytest.raises(SystemExit) as e:
+            main(["generate", *args, "a ball", "--device", "cpu", "--steps", "2", "--out", str(tmp_path / name)])
+        assert e.value.code == 0
+        return np.stack([np.asarray(Image.open(f)) for f in sorted((tmp_path / name).glob("*.png"))])
+
+    exported_video = gen("exported", "--model", str(model))
+    fused_video = gen("fused", "--model", str(run / "model_fused"))
+    assert np.abs(exported_video.astype(int) - fused_video).max() <= 2  # float32 rounding of the merge only
+    (tmp_path / "base").rename(tmp_path / "moved")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", str(model), "a ball", "--device", "cpu", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "which is not there" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_lora_on_a_base_without_a_folder_resumes_and_exports_it_once(tmp_path):
+    """model.init scratch: the base is redrawn from the seed on resume (the fingerprint checks it), and the
+    export writes it as model/unet/ beside the adapter, the one copy of the base the run writes."""
+    from train_fixtures import tiny_config
+
+    from tft2v.pipeline import TFT2VPipeline
+    from tft2v.train.trainer import Trainer, train
+
+    extra = {"train.max_steps": 2, "train.checkpoint_every": 1, "model.lora": "{rank: 2, targets: [temporal]}",
+             "train.export": True}
+    full = train(tiny_config(tmp_path / "full", **extra))
+    Trainer(tiny_config(tmp_path / "part", **extra)).run(stop_at=1)
+    part = train(tiny_config(tmp_path / "part", **extra), resume="auto")
+    a, b = (lora.read_adapter(Path(s["checkpoint"]) / "lora")[1] for s in (full, part))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not any((c / "unet").exists() for c in (tmp_path / "full" / "checkpoints").iterdir())
+    model = Path(full["model"])
+    assert (model / "unet").is_dir()
+    assert json.loads((model / "model_index.json").read_text())["lora"]["base_unet"] is None
+    assert TFT2VPipeline.from_pretrained(model).get_active_adapters() == {"model": 1.0}
+
+
+def test_export_fused_needs_lora(tmp_path):
+    from train_fixtures import tiny_config
+
+    from tft2v.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs model.lora.rank"):
+        tiny_config(tmp_path, **{"train.export": True, "train.export_fused": True})
 
 
 DDP_SCRIPT = """

@@ -1,4 +1,5 @@
-"""The training loop: logs, checkpoints, exact resume (in process and after SIGKILL), NaN stop, CLI errors."""
+"""The training loop: logs, checkpoints, exact resume (in process and after SIGKILL), non-finite steps skipped
+and the stop after too many in a row, CLI errors."""
 
 from __future__ import annotations
 
@@ -61,18 +62,93 @@ def test_keep_last(tmp_path):
     assert [c.name for c in list_checkpoints(tmp_path / "r/checkpoints")] == ["step-00000003", "step-00000004"]
 
 
-def test_nan_loss_stops_with_step_and_debug_checkpoint(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path / "nan", **{"train.max_steps": 3}))
+def _weights(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.unet.state_dict().items()}
+
+
+@pytest.mark.parametrize("where, grad_accum, max_grad_norm", [
+    ("loss", 1, 1.0),  # caught by the loss (and the clipping norm)
+    ("loss", 2, 0.0),  # NaN in the first of two micro-batches, no clipping: the loss, summed over both
+    ("gradient", 1, 0.0),  # finite loss, inf gradients, no clipping norm: each gradient is checked
+    ("gradient", 2, 1.0),  # finite loss, inf gradients: the clipping norm
+])
+def test_nonfinite_step_is_skipped_with_the_weights_untouched(tmp_path, where, grad_accum, max_grad_norm):
+    trainer = Trainer(tiny_config(tmp_path / "run", **{"train.max_steps": 3, "train.grad_accum": grad_accum,
+                                                       "optim.max_grad_norm": max_grad_norm, "optim.ema_decay": 0.9}))
     real = trainer.recipe.branch_loss
+    poisoned_calls = []
 
     def poisoned(*args, **kw):
         loss, parts = real(*args, **kw)
-        return loss * float("nan") if trainer.step == 1 else loss, parts
+        if trainer.step == 1 and not poisoned_calls:  # step 2, its first micro-batch's first branch
+            poisoned_calls.append(1)
+            if where == "loss":
+                return loss * float("nan"), parts
+            return loss + _inf_gradient(trainer), parts
+        return loss, parts
 
     trainer.recipe.branch_loss = poisoned
-    with pytest.raises(TFT2VError, match="at step 2"):
+    batches = iter(trainer.loader)
+
+    def step() -> dict:
+        return trainer.train_step([next(batches) for _ in range(grad_accum)])
+
+    step()
+    weights, shadows = _weights(trainer), [s.clone() for s in trainer.ema.shadow_params]
+    lr_steps = trainer.lr_scheduler.last_epoch
+    logs = step()
+    assert logs["skipped_steps"] == 1 and trainer.step == 2 and trainer.nonfinite_in_a_row == 1
+    assert (logs["loss"] != logs["loss"]) == (where == "loss")  # NaN loss logged as it was
+    after = _weights(trainer)
+    assert all(torch.equal(after[k], v) for k, v in weights.items())  # untouched
+    assert all(torch.equal(a, b) for a, b in zip(trainer.ema.shadow_params, shadows))  # no EMA update
+    assert trainer.lr_scheduler.last_epoch == lr_steps  # the schedule follows the updates made
+    assert all(p.grad is None for p in trainer.params)  # the bad gradients are gone
+    logs = step()
+    assert logs["skipped_steps"] == 1 and trainer.nonfinite_in_a_row == 0 and logs["loss"] == logs["loss"]
+    after = _weights(trainer)
+    assert any(not torch.equal(after[k], v) for k, v in weights.items())  # training goes on
+
+
+def _inf_gradient(trainer):
+    """0 in value, inf in the gradient of the first trainable weight during step 2: a finite loss with a bad
+    backward."""
+    weight = trainer.params[0]
+    weight.register_hook(lambda g: torch.full_like(g, float("inf")) if trainer.step == 1 else None)
+    return 0 * weight.sum()
+
+
+def test_nonfinite_steps_in_a_row_stop_with_the_last_good_weights(tmp_path):
+    import safetensors.torch
+
+    cfg = tiny_config(tmp_path / "nan", **{"train.max_steps": 6, "train.max_nonfinite_skips": 2,
+                                           "train.log_every": 1})
+    trainer = Trainer(cfg)
+    real = trainer.recipe.branch_loss
+    good = {}
+
+    def poisoned(*args, **kw):
+        loss, parts = real(*args, **kw)
+        if trainer.step >= 2:  # steps 3, 4: NaN
+            good.setdefault("weights", _weights(trainer))
+            return loss * float("nan"), parts
+        return loss, parts
+
+    trainer.recipe.branch_loss = poisoned
+    with pytest.raises(TFT2VError, match=r"not finite on 2 steps in a row \(steps 3-4\); stopped") as e:
         trainer.run()
-    assert (tmp_path / "nan/checkpoints/debug-step-00000001/unet").is_dir()
+    assert len(str(e.value).splitlines()) == 1
+    debug = tmp_path / "nan/checkpoints/debug-step-00000004"
+    saved = safetensors.torch.load_file(debug / "unet" / "diffusion_pytorch_model.safetensors")
+    assert saved.keys() == good["weights"].keys()
+    assert all(torch.equal(saved[k], v) for k, v in good["weights"].items())  # the weights after step 2
+    state = json.loads((debug / "trainer_state.json").read_text())
+    assert (state["step"], state["skipped_steps"], state["nonfinite_in_a_row"]) == (4, 2, 2)
+    records = [json.loads(x) for x in (tmp_path / "nan/metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in records if "loss" in r] == [0, 0, 1, 2]
+    resumed = Trainer(cfg, resume=str(debug))  # a debug checkpoint resumes on explicit request, counts kept
+    assert (resumed.step, resumed.skipped_steps, resumed.nonfinite_in_a_row) == (4, 2, 2)
+    assert resumed.run()["steps"] == 6
 
 
 def _cli(args, **kw):

@@ -216,8 +216,11 @@ class TrainConfig:
     guidance_scale: float = 9.0
     progress: bool = True
     trackers: tuple[str, ...] = ("tensorboard",)  # any of TRACKERS; [] = metrics.jsonl only
-    export: bool = True  # write the pipeline model folder at the end
+    export: bool = True  # write the pipeline model folder at the end (a LoRA run's: adapter + base reference)
+    export_fused: bool = False  # a LoRA run also writes model_fused/: the adapter merged into a full model
     log_samples: bool = False  # samples.jsonl: the keys every step consumed, per rank (tft2v.train.sample_log)
+    # Steps with a non-finite loss or gradients are skipped, weights untouched; this many in a row stop the run.
+    max_nonfinite_skips: int = 8
 
     def __post_init__(self):
         _choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
@@ -225,6 +228,10 @@ class TrainConfig:
             _choice("train.trackers", name, TRACKERS)
         if self.max_steps < 1 or self.grad_accum < 1 or self.keep_last < 1 or self.log_every < 1:
             raise ConfigError("train.max_steps, grad_accum, keep_last and log_every must be >= 1")
+        if self.max_nonfinite_skips < 1:
+            raise ConfigError(f"train.max_nonfinite_skips must be >= 1, got {self.max_nonfinite_skips}")
+        if self.export_fused and not self.export:
+            raise ConfigError("train.export_fused writes beside the exported model folder: it needs train.export: true")
 
 
 @dataclass(frozen=True)
@@ -243,6 +250,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        if self.train.export_fused and not self.model.lora.rank:
+            raise ConfigError("train.export_fused fuses a LoRA adapter: it needs model.lora.rank > 0")
         if self.recipe.video_high_noise_start >= self.schedule.num_train_timesteps:
             raise ConfigError(f"recipe.video_high_noise_start must be < schedule.num_train_timesteps "
                               f"({self.schedule.num_train_timesteps}), got {self.recipe.video_high_noise_start}")

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from tft2v.errors import ConfigError, TFT2VError
 from tft2v.pipeline_inputs import (check_call, encode_image, encode_prompts, postprocess, prepare_conditions,
                                    prepare_latents)
-from tft2v.pipeline_folder import COMPONENTS, component_dir, load_scheduler, load_unet, read_index, write_index
+from tft2v.pipeline_folder import (COMPONENTS, component_dir, load_scheduler, load_unet, read_index, unet_dir,
+                                   write_index)
 from tft2v.sampling import denoise
 
 VGEN_NEGATIVE_PROMPT = (
@@ -49,6 +50,10 @@ DEFAULTS = {
     "guidance_scale": 9.0,
     "num_inference_steps": 50,
 }
+
+# The adapter a LoRA run's model folder applies to its base on load (tft2v.pipeline_folder).
+MODEL_ADAPTER = "model"
+
 
 class TFT2VPipeline:
     """UNet + sampling scheduler + text/image encoder + (pixel-space or KL) autoencoder."""
@@ -87,7 +92,8 @@ class TFT2VPipeline:
     def from_pretrained(cls, directory: str | Path, torch_dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None, **components) -> "TFT2VPipeline":
         """Load a model folder; ``unet=``/``scheduler=``/``encoder=``/``autoencoder=`` replace (or supply
-        missing) components, as in diffusers."""
+        missing) components, as in diffusers. A LoRA run's folder gives its base UNet with the run's adapter
+        applied (adapter ``"model"``; more mix in with :meth:`load_lora_weights`)."""
         from tft2v.autoencoder import load_autoencoder
         from tft2v.encoders import load_encoder
 
@@ -97,10 +103,14 @@ class TFT2VPipeline:
         index = read_index(directory)
         loaders = {"unet": load_unet, "scheduler": load_scheduler,
                    "encoder": load_encoder, "autoencoder": load_autoencoder}
-        loaded = {name: components[name] if name in components else loaders[name](component_dir(directory, index, name))
-                  for name in COMPONENTS}
+        folders = {name: unet_dir(directory, index) if name == "unet" else component_dir(directory, index, name)
+                   for name in COMPONENTS if name not in components}
+        loaded = {name: components[name] if name in components else loaders[name](folders[name]) for name in COMPONENTS}
         pipe = cls(**loaded, defaults={k: v for k, v in index.get("tft2v", {}).items() if k in DEFAULTS})
         pipe.check_components()
+        adapter = (index.get("lora") or {}).get("adapter")
+        if adapter and "unet" not in components:  # a LoRA run's model folder: its adapter on the base UNet
+            pipe.load_lora_weights(Path(directory) / adapter, adapter_name=MODEL_ADAPTER)
         return pipe.to(device=device, dtype=torch_dtype)
 
     def check_components(self) -> None:

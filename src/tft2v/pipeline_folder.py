@@ -11,12 +11,19 @@ A diffusers-style folder::
 
 A component recorded as ``[null, null]`` was not written (e.g. ``tft2v convert vgen`` without an
 OpenCLIP path); loading such a folder needs that component passed in explicitly.
+
+A LoRA run's model folder (:mod:`tft2v.train.lora_checkpoint`) also has ``lora/`` (an adapter folder in the
+diffusers/peft layout, :mod:`tft2v.models.lora`) and ``"lora": {"adapter": "lora", "base_unet": PATH}`` in
+``model_index.json``: the UNet is the base's folder ``PATH`` (absolute; null: ``unet/`` here) with the
+adapter applied on load.
+
 Videos elsewhere are ``(B, C, F, H, W)``; nothing here touches tensors.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from tft2v.errors import CheckpointError, TFT2VError
@@ -61,6 +68,30 @@ def component_dir(directory: str | Path, index: dict, name: str) -> Path:
     if not any(sub.iterdir()):
         raise TFT2VError(f"model folder {directory}: component folder {name}/ is empty")
     return sub
+
+
+def unet_dir(directory: str | Path, index: dict) -> Path:
+    """The UNet folder: ``unet/``, or the base a LoRA model folder refers to."""
+    base = (index.get("lora") or {}).get("base_unet")
+    if base and not (Path(directory) / "unet").is_dir():
+        if not (Path(base) / "config.json").is_file():
+            raise TFT2VError(f"model folder {directory} applies its LoRA adapter to the base UNet {base}, which is "
+                             f"not there; restore it, or point 'lora.base_unet' in its {INDEX_NAME} at a copy")
+        return Path(base)
+    return component_dir(directory, index, "unet")
+
+
+def write_lora_entry(directory: Path, adapter: Path, base_unet: Path | None) -> None:
+    """Make the model folder ``directory`` a LoRA one: ``lora/`` = a copy of the ``adapter`` folder, applied
+    on load to ``base_unet`` (a UNet folder; None: the folder's own ``unet/``)."""
+    from tft2v.models import TFT2VUNet
+
+    index = read_index(directory)
+    shutil.copytree(adapter, directory / "lora", dirs_exist_ok=True)
+    if base_unet is not None:
+        index["unet"] = [TFT2VUNet.__module__, TFT2VUNet.__name__]  # recorded, if not written here
+    index["lora"] = {"adapter": "lora", "base_unet": None if base_unet is None else str(Path(base_unet).resolve())}
+    (directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
 def load_unet(path: Path):

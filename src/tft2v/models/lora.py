@@ -130,8 +130,8 @@ def add_adapter(model: nn.Module, rank: int, alpha: float = 0.0, dropout: float 
 
 def _plain_state_dict(module, state_dict, prefix, local_metadata) -> None:
     """state_dict hook of a training UNet: the base weights under their plain names, adapters left out —
-    so a LoRA run's checkpoint ``unet/`` (and an exported model folder) is the unchanged base model, and
-    ``--resume`` loads it before the adapters exist. The adapters are saved on their own (``lora/``)."""
+    so gathering a LoRA run's weights (validation under FSDP, the export of a base that has no folder of its
+    own) gives the unchanged base model. The adapters are saved on their own (``lora/``)."""
     for key in list(state_dict):
         if not key.startswith(prefix):
             continue
@@ -141,23 +141,16 @@ def _plain_state_dict(module, state_dict, prefix, local_metadata) -> None:
             state_dict[key.replace(".base_layer.", ".")] = state_dict.pop(key)
 
 
-def apply_lora(lora_cfg, unet: nn.Module, resume_from: str | Path | None = None) -> list[str] | None:
+def apply_lora(lora_cfg, unet: nn.Module) -> list[str] | None:
     """Trainer hook (``model.lora``): with ``rank > 0`` inject the adapter, freeze every base weight and
     leave only the adapter weights trainable (so only they reach the optimizer, the EMA and
     :func:`save_adapter`); the UNet's ``state_dict()`` then holds the base only (:func:`_plain_state_dict`).
-    ``resume_from``: a checkpoint whose ``lora/`` adapter weights are loaded. Returns the adapted module
-    names, or None when LoRA is off."""
+    Returns the adapted module names, or None when LoRA is off."""
     if lora_cfg is None or not lora_cfg.rank:
         return None
     unet._tft2v_lora_base = base_fingerprint(unet)  # of the base as trained on, for the adapter files
     modules = add_adapter(unet, lora_cfg.rank, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.targets)
     unet._register_state_dict_hook(_plain_state_dict)
-    if resume_from is not None:
-        folder = Path(resume_from) / "lora"
-        if not (folder / WEIGHTS_NAME).is_file():
-            raise LoraError(f"checkpoint {resume_from} has no lora/ adapter to resume this LoRA run from")
-        _, weights = read_adapter(folder)
-        _fill_adapter(unet, weights, DEFAULT_ADAPTER, folder)
     for name, p in unet.named_parameters():
         p.requires_grad_("lora_" in name)
     return modules
@@ -195,15 +188,20 @@ def same_base(a: dict, b: dict) -> bool:
     return bool(((x - y).abs() <= 1e-2 * (1 + y.abs())).all())
 
 
-def adapter_state(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> dict[str, torch.Tensor]:
-    """The adapter's weights in the diffusers layout: ``unet.<module>.lora_A.weight`` … Under FSDP2 the
-    shards are gathered (``DTensor.full_tensor``): collective there, every rank must call it."""
+def adapter_state(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER, values: dict | None = None,
+                  to_host: bool = True) -> dict[str, torch.Tensor]:
+    """The adapter's weights in the diffusers layout: ``unet.<module>.lora_A.weight`` … ``values``:
+    tensors to take instead of the parameters of those names (e.g. an EMA's shadows). Under FSDP2 the
+    shards are gathered (``DTensor.full_tensor``): collective there, every rank must call it; ranks that
+    only take part pass ``to_host=False`` and get the gathered tensors where they are."""
     marker = f".{adapter_name}."
+    values = values or {}
     out = {}
     for k, v in model.named_parameters():  # not state_dict(): a training UNet's leaves the adapters out
         if "lora_" in k and marker in k:
-            full = v.full_tensor() if hasattr(v, "full_tensor") else v
-            out["unet." + k.replace(marker, ".")] = full.detach().to("cpu", copy=True).contiguous()  # a snapshot
+            v = values.get(k, v)
+            full = (v.full_tensor() if hasattr(v, "full_tensor") else v).detach()
+            out["unet." + k.replace(marker, ".")] = full.to("cpu", copy=True).contiguous() if to_host else full
     return out
 
 
@@ -264,12 +262,13 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = DEFAULT
     for k, p in model.named_parameters():  # peft froze the base; give it back its own flags (see below)
         if "lora_" not in k:
             p.requires_grad_(trainable.get(k.replace(".base_layer", ""), p.requires_grad))
-    _fill_adapter(model, weights, adapter_name, path)
+    fill_adapter(model, weights, adapter_name, path)
     _freeze_adapters(model)
     return meta
 
 
-def _fill_adapter(model: nn.Module, weights: dict[str, torch.Tensor], adapter_name: str, path) -> None:
+def fill_adapter(model: nn.Module, weights: dict[str, torch.Tensor], adapter_name: str, path) -> None:
+    """Copy ``weights`` (:func:`adapter_state`'s layout) into the injected adapter ``adapter_name``."""
     own = dict(model.named_parameters())
     marker = f".{adapter_name}."
     with torch.no_grad():
@@ -282,33 +281,13 @@ def _fill_adapter(model: nn.Module, weights: dict[str, torch.Tensor], adapter_na
             own[key].copy_(v)
 
 
-def save_checkpoint_adapters(trainer, checkpoint: str | Path) -> None:
-    """Into a training checkpoint (before it is published): ``lora/`` (live adapter weights) and, with EMA,
-    ``lora_ema/`` — the adapter-only files a LoRA run is for. Collective: every rank calls it (under FSDP2
-    the adapter shards are gathered); the main process writes."""
-    from tft2v.train import checkpoint as ckpt_io
-
-    acc, unet = trainer.accelerator, trainer.unet
-    if getattr(unet, "_tft2v_lora", None) is None or not (acc.is_main_process or ckpt_io.is_fsdp2(acc)):
-        return
-    live = adapter_state(unet)
-    ema = None
-    if trainer.ema is not None:
-        with ckpt_io.ema_weights(trainer.ema, trainer.params):  # each rank swaps its own shards in
-            ema = adapter_state(unet)
-    if acc.is_main_process:
-        save_adapter(unet, Path(checkpoint) / "lora", weights=live)
-        if ema is not None:
-            save_adapter(unet, Path(checkpoint) / "lora_ema", weights=ema)
-
-
 def copy_adapter(source: nn.Module, target: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Give ``target`` (a plain copy of ``source``'s base) ``source``'s training adapter, filled with
     ``weights`` (:func:`adapter_state`'s layout): a gathered FSDP2 copy samples with the adapter on."""
     info = source._tft2v_lora[DEFAULT_ADAPTER]
     with torch.random.fork_rng(devices=[]):  # peft's initialisation must not move training's RNG stream
         add_adapter(target, info["rank"], info["alpha"], modules=info["modules"])
-    _fill_adapter(target, weights, DEFAULT_ADAPTER, "the training run's adapter")
+    fill_adapter(target, weights, DEFAULT_ADAPTER, "the training run's adapter")
 
 
 # -- mixing, fusing ----------------------------------------------------------------------------------
@@ -348,3 +327,14 @@ def unfuse(model: nn.Module) -> None:
     for layer in lora_layers(model):
         while layer.merged:
             layer.unmerge()
+
+
+def merge_into_plain(model: nn.Module) -> nn.Module:
+    """Merge the active adapters into ``model``'s base weights and return a plain module of its class (no
+    adapter layers) holding the merged weights: a full model that needs no adapter. ``model`` keeps the
+    merged weights; discard it or call :func:`unfuse`."""
+    fuse(model)
+    with torch.device("meta"):  # built empty: nothing drawn from the global RNG, no init cost
+        plain = type(model).from_config(model.config)
+    plain.load_state_dict({k: v.detach().clone() for k, v in _base_state(model).items()}, assign=True)
+    return plain

@@ -6,19 +6,25 @@ A checkpoint is a folder ``<run>/checkpoints/step-XXXXXXXX/``:
   FULL weights (gathered from every rank under FSDP);
 * ``unet_ema/`` + ``ema.pt`` — the EMA weights beside them (when EMA is on, full as well) and the EMA's
   counters; under FSDP ``ema_rank{r}.pt`` instead of ``ema.pt``: each rank's shards of the EMA weights;
+* a LoRA run (``model.lora``) writes no ``unet/`` / ``unet_ema/``: its ``lora/``, ``lora_ema/`` adapters
+  and ``base.json``, the frozen base's path and fingerprint (:mod:`tft2v.train.lora_checkpoint`);
 * ``optimizer.pt``, ``lr_scheduler.pt``, ``scaler.pt`` (fp16 only) — loaded with ``weights_only=True``.
   Under FSDP2 the optimizer is saved sharded by accelerate (:func:`accelerate.utils.save_fsdp_optimizer`:
   ``optimizer_0/``, a torch.distributed.checkpoint folder with SHARDED_STATE_DICT, ``optimizer.bin``
   with FULL_STATE_DICT); under DeepSpeed ``optimizer_rank{r}.pt`` (untested);
 * ``rank{r}.json`` — python/numpy RNG states and the rank's data-loader position (mixing state);
   ``rank{r}_rng.pt`` — torch CPU (+ CUDA) RNG states;
-* ``trainer_state.json`` (step, world size, distributed type) and ``config.yaml`` (the resolved config).
+* ``trainer_state.json`` (step, world size, distributed type, skipped-step counts) and ``config.yaml``
+  (the resolved config).
 
 Saving is collective: every rank calls :func:`save_checkpoint` (under FSDP the full weights, EMA ones
-included, are gathered with every rank taking part). Writing goes to a hidden temp folder that is
-renamed into place when complete, so a crash (even SIGKILL) mid-save never leaves a half checkpoint
+included, are gathered with every rank taking part). Only the main process copies full weights to host
+memory: the EMA weights are read from the EMA's shadows (under FSDP2 gathered one tensor at a time, every
+rank taking part), never swapped into the live weights on every rank. Writing goes to a hidden temp folder
+that is renamed into place when complete, so a crash (even SIGKILL) mid-save never leaves a half checkpoint
 that ``--resume auto`` would pick. Only the last ``keep_last`` checkpoints are kept; ``debug-step-*``
-folders (NaN stops) are never pruned or resumed. Model tensors are ``(B, C, F, H, W)``-agnostic state dicts.
+folders (runs stopped by non-finite steps) are never pruned or picked by ``--resume auto``. Model tensors
+are ``(B, C, F, H, W)``-agnostic state dicts.
 """
 
 from __future__ import annotations
@@ -122,11 +128,12 @@ def is_fsdp2(accelerator) -> bool:
 
 def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, optimizer, lr_scheduler,
                     loader_state: dict, config_yaml: str, ema=None, ema_params=None, scaler=None, keep_last: int = 3,
-                    debug: bool = False, write_extra=None) -> Path:
+                    debug: bool = False, write_weights=None, trainer_state: dict | None = None) -> Path:
     """Write a checkpoint of every rank's state; collective (all ranks must call it). Returns its path.
 
     ``ema_params``: the (prepared, possibly sharded) parameters the EMA tracks — the trainable ones.
-    ``write_extra(folder)``: called on every rank before the checkpoint is published, to add files to it.
+    ``write_weights(folder)``: called on every rank to write the model weights instead of ``unet/`` and
+    ``unet_ema/`` (a LoRA run's adapters). ``trainer_state``: more fields for ``trainer_state.json``.
     """
     root = Path(root)
     rank, main = accelerator.process_index, accelerator.is_main_process
@@ -139,18 +146,21 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
     accelerator.wait_for_everyone()
 
     # Collectives first, in the same order on every rank: full weights, full EMA weights, optimizer.
-    # accelerate's get_state_dict: the full weights (under FSDP2 gathered onto the main process, CPU; {}
-    # on the others), else the model's own tensors.
-    weights = accelerator.get_state_dict(model)
-    if main:
-        _save_unet(unet, _cpu(weights), tmp / "unet")
-    del weights
+    if write_weights is not None:
+        write_weights(tmp)
+    else:
+        # accelerate's get_state_dict: the full weights (under FSDP2 gathered onto the main process, CPU; {}
+        # on the others), else the model's own tensors.
+        weights = accelerator.get_state_dict(model)
+        weights = _cpu(weights) if main else None
+        if main:
+            _save_unet(unet, weights, tmp / "unet")
+        if ema is not None:
+            weights = _with_ema_weights(accelerator, model, ema, ema_params, weights)
+            if main:
+                _save_unet(unet, weights, tmp / "unet_ema")
+        del weights
     if ema is not None:
-        with ema_weights(ema, ema_params):  # each rank swaps its own shards in, then all gather
-            weights = accelerator.get_state_dict(model)  # FSDP2: gathered on the main process, {} elsewhere
-            if main:  # written inside the block: unsharded, ``weights`` are the live tensors
-                _save_unet(unet, _cpu(weights), tmp / "unet_ema")
-            del weights
         if fsdp:
             torch.save(_local_ema_state(ema), tmp / f"ema_rank{rank}.pt")
         elif main:
@@ -164,8 +174,6 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
         torch.save(optimizer.state_dict(), tmp / f"optimizer_rank{rank}.pt")
     elif main:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    if write_extra is not None:
-        write_extra(tmp)
 
     plain, tensors = _rng_state()
     (tmp / f"rank{rank}.json").write_text(json.dumps({"rng": plain, "loader": loader_state}))
@@ -177,8 +185,8 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "trainer_state.json").write_text(json.dumps(
             {"step": step, "world_size": accelerator.num_processes, "debug": debug,
-             "distributed_type": accelerator.distributed_type.value, "epochs": loader_state.get("epochs", {})},
-            indent=2))
+             "distributed_type": accelerator.distributed_type.value, "epochs": loader_state.get("epochs", {}),
+             **(trainer_state or {})}, indent=2))
     accelerator.wait_for_everyone()
     if main:
         if final.exists():  # re-saving a step (e.g. after a resume): swap the old one out first
@@ -191,6 +199,25 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
                 shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _with_ema_weights(accelerator, model, ema, ema_params, weights: dict | None) -> dict | None:
+    """``weights`` (the main process's host copy of the full weights, None elsewhere) with every weight the
+    EMA tracks replaced, in place, by its shadow. At 8 ranks a full host copy on every rank is 8 of them on
+    one node (45 GB for a 1.4 B model), so nothing is swapped into the live weights: under FSDP2 every rank
+    takes part in gathering each shadow (``full_tensor``), one tensor at a time, and only the main process
+    copies it to host memory; unsharded, the other ranks do nothing."""
+    main = accelerator.is_main_process
+    if not (main or is_fsdp2(accelerator)):
+        return None
+    names = {id(p): n for n, p in accelerator.unwrap_model(model).named_parameters()}
+    for param, shadow in zip(ema_params, ema.shadow_params):
+        full = shadow.full_tensor() if hasattr(shadow, "full_tensor") else shadow  # collective under FSDP2
+        if main:
+            name = names[id(param)]
+            weights[name] = full.detach().to("cpu", weights[name].dtype).contiguous()
+        del full
+    return weights
 
 
 def _cpu(state_dict: dict) -> dict:
@@ -267,6 +294,9 @@ def _save_unet(unet, state_dict: dict, directory: Path) -> None:
 def load_unet_weights(path: str | Path, unet, ema: bool = False) -> None:
     """Load a checkpoint's (EMA) UNet weights into ``unet``; a mismatch names the keys."""
     f = Path(path) / ("unet_ema" if ema else "unet") / WEIGHTS_NAME
+    if not f.is_file() and (Path(path) / "base.json").is_file():  # lora_checkpoint.BASE_NAME
+        raise CheckpointError(f"checkpoint {path} holds a LoRA adapter, not the model: resume it with model.lora "
+                              f"as in its config.yaml")
     if not f.is_file():
         raise CheckpointError(f"checkpoint {path} has no {f.parent.name}/{WEIGHTS_NAME}")
     state = safetensors.torch.load_file(f)
@@ -288,7 +318,8 @@ def _load(path: Path):
 
 def load_training_state(path: str | Path, *, accelerator, optimizer, lr_scheduler, ema=None, scaler=None,
                         model=None) -> dict:
-    """Restore optimizer, LR schedule, EMA, scaler and this rank's RNG; return {"step", "loader"}.
+    """Restore optimizer, LR schedule, EMA, scaler and this rank's RNG; return {"step", "loader", "state"}
+    (``state``: the checkpoint's ``trainer_state.json``).
     Collective under FSDP (``model``: the prepared model, needed there for the sharded optimizer).
 
     The UNet weights are loaded separately (:func:`load_unet_weights`) before the model is wrapped.
@@ -320,4 +351,4 @@ def load_training_state(path: str | Path, *, accelerator, optimizer, lr_schedule
         scaler.load_state_dict(_load(path / "scaler.pt"))
     per_rank = json.loads((path / f"rank{rank}.json").read_text())
     _set_rng_state(per_rank["rng"], _load(path / f"rank{rank}_rng.pt"))
-    return {"step": int(state["step"]), "loader": per_rank["loader"]}
+    return {"step": int(state["step"]), "loader": per_rank["loader"], "state": state}

@@ -11,6 +11,7 @@ each sample is read once per epoch, by one rank.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 from tft2v.config import Config
 from tft2v.data.mixing import MixConfig, MixedLoader
@@ -204,17 +205,22 @@ def build_unet(cfg: Config, encoder, autoencoder):
     return load_vgen_unet(cfg.model.init_path, vgen_config)
 
 
+def pretrained_unet_dir(path: str | Path) -> Path:
+    """The UNet folder of a ``model.init: pretrained`` path: a model or checkpoint folder's ``unet/``, or
+    the path itself (a UNet folder)."""
+    folder = Path(path)
+    return folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+
+
 def _load_pretrained(path: str, kwargs: dict):
     """A TFT2VUNet saved by us: a model folder (its ``unet/``), a checkpoint folder or a UNet folder.
     Its saved config wins; any ``model.unet`` value that contradicts it is an error naming the key."""
-    from pathlib import Path
-
     from tft2v.models import TFT2VUNet
 
-    folder = Path(path)
-    folder = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    folder = pretrained_unet_dir(path)
     if not (folder / "config.json").is_file():
-        raise TFT2VError(f"model.init_path {path}: no TFT2VUNet found (expected config.json or unet/config.json)")
+        why = " (it holds a LoRA adapter only: start from its base)" if (Path(path) / "lora").is_dir() else ""
+        raise TFT2VError(f"model.init_path {path}: no TFT2VUNet found (expected config.json or unet/config.json){why}")
     unet = TFT2VUNet.from_pretrained(folder)
     for key, value in kwargs.items():
         saved = unet.config[key]

@@ -9,6 +9,12 @@ paths below are untested: nothing in tft2v has run under it). Each sample draws 
 randomness from its own generator (:func:`tft2v.train.recipe.sample_generators`); model dropout uses
 the global torch RNG, which the checkpoints save and restore — together this makes ``--resume``
 continue bit-exactly.
+
+A step whose loss or gradients are not finite (on any rank) is caught before ``optimizer.step()`` and
+skipped: no optimizer, EMA or LR-schedule update, the weights untouched; its number and its batches are
+used up (``self.step`` and the loader advance, so the sample log and the per-sample seeds go on as
+before) and ``skipped_steps`` counts it. After ``train.max_nonfinite_skips`` such steps in a row the run
+stops with a ``debug-step-*`` checkpoint of the last good weights.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from tft2v.train.data import (
     check_data_paths,
     check_geometry,
 )
-from tft2v.models.lora import apply_lora, save_checkpoint_adapters
+from tft2v.models.lora import apply_lora
+from tft2v.train import lora_checkpoint
 from tft2v.train.logging import RunLogger
+from tft2v.train.nonfinite import step_is_finite
 from tft2v.train.run_folder import continue_run_logs, prepare_run_folder
 from tft2v.train.sample_log import SampleLog, step_row
 from tft2v.train.recipe import BRANCHES, Recipe, sample_generators, step_weight_sums
@@ -161,12 +169,19 @@ class Trainer:
         self.autoencoder = (autoencoder or build_autoencoder_from_config(cfg)).to(self.device)
         self.unet = build_unet(cfg, self.encoder, self.autoencoder)
         check_geometry(cfg, self.unet, self.autoencoder)
-        if self.resume_from is not None:
+        lora_resume = (self.resume_from is not None and cfg.model.lora.rank > 0
+                       and lora_checkpoint.is_adapter_only(self.resume_from))
+        if self.resume_from is not None and not lora_resume:  # (an older LoRA checkpoint's unet/: the base)
             ckpt_io.load_unet_weights(self.resume_from, self.unet)
         if cfg.model.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         _freeze_for_recipe(cfg, self.unet)
-        apply_lora(cfg.model.lora, self.unet, self.resume_from)  # model.lora: frozen base, adapters train
+        # model.lora: frozen base, adapters train; the checkpoints hold the adapters and name the base.
+        self.lora_base = None
+        if apply_lora(cfg.model.lora, self.unet) is not None:
+            self.lora_base = lora_checkpoint.base_record(cfg, self.unet)
+            if self.resume_from is not None:
+                lora_checkpoint.restore(self.resume_from, self.unet, self.lora_base, acc)
         o = cfg.optim
         sharded = acc.distributed_type.value in ("FSDP", "DEEPSPEED")
         optimizer = torch.optim.AdamW([p for p in self.unet.parameters() if p.requires_grad], lr=o.lr,
@@ -191,11 +206,14 @@ class Trainer:
         self.loader = build_loader(cfg, self.rank, acc.num_processes, self.encoder, self.autoencoder)
         self.strides = branch_strides(cfg)
         self.step = 0
+        self.skipped_steps = self.nonfinite_in_a_row = 0  # steps skipped for a non-finite loss / gradients
         if self.resume_from is not None:
             state = ckpt_io.load_training_state(self.resume_from, accelerator=acc, optimizer=self.optimizer,
                                                 lr_scheduler=self.lr_scheduler, ema=self.ema, scaler=acc.scaler,
                                                 model=self.model)
             self.step = state["step"]
+            self.skipped_steps = state["state"].get("skipped_steps", 0)
+            self.nonfinite_in_a_row = state["state"].get("nonfinite_in_a_row", 0)
             self.loader.load_state_dict(state["loader"])
         if resume and acc.is_main_process:
             # Steps after the checkpoint (all of them for "auto-or-new" without one) are logged again.
@@ -208,11 +226,12 @@ class Trainer:
     # -- one optimizer step ---------------------------------------------------------------------
 
     def train_step(self, batches: list[dict]) -> dict:
-        """Forward/backward every micro-batch (both branches in one backward), then one optimizer step."""
+        """Forward/backward every micro-batch (both branches in one backward), then one optimizer step —
+        or none, when the loss or the gradients are not finite on some rank (:mod:`tft2v.train.nonfinite`)."""
         acc, cfg = self.accelerator, self.cfg
         logged: dict[str, float] = {}
         total = 0.0
-        grad_norm = None
+        grad_norm, finite = None, True
         weight_sums = step_weight_sums(self.recipe, batches,
                                        lambda t: acc.reduce(t.to(self.device), "sum").cpu(),
                                        len(batches) * acc.num_processes)
@@ -221,24 +240,34 @@ class Trainer:
                 with acc.autocast():
                     loss, parts = self._micro_loss(batch, micro, weight_sums)
                 acc.backward(loss)  # accelerate divides by grad_accum
-                if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
-                    norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
-                    grad_norm = None if norm is None else float(norm)  # None under DeepSpeed
-                self.optimizer.step()  # a no-op until the step's last micro-batch
-                self.optimizer.zero_grad(set_to_none=True)
-            total += float(loss.detach()) / len(batches)
+                total += float(loss.detach()) / len(batches)
+                if acc.sync_gradients:  # the step's last micro-batch: its gradients are complete
+                    grad_norm, finite = step_is_finite(acc, self.model, self.params, total, cfg.optim.max_grad_norm)
+                    if finite:
+                        self.optimizer.step()
+                    elif acc.scaler is not None and cfg.optim.max_grad_norm > 0:
+                        acc.scaler.update()  # clipping unscaled the gradients: reset the scaler for the next step
+                self.optimizer.zero_grad(set_to_none=True)  # a no-op until the step's last micro-batch
             for k, v in parts.items():
                 logged[k] = logged.get(k, 0.0) + v / len(batches)
         loss_all = acc.reduce(torch.tensor([total], device=self.device), "mean").item()
-        if not math.isfinite(loss_all):
-            self._nan_stop(loss_all)
-        self.lr_scheduler.step()
-        if self.ema is not None:
-            self.ema.step(self.params)
+        if finite:
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.step(self.params)
+            self.nonfinite_in_a_row = 0
+        else:
+            self.skipped_steps += 1
+            self.nonfinite_in_a_row += 1
         self.step += 1
-        out = {"loss": loss_all, **logged, "lr": self.lr_scheduler.get_last_lr()[0]}
+        out = {"loss": loss_all, **logged, "lr": self.lr_scheduler.get_last_lr()[0],
+               "skipped_steps": self.skipped_steps}
         if grad_norm is not None:
             out["grad_norm"] = grad_norm
+        if not finite:
+            self.log.message(f"step {self.step}: loss {loss_all}, gradient norm {grad_norm}: not finite, step "
+                             f"skipped, weights unchanged ({self.nonfinite_in_a_row} in a row, "
+                             f"{self.skipped_steps} in all)")
         return out
 
     def _micro_loss(self, batch: dict, micro: int, weight_sums: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -258,9 +287,15 @@ class Trainer:
             parts.update(branch_parts)
         return loss, parts
 
-    def _nan_stop(self, value: float) -> None:
-        path = self.save(debug=True)
-        raise TFT2VError(f"loss became {value} at step {self.step + 1}; stopped, debug checkpoint at {path}")
+    def stop_if_nonfinite(self) -> None:
+        """After ``train.max_nonfinite_skips`` skipped steps in a row: a debug checkpoint, then a one-line error."""
+        n = self.nonfinite_in_a_row
+        if n < self.cfg.train.max_nonfinite_skips:
+            return
+        path = self.save(debug=True)  # the weights are the last good ones: no bad step reached them
+        raise TFT2VError(f"loss or gradients not finite on {n} steps in a row (steps {self.step - n + 1}-{self.step}"
+                         f"); stopped, the last good weights are in {path} (--resume {path} goes on after these "
+                         f"batches)")
 
     # -- checkpoints, validation, export ----------------------------------------------------------
 
@@ -269,9 +304,16 @@ class Trainer:
             self.run_dir / "checkpoints", self.step, accelerator=self.accelerator, model=self.model, unet=self.unet,
             optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, loader_state=self.loader.state_dict(),
             config_yaml=self.config_yaml, ema=self.ema, ema_params=self.params, scaler=self.accelerator.scaler,
-            keep_last=self.cfg.train.keep_last, debug=debug,
-            write_extra=lambda folder: save_checkpoint_adapters(self, folder))  # model.lora: lora/, lora_ema/
+            keep_last=self.cfg.train.keep_last, debug=debug, write_weights=self._write_adapters(),
+            trainer_state={"skipped_steps": self.skipped_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row})
         return path
+
+    def _write_adapters(self):
+        """A LoRA run's checkpoint weights: the adapters and a reference to the base, not the base."""
+        if self.lora_base is None:
+            return None
+        return lambda folder: lora_checkpoint.save_adapters(folder, accelerator=self.accelerator, unet=self.unet,
+                                                            ema=self.ema, ema_params=self.params, base=self.lora_base)
 
     def validate(self) -> list[Path]:
         """Validation videos from the EMA weights when EMA is on (what export writes), else the live ones.
@@ -290,14 +332,21 @@ class Trainer:
         return paths
 
     def export(self, checkpoint: Path) -> Path | None:
+        """The run's model folder (and with ``train.export_fused`` the fused one) from ``checkpoint``, written
+        by the main process. Collective for a LoRA run whose base has no UNet folder to refer to (not
+        ``model.init: pretrained``): its base is gathered and written into the model folder once."""
         from tft2v.train.validation import export_model_folder
 
+        base_unet = None
+        if self.lora_base is not None and self.lora_base["init"] != "pretrained":
+            base_unet = lora_checkpoint.plain_base(self.accelerator, self.model, self.unet)
         if not self.accelerator.is_main_process:
             return None
         if importlib.util.find_spec("tft2v.pipeline") is None:  # lands separately from the trainer
             self.log.message("model folder not written: tft2v.pipeline is not available in this install")
             return None
-        return export_model_folder(checkpoint, self.run_dir / "model")
+        fused = self.run_dir / "model_fused" if self.cfg.train.export_fused else None
+        return export_model_folder(checkpoint, self.run_dir / "model", base_unet=base_unet, fused_dir=fused)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -325,11 +374,13 @@ class Trainer:
                 logs["epoch"] = step_row(self.step, self.rank, [], epochs)["epoch"]
                 if sample_log is not None:
                     sample_log.write(step_row(self.step, self.rank, micro_batches, epochs))
-                losses.append(logs["loss"])
+                if math.isfinite(logs["loss"]):  # a skipped step's NaN would make the summary NaN
+                    losses.append(logs["loss"])
                 self.log.advance(logs["loss"])
-                if self.step % t.log_every == 0 or self.step == end:
+                if self.step % t.log_every == 0 or self.step == end or self.nonfinite_in_a_row:  # skipped: logged
                     logs["steps_per_sec"] = (self.step - start_step) / max(time.time() - start_time, 1e-9)
                     self.log.log(self.step, logs)
+                self.stop_if_nonfinite()
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     last_ckpt = self.save()
                 if t.validate_every and self.step % t.validate_every == 0:

@@ -5,7 +5,8 @@ unconditional branch) through :func:`tft2v.sampling.denoise`, decodes them to (B
 in [-1, 1] and writes one file per prompt (mp4 via :func:`tft2v.export_video`; a PNG grid of the
 frames when the video writer is unavailable). Noise is seeded from the run seed, so the videos of
 successive validations differ only by the weights. With EMA on, those weights are the EMA weights
-(:func:`tft2v.train.checkpoint.ema_weights`), the ones the exported model folder carries. Every rank
+(:func:`tft2v.train.checkpoint.ema_weights`), the ones the exported model folder carries (a LoRA run's:
+its adapter on a reference to the base, :mod:`tft2v.train.lora_checkpoint`). Every rank
 takes part (:func:`sampling_unet`): under FSDP the full weights are gathered, then the main process
 samples alone with a full copy.
 """
@@ -115,14 +116,19 @@ def _write_clip(clip: torch.Tensor, stem: Path, fps: float) -> Path:
     return Path(export_video(clip, stem.with_suffix(".mp4"), fps=fps))
 
 
-def export_model_folder(run_dir_or_ckpt: str | Path, out_dir: str | Path, ema: bool = True) -> Path:
+def export_model_folder(run_dir_or_ckpt: str | Path, out_dir: str | Path, ema: bool = True, base_unet=None,
+                        fused_dir: str | Path | None = None) -> Path:
     """Write the diffusers-style model folder the pipeline loads from a run (its newest checkpoint)
-    or a checkpoint folder; uses the EMA weights when the checkpoint has them and ``ema`` is set."""
+    or a checkpoint folder; uses the EMA weights when the checkpoint has them and ``ema`` is set. A LoRA
+    run's checkpoint gives a folder with its adapter and a reference to the base, ``base_unet`` (a plain UNet
+    holding the base) written into it where given; ``fused_dir``: also the adapter merged into the base
+    (:func:`tft2v.train.lora_checkpoint.export_model`)."""
     import yaml
 
     from tft2v.models import TFT2VUNet
     from tft2v.pipeline import TFT2VPipeline
     from tft2v.sampling import build_scheduler
+    from tft2v.train import lora_checkpoint
     from tft2v.train.checkpoint import resolve_resume
     from tft2v.train.data import build_autoencoder_from_config, build_encoder_from_config
 
@@ -130,11 +136,17 @@ def export_model_folder(run_dir_or_ckpt: str | Path, out_dir: str | Path, ema: b
     if ckpt is None:
         raise TFT2VError(f"no checkpoint found in {run_dir_or_ckpt}")
     cfg = config_from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
-    weights = ckpt / ("unet_ema" if ema and (ckpt / "unet_ema").is_dir() else "unet")
     defaults = {"num_frames": cfg.data.num_frames, "height": cfg.data.height, "width": cfg.data.width,
                 "fps": cfg.data.fps, "negative_prompt": cfg.recipe.negative_prompt,
                 "guidance_scale": cfg.train.guidance_scale, "num_inference_steps": 50}
-    pipe = TFT2VPipeline(TFT2VUNet.from_pretrained(weights), build_scheduler("ddim", cfg.schedule),
-                         build_encoder_from_config(cfg), build_autoencoder_from_config(cfg), defaults=defaults)
+    parts = {"scheduler": build_scheduler("ddim", cfg.schedule), "encoder": build_encoder_from_config(cfg),
+             "autoencoder": build_autoencoder_from_config(cfg)}
+    if lora_checkpoint.is_adapter_only(ckpt):
+        return lora_checkpoint.export_model(ckpt, out_dir, **parts, defaults=defaults, ema=ema, base_unet=base_unet,
+                                            fused_dir=fused_dir)
+    if fused_dir is not None:
+        raise TFT2VError(f"checkpoint {ckpt} holds no LoRA adapter to fuse")
+    weights = ckpt / ("unet_ema" if ema and (ckpt / "unet_ema").is_dir() else "unet")
+    pipe = TFT2VPipeline(TFT2VUNet.from_pretrained(weights), **parts, defaults=defaults)
     pipe.save_pretrained(out_dir)
     return Path(out_dir)
