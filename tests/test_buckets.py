@@ -87,6 +87,7 @@ def test_two_ranks_two_workers_use_every_sample_once_per_epoch_in_its_own_aspect
     for kind, expected in (("video", usable_videos(meta)), ("image", set(meta["images"]))):
         streams = [SourceStream(_source(root, kind, r, 2), num_workers=2) for r in (0, 1)]
         per_rank = streams[0].source.per_rank
+        assert all(len(s.source.rank_plan(e)) == per_rank for s in streams for e in range(3))
         got = [[mb for _, mb in zip(range(3 * per_rank), s.iter_from(0))] for s in streams]
         orders = []
         for epoch in range(3):

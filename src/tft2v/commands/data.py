@@ -70,7 +70,7 @@ def inspect_buckets(spec: str, buckets: list[str], kind: str = "video", fps: flo
     per bucket and left out by reason, from the file index alone (headers, no clip decoding)."""
     from collections import Counter
 
-    from tft2v.data.bucketed import assign_index, kind_buckets
+    from tft2v.data.bucketed import assign_index, bucket_counts, kind_buckets
     from tft2v.data.buckets import Bucket, check_buckets
     from tft2v.data.index import build_index
     from tft2v.data.robust import SkipStats
@@ -84,10 +84,9 @@ def inspect_buckets(spec: str, buckets: list[str], kind: str = "video", fps: flo
     stats = SkipStats()
     index, path = build_index(spec, kind, data_dir, True, index_cache, stats)
     assigned, skipped = assign_index(index, mine, kind, fps)
-    counts = Counter(mine[b].name for b in assigned if b is not None)
     listing = {k: v for k, v in stats.as_dict().items() if v and k != "ok"}
     return {"source": spec, "kind": kind, "examined": len(index.items), "fps": fps,
-            "buckets": {b.name: counts.get(b.name, 0) for b in mine},
+            "buckets": bucket_counts(assigned, mine),
             "skipped": dict(Counter(skipped.values()) + Counter(listing)),
             "examples": {r: [k for k, v in skipped.items() if v == r][:5] for r in set(skipped.values())},
             "index": str(path), "seconds": round(time.perf_counter() - start, 3)}

@@ -12,6 +12,7 @@ skips and leave the micro-batch smaller (an all-failed micro-batch is passed ove
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from functools import lru_cache
 
@@ -49,6 +50,15 @@ def assign_index(index: DataIndex, buckets: tuple[Bucket, ...], kind: str, fps: 
     return assigned, skipped
 
 
+def bucket_counts(assigned: list[int | None], buckets: tuple[Bucket, ...]) -> dict[str, int]:
+    """Samples per bucket name (every bucket listed, empty ones with 0)."""
+    counts = {b.name: 0 for b in buckets}
+    for bucket in assigned:
+        if bucket is not None:
+            counts[buckets[bucket].name] += 1
+    return counts
+
+
 class BucketedSource(Dataset):
     """Map-style over ``(epoch, j, position)`` keys: this rank's ``j``-th micro-batch of ``epoch``."""
 
@@ -62,20 +72,18 @@ class BucketedSource(Dataset):
         self.assigned, skipped = assign_index(index, self.buckets, source.kind, source.fps)
         for key, reason in skipped.items():
             source.stats.add_skip(reason, key, "no bucket" if reason == "too_short" else "probe failed")
-        self.counts = {b.name: 0 for b in self.buckets}
-        for bucket in self.assigned:
-            if bucket is not None:
-                self.counts[self.buckets[bucket].name] += 1
+        self.counts = bucket_counts(self.assigned, self.buckets)
         empty = [name for name, n in self.counts.items() if n == 0]
         if empty and source.rank == 0:
             log.warning("data.%s: no sample falls into bucket(s) %s", name, ", ".join(empty))
-        plan, pad = plan_epoch(self.assigned, self.buckets, source.seed, 0, source.world_size, self.salt)
-        if not plan:
+        batches = sum(math.ceil(self.counts[b.name] / b.batch) for b in self.buckets)  # every epoch alike
+        if not batches:
             raise TFT2VError(f"data.{name}: no sample fits any bucket ({dict(sorted(skipped.items())[:3])} ...)")
+        pad = -batches % source.world_size
         if pad and source.rank == 0:
-            log.info("data.%s: %d micro-batches per epoch, %d repeated to fill %d ranks", name, len(plan) - pad,
-                     pad, source.world_size)
-        self.per_rank = len(plan) // source.world_size
+            log.info("data.%s: %d micro-batches per epoch, %d repeated to fill %d ranks", name, batches, pad,
+                     source.world_size)
+        self.per_rank = (batches + pad) // source.world_size
 
     @lru_cache(maxsize=2)
     def rank_plan(self, epoch: int) -> list[tuple[int, list[int]]]:
@@ -95,7 +103,7 @@ class BucketedSource(Dataset):
         for i in members:
             sample = self.source.decode_item(self.source.items[i], epoch, (bucket.height, bucket.width, bucket.frames))
             if sample is not None:
-                samples.append({**sample, "position": position, "bucket": bucket.name})
+                samples.append({**sample, "bucket": bucket.name})
         if not samples:
             return None
         return {"samples": samples, "position": position, "epoch": epoch, "bucket": bucket.name}

@@ -190,6 +190,12 @@ class MediaSource(IterableDataset):
         return int(self.cond_frame) % frames
 
 
+def as_is(sample):
+    """A DataLoader ``collate_fn`` for loaders that hand out whole samples or micro-batches (a module-level
+    function, so worker processes can pickle it)."""
+    return sample
+
+
 def collate(samples: list[dict]) -> dict:
     """Stack SAMPLEs of one shape into a BATCH: pixels (B, 3, F, H, W), cond_frame (B, ...), has_text
     (B,) bool; caption/key/meta (and epoch and bucket, when the samples carry them) as lists."""

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tft2v.data.media_source import Item, MediaSource
+from tft2v.data.media_source import Item, MediaSource, as_is
 from tft2v.data.media_types import IMAGE_EXTS, VIDEO_EXTS
 from tft2v.data.robust import SkipStats
 from tft2v.data.sharding import EpochSampler, shard_indices
@@ -66,10 +66,6 @@ class ListSource(MediaSource):
             yield self.items[i]
 
 
-def _no_collate(sample):
-    return sample
-
-
 class _ByKey(Dataset):
     """Map-style view of a ListSource (an IterableDataset, which a DataLoader will not give a sampler)."""
 
@@ -102,7 +98,7 @@ class SourceStream:
         dataset = _ByKey(self.source) if isinstance(self.source, ListSource) else self.source
         loader = DataLoader(dataset, sampler=self.source.sampler(start), batch_size=None,
                             num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
-                            collate_fn=_no_collate, generator=torch.Generator().manual_seed(self.source.seed))
+                            collate_fn=as_is, generator=torch.Generator().manual_seed(self.source.seed))
         return (s for s in loader if s is not None)
 
     def __iter__(self) -> Iterator[dict]:

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from tft2v.data.media_source import Item, MediaSource, TarMember
+from tft2v.data.media_source import Item, MediaSource, TarMember, as_is
 from tft2v.data.media_types import IMAGE_EXTS, VIDEO_EXTS
 from tft2v.data.robust import SkipStats, classify
 from tft2v.data.sharding import epoch_order
@@ -226,10 +226,6 @@ class _PassWithSkips(IterableDataset):
         return self.source.iter_with_skips()
 
 
-def _keep(sample):
-    return sample
-
-
 class ShardStream:
     """A TarShardSource read epoch after epoch by ``num_workers`` DataLoader processes, resumable at any
     position (see ``EPOCH_SPAN``).
@@ -265,7 +261,7 @@ class ShardStream:
         if self.num_workers == 0:
             return self.source.iter_with_skips()
         return iter(DataLoader(_PassWithSkips(self.source), batch_size=None, num_workers=self.num_workers,
-                               prefetch_factor=self.prefetch_factor, collate_fn=_keep,
+                               prefetch_factor=self.prefetch_factor, collate_fn=as_is,
                                generator=torch.Generator().manual_seed(self.source.seed)))
 
     def __iter__(self) -> Iterator[dict]:

@@ -259,8 +259,6 @@ def check_geometry(cfg: Config, unet, autoencoder) -> None:
 
 def check_data_paths(cfg: Config) -> None:
     """Fail early, in one line, on a data path that does not exist (before any model is built)."""
-    from pathlib import Path
-
     if cfg.data.kind != "sources" or cfg.data.cache:  # a cache replaces the sources
         return
     for name in ("images", "videos", "captioned_videos"):
