@@ -233,6 +233,15 @@ def model_class(unet) -> type:
     return next(c for c in type(unet).__mro__ if not issubclass(c, FSDPModule))
 
 
+def plain_copy(unet, weights: dict):
+    """A module of ``unet``'s own class (:func:`model_class`) built from its config on the meta device (so
+    nothing is drawn from the global RNG that training dropout uses) and holding ``weights`` (assigned)."""
+    with torch.device("meta"):
+        copy = model_class(unet).from_config(unet.config)
+    copy.load_state_dict(weights, assign=True)
+    return copy
+
+
 def fill_lazy_adam_state(optimizer) -> None:
     """Give each trainable parameter that has not had a gradient yet (a branch or image tokens absent so
     far) the state Adam/AdamW would create at its first step: zeros, step 0 — which steps exactly like no

@@ -25,11 +25,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from tft2v.errors import CheckpointError
 from tft2v.models import lora
-from tft2v.train.checkpoint import is_fsdp2, model_class
+from tft2v.train.checkpoint import is_fsdp2, plain_copy
 
 BASE_NAME = "base.json"
 
@@ -115,10 +113,7 @@ def plain_base(accelerator, model, unet):
     weights = accelerator.get_state_dict(model)  # a LoRA run's: the base only, plain names (lora._plain_state_dict)
     if not accelerator.is_main_process:
         return None
-    with torch.device("meta"):  # built empty: nothing drawn from the global RNG
-        plain = model_class(unet).from_config(unet.config)
-    plain.load_state_dict({k: v.detach().cpu() for k, v in weights.items()}, assign=True)
-    return plain
+    return plain_copy(unet, {k: v.detach().cpu() for k, v in weights.items()})
 
 
 def export_model(checkpoint: str | Path, out_dir: str | Path, *, scheduler, encoder, autoencoder, defaults: dict,

@@ -40,7 +40,7 @@ def sampling_unet(accelerator, model, unet, ema=None, params=None):
     a LoRA run's copy gets the gathered adapter too.
     """
     from tft2v.models.lora import adapter_state, copy_adapter
-    from tft2v.train.checkpoint import ema_weights, is_fsdp2, model_class
+    from tft2v.train.checkpoint import ema_weights, is_fsdp2, plain_copy
 
     main = accelerator.is_main_process
     if not is_fsdp2(accelerator):
@@ -57,9 +57,7 @@ def sampling_unet(accelerator, model, unet, ema=None, params=None):
     if not main:
         yield None
         return
-    with torch.device("meta"):
-        copy = model_class(unet).from_config(unet.config)
-    copy.load_state_dict(weights, assign=True)
+    copy = plain_copy(unet, weights)
     if lora:
         copy_adapter(unet, copy, adapter)
     yield copy.to(accelerator.device).eval()
