@@ -7,8 +7,11 @@ readers are 2 DataLoader workers, as in training.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -125,20 +128,26 @@ def test_an_epoch_without_usable_samples_is_an_error(tmp_path):
         next(iter(stream(f"pipe:cat {tmp_path}/bad.tar", num_workers=0)))
 
 
+def pipe_training(shards: str, tmp_path: Path, out: Path, steps: int, *more: str) -> list[str]:
+    """The ``tft2v train`` command over ``pipe:`` video shards and a ``pipe:`` image shard (written once)."""
+    root = Path(shards.split()[1]).parent
+    if not (tmp_path / "images.tar").is_file():
+        images = [(f"i{i:02d}.png", image_bytes(np.full((20, 24, 3), 10 * i, np.uint8))) for i in range(2 * CLIPS)]
+        write_tar(tmp_path / "images.tar", [m for name, data in images for m in ((name, data),
+                                            (name.replace(".png", ".txt"), f"image {name}".encode()))])
+    sets = overrides(root, out, **{"data.videos": shards, "data.images": f"pipe:cat {tmp_path}/images.tar",
+                                   "data.video_batch_size": 2, "train.max_steps": steps, "train.checkpoint_every": 4})
+    return [sys.executable, "-m", "tft2v.cli", "train", str(REPO / "configs/toy_files.yaml"), *sets, *more]
+
+
 @pytest.mark.slow
 def test_training_over_pipe_shards_logs_advancing_epochs(shards, tmp_path):
     """``tft2v train`` on ``pipe:`` image and video shards with 2 workers: samples.jsonl shows every
     clip and image once per epoch, epochs 0, 1, 2, and a new order each epoch."""
-    root = Path(shards.split()[1]).parent
-    images = [(f"i{i:02d}.png", image_bytes(np.full((20, 24, 3), 10 * i, np.uint8))) for i in range(2 * CLIPS)]
-    write_tar(tmp_path / "images.tar", [m for name, data in images for m in ((name, data),
-                                        (name.replace(".png", ".txt"), f"image {name}".encode()))])
     steps = EPOCHS * CLIPS // 2
     out = tmp_path / "run"
-    sets = overrides(root, out, **{"data.videos": shards, "data.images": f"pipe:cat {tmp_path}/images.tar",
-                                   "data.video_batch_size": 2, "train.max_steps": steps})
-    r = subprocess.run([sys.executable, "-m", "tft2v.cli", "train", str(REPO / "configs/toy_files.yaml"), *sets],
-                       capture_output=True, text=True, cwd=REPO, env=ENV, timeout=600)
+    r = subprocess.run(pipe_training(shards, tmp_path, out, steps), capture_output=True, text=True, cwd=REPO, env=ENV,
+                       timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     log = rows(out, "samples.jsonl")
     assert [x["epoch"] for x in log] == [s * 2 // CLIPS for s in range(steps)]
@@ -147,3 +156,23 @@ def test_training_over_pipe_shards_logs_advancing_epochs(shards, tmp_path):
         orders = [[k for k, e in pairs if e == ep] for ep in range(EPOCHS)]
         assert all(len(o) == n and len(set(o)) == n for o in orders), kind
         assert orders[0] != orders[1] != orders[2], kind
+
+    # Killed with SIGKILL in epoch 2 (after its step-8 checkpoint) and resumed: the streams re-read the
+    # current epoch up to their positions and land on the same samples, so losses and log are the same.
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(pipe_training(shards, tmp_path, killed, steps), cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (killed / "checkpoints" / "step-00000008").is_dir():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its DataLoader workers
+    proc.wait()
+    at_kill = rows(killed, "samples.jsonl")
+    assert 8 <= len(at_kill) < steps and at_kill[-1]["epoch"] == 1
+    resumed = subprocess.run(pipe_training(shards, tmp_path, killed, steps, "--resume", "auto"), capture_output=True,
+                             text=True, cwd=REPO, env=ENV, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    losses = [[(m["step"], m["loss"]) for m in rows(run, "metrics.jsonl") if "loss" in m] for run in (out, killed)]
+    assert losses[0] == losses[1]  # bit-exact
+    assert rows(killed, "samples.jsonl") == log
