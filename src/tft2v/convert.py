@@ -36,8 +36,11 @@ VGEN_AFTER_KEYS = {
 # VGen constructor arguments that do not change the network we build (facts §4, vectors README).
 _VGEN_NO_EFFECT = {
     "y_dim", "temporal_attn_times", "use_checkpoint", "use_sim_mask", "training", "inpainting",
-    "zero_y", "config", "upper_len", "default_fps", "hist_dim", "use_scale_shift_norm", "type",
+    "zero_y", "config", "upper_len", "default_fps", "hist_dim", "use_scale_shift_norm",
 }
+# VGen UNet classes (a yaml's ``type``) and what they change: the 720p refiner has no condition channels,
+# no image tokens, and its own resampling and decoder tweaks (TFT2VUNet ``refiner_layout``).
+VGEN_TYPES = ("UNetSD_TFT2V", "UNetSD_SR600")
 _VGEN_FIXED = {"temporal_attention": True, "use_fps_condition": False, "adapter_transformer_layers": 1,
                "use_image_dataset": False}
 
@@ -46,10 +49,15 @@ def vgen_config_to_unet_kwargs(config: Mapping) -> dict:
     """Translate VGen ``UNetSD_TFT2V`` constructor arguments into :class:`TFT2VUNet` config."""
     known = {"in_dim", "dim", "context_dim", "out_dim", "dim_mult", "num_heads", "head_dim", "num_res_blocks",
              "attn_scales", "dropout", "num_tokens", "video_compositions", "resolution", "concat_dim",
-             "misc_dropout", "p_all_zero", "p_all_keep"} | _VGEN_NO_EFFECT | set(_VGEN_FIXED)
+             "misc_dropout", "p_all_zero", "p_all_keep", "type"} | _VGEN_NO_EFFECT | set(_VGEN_FIXED)
     unknown = sorted(set(config) - known)
     if unknown:
         raise ConfigError(f"unknown VGen UNet config key(s): {', '.join(unknown)}")
+    kind = config.get("type", "UNetSD_TFT2V")
+    if kind not in VGEN_TYPES:
+        raise ConfigError(f"VGen UNet type {kind!r} is not supported; known: {list(VGEN_TYPES)}")
+    if kind == "UNetSD_SR600":
+        return _sr600_kwargs(config)
     for key, value in _VGEN_FIXED.items():
         if key in config and config[key] != value:
             raise ConfigError(f"VGen config {key}={config[key]!r} is not supported (TF-T2V uses {value!r})")
@@ -77,6 +85,30 @@ def vgen_config_to_unet_kwargs(config: Mapping) -> dict:
         condition_dropout=config.get("misc_dropout", 0.4),
         condition_p_all_zero=config.get("p_all_zero", 0.1),
         condition_p_all_keep=config.get("p_all_keep", 0.1),
+    )
+
+
+def _sr600_kwargs(config: Mapping) -> dict:
+    """:class:`TFT2VUNet` config of VGen's ``UNetSD_SR600``: the latent straight into the first conv, text
+    tokens only, the refiner's resampling and decoder tweaks."""
+    extra = sorted(set(config) & {"num_tokens", "video_compositions", "resolution", "concat_dim", "misc_dropout",
+                                  "p_all_zero", "p_all_keep"})
+    if extra:
+        raise ConfigError(f"VGen UNetSD_SR600 takes no {', '.join(extra)}")
+    return dict(
+        in_channels=config.get("in_dim", 4),
+        out_channels=config.get("out_dim", 4),
+        model_channels=config.get("dim", 320),
+        channel_mult=tuple(config.get("dim_mult", (1, 2, 4, 4))),
+        num_res_blocks=config.get("num_res_blocks", 2),
+        attention_scales=tuple(float(s) for s in config.get("attn_scales", (1.0, 0.5, 0.25))),
+        head_dim=config.get("head_dim", 64),
+        init_temporal_heads=config.get("num_heads", 8),
+        context_dim=config.get("context_dim", 1024),
+        image_embed_dim=None,
+        condition_channels=0,
+        dropout=config.get("dropout", 0.1),
+        refiner_layout=True,
     )
 
 
@@ -179,6 +211,14 @@ def infer_vgen_config(sd: Mapping[str, torch.Tensor], head_dim: int = 64,
     sd = unwrap_state_dict(sd)
     try:
         dim, num_res_blocks, dim_mult, scales = _ldm_geometry(sd)
+        if sd["input_blocks.0.0.weight"].shape[1] == sd["out.2.weight"].shape[0] \
+                and "pre_image_condition.0.weight" not in sd:
+            # No condition channels beside the latent and no image tokens: the 720p refiner (SR600).
+            return {"type": "UNetSD_SR600", "in_dim": sd["input_blocks.0.0.weight"].shape[1], "dim": dim,
+                    "out_dim": sd["out.2.weight"].shape[0],
+                    "context_dim": sd["middle_block.1.transformer_blocks.0.attn2.to_k.weight"].shape[1],
+                    "dim_mult": dim_mult, "num_res_blocks": num_res_blocks, "attn_scales": scales,
+                    "head_dim": head_dim, "num_heads": sd["input_blocks.0.1.proj_in.weight"].shape[0] // head_dim}
         compositions = ["text"] + (["image"] if "pre_image_condition.0.weight" in sd else [])
         compositions += [c for c, (_, prefix, _) in VGEN_CONDITIONS.items() if f"{prefix}.0.weight" in sd]
         config = {

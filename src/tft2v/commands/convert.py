@@ -116,7 +116,8 @@ def convert_vgen(
     out_dir: Path = typer.Argument(..., help="Model folder to create."),
     config: Optional[Path] = typer.Option(None, help="VGen UNet constructor arguments (.json/.yaml); "
                                           "default: inferred from the checkpoint's shapes."),
-    resolution: Optional[str] = typer.Option(None, help="Generation size WxH, VGen order (default 448x256)."),
+    resolution: Optional[str] = typer.Option(None, help="Generation size WxH, VGen order (default 448x256; "
+                                              "the refiner's 1280x720)."),
     head_dim: int = typer.Option(64, min=1, help="Attention head width (not recoverable from the weights)."),
     openclip: Optional[Path] = typer.Option(None, help="OpenCLIP ViT-H/14 state dict → encoder/."),
     openclip_tokenizer: Optional[Path] = typer.Option(None, help="OpenCLIP BPE merges file (default: open-clip-torch's)."),
@@ -124,23 +125,32 @@ def convert_vgen(
     toy_encoder: bool = typer.Option(False, "--toy-encoder", help="Built-in toy encoder (tiny tests only)."),
     vae: Optional[Path] = typer.Option(None, help="SD 2.1 VAE → autoencoder/: a diffusers AutoencoderKL folder, "
                                        "or an LDM checkpoint file (v2-1_512-ema-pruned.ckpt/.safetensors)."),
-    frames: int = typer.Option(16, min=1, help="Default number of frames."),
+    frames: Optional[int] = typer.Option(None, min=1, help="Default number of frames (16; the refiner's 32)."),
 ) -> None:
-    """Convert a VGen TF-T2V UNet checkpoint into a tft2v model folder (scheduler: VGen's DDIM)."""
+    """Convert a VGen TF-T2V UNet checkpoint — T2V, compositional, or the 1280x720 refiner (SR600,
+    sr_step_110000_ema.pth) — into a tft2v model folder (scheduler: VGen's DDIM)."""
     from tft2v.convert import infer_vgen_config, load_state_dict_file, load_vgen_unet
     from tft2v.pipeline import VGEN_NEGATIVE_PROMPT
     from tft2v.sampling import build_scheduler
 
     state = load_state_dict_file(src)
     cfg = read_config_file(config) if config is not None else infer_vgen_config(state, head_dim=head_dim)
-    if resolution is not None:
-        cfg["resolution"] = list(parse_resolution(resolution))
-    width, height = cfg.get("resolution", [448, 256])
+    refiner = cfg.get("type") == "UNetSD_SR600"
+    # The refiner (SR600) works at 1280x720 on 32 frames (VGen doubles 16-frame clips); it has no resolution key.
+    width, height = parse_resolution(resolution) if resolution is not None else (
+        (1280, 720) if refiner else cfg.get("resolution", [448, 256]))
+    if resolution is not None and not refiner:
+        cfg["resolution"] = [width, height]
+    frames = frames if frames is not None else (32 if refiner else 16)
     unet = load_vgen_unet(state, cfg)
     enc, ae = build_components(unet.config.context_dim, openclip, openclip_tokenizer, encoder, toy_encoder, vae)
-    stride = (ae.spatial_factor if ae is not None else 8) * 2 ** (len(unet.config.channel_mult) - 1)
-    if height % stride or width % stride:
-        raise ConfigError(f"resolution {width}x{height} is not a multiple of the model's stride {stride}")
+    factor = ae.spatial_factor if ae is not None else 8
+    try:
+        if height % factor or width % factor:
+            raise ValueError(f"not a multiple of the autoencoder factor {factor}")
+        unet.check_latent_size(height // factor, width // factor)
+    except ValueError as e:
+        raise ConfigError(f"resolution {width}x{height} does not fit this model: {e}") from None
     defaults = {"num_frames": frames, "height": int(height), "width": int(width), "fps": 8,
                 "negative_prompt": VGEN_NEGATIVE_PROMPT, "positive_prompt": VGEN_POSITIVE_PROMPT,
                 "guidance_scale": 9.0, "num_inference_steps": 50}

@@ -207,18 +207,36 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int):
+    """3×3 stride-2 conv; ``padding`` (rows, columns): VGen's SR600 pads (2, 1), the T2V UNet 1."""
+
+    def __init__(self, channels: int, padding: int | tuple[int, int] = 1):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x):
         return self.op(x)
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int):
+    """Nearest ×2, then a 3×3 conv. ``crop_rows``: drop the first and last row in between (VGen's SR600,
+    whose (2, 1)-padded downsamples map an even height H to H/2 + 1; the crop brings it back)."""
+
+    def __init__(self, channels: int, crop_rows: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.crop_rows = crop_rows
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x[..., 1:-1, :] if self.crop_rows else x)
+
+
+def fourier_filter(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Scale the 2×2 block of centred spatial frequencies around DC of ``(N, C, H, W)`` by ``scale``
+    (computed in float32, returned in ``x``'s dtype): the skip attenuation of VGen's SR600 decoder."""
+    h, w = x.shape[-2:]
+    freq = torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-2, -1)), dim=(-2, -1))
+    mask = torch.ones((h, w), device=x.device)
+    mask[h // 2 - 1:h // 2 + 1, w // 2 - 1:w // 2 + 1] = scale
+    out = torch.fft.ifftn(torch.fft.ifftshift(freq * mask, dim=(-2, -1)), dim=(-2, -1)).real
+    return out.to(x.dtype)

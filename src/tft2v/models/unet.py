@@ -25,6 +25,7 @@ from tft2v.models.blocks import (
     SpatialTransformer,
     TemporalTransformer,
     Upsample,
+    fourier_filter,
     zero_module,
 )
 from tft2v.models.conditions import (
@@ -33,6 +34,11 @@ from tft2v.models.conditions import (
     apply_keep_mask,
     condition_dropout_masks,
 )
+
+
+# VGen's SR600 refiner, decoder blocks 0 and 1: (factor on the first half of the backbone channels,
+# scale of the skip's lowest spatial frequencies) — FreeU-style, fixed in the released model.
+REFINER_DECODER_TWEAKS = ((1.1, 0.6), (1.2, 0.4))
 
 
 class TFT2VUNet(ModelMixin, ConfigMixin):
@@ -66,6 +72,7 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         condition_p_all_keep: float = 0.1,
         temporal_on_images: bool = True,
         frame_positions: bool = False,
+        refiner_layout: bool = False,
     ):
         super().__init__()
         unknown = sorted(set(conditions) - set(CONDITION_CHANNELS))
@@ -117,7 +124,9 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
                 ch = out
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
-                self.input_blocks.append(Downsample(ch))
+                # VGen's SR600 pads its downsamples (2 rows, 1 column) and crops its upsamples by a row at
+                # top and bottom: latent heights 8k + 2 (720p's 90) survive three levels and come back.
+                self.input_blocks.append(Downsample(ch, (2, 1) if refiner_layout else 1))
                 skip_channels.append(ch)
                 scale /= 2
 
@@ -129,7 +138,7 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
                 out = model_channels * mult
                 block = [res(ch + skip_channels.pop(), out)] + (attn(out) if scale in attention_scales else [])
                 if level and i == num_res_blocks:
-                    block.append(Upsample(out))
+                    block.append(Upsample(out, crop_rows=refiner_layout))
                     scale *= 2
                 self.output_blocks.append(nn.ModuleList(block))
                 ch = out
@@ -191,6 +200,20 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         # Absent conditions are zero channels: skip their (zero) contribution to the first conv.
         return F.conv2d(x, conv.weight[:, : x.shape[1]], conv.bias, padding=1)
 
+    def check_latent_size(self, height: int, width: int) -> None:
+        """Raise a one-line ValueError for a latent size whose skips would not line up: widths must halve
+        exactly at every level; heights too, except in the refiner layout, where each level's height must be
+        even and becomes H/2 + 1 (three levels: 8k + 2, e.g. 720p's 90 rows)."""
+        levels = len(self.config.channel_mult) - 1
+        if width % 2 ** levels:
+            raise ValueError(f"latent width {width} must be a multiple of {2 ** levels} for this UNet")
+        h = height
+        for _ in range(levels):
+            if h % 2:
+                rule = "8k + 2 for three levels, e.g. 90" if self.config.refiner_layout else f"a multiple of {2 ** levels}"
+                raise ValueError(f"latent height {height} does not fit this UNet's {levels} downsamples ({rule})")
+            h = h // 2 + 1 if self.config.refiner_layout else h // 2
+
     # -- forward --------------------------------------------------------------------------------
 
     def _run(self, module: nn.Module, h: torch.Tensor, emb, context, num_frames: int) -> torch.Tensor:
@@ -237,6 +260,7 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         b, _, num_frames, hh, ww = sample.shape
         if sample.shape[1] != self.config.in_channels:
             raise ValueError(f"sample has {sample.shape[1]} channels, the model expects {self.config.in_channels}")
+        self.check_latent_size(hh, ww)
         if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[-1] != self.config.context_dim:
             raise ValueError(
                 f"encoder_hidden_states must be (B, L, {self.config.context_dim}), got {tuple(encoder_hidden_states.shape)}"
@@ -267,7 +291,13 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
             h = self._block(block, h, emb, context, num_frames)
             skips.append(h)
         h = self._block(self.middle_block, h, emb, context, num_frames)
-        for block in self.output_blocks:
-            h = self._block(block, torch.cat([h, skips.pop()], dim=1), emb, context, num_frames)
+        for i, block in enumerate(self.output_blocks):
+            skip = skips.pop()
+            if self.config.refiner_layout and i < len(REFINER_DECODER_TWEAKS):
+                factor, low = REFINER_DECODER_TWEAKS[i]
+                half = h.shape[1] // 2
+                h = torch.cat([h[:, :half] * factor, h[:, half:]], dim=1)
+                skip = fourier_filter(skip, low)
+            h = self._block(block, torch.cat([h, skip], dim=1), emb, context, num_frames)
         out = self.out(h)
         return rearrange(out, "(b f) c h w -> b c f h w", b=b, f=num_frames)
