@@ -61,7 +61,8 @@ def check_call(pipe, prompt, negative_prompt, num_frames, height, width, steps, 
     """Validate everything ``__call__`` got before any heavy work starts."""
     if pipe.unet.config.get("refiner_layout"):
         raise TFT2VError("this model is VGen's 1280x720 refinement UNet (SR600): it refines an existing video and "
-                         "does not generate from noise; the refinement sampler is not built yet")
+                         "does not generate from noise; a refine pipeline / `tft2v refine` is not built yet (the sampler is "
+                         "tft2v.refine_sampler)")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise TFT2VError("prompt must be a string or a non-empty list of strings")
