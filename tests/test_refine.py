@@ -84,3 +84,22 @@ def test_refine_bad_inputs_are_one_line_errors(folder, tmp_path, capsys):
         assert code == 2 and words in err and "Traceback" not in err, err
     code, _, err = run(["refine", str(clip(tmp_path / "ok.mp4", 16)), *base, "--strength", "1.5"], capsys)
     assert code == 2 and "strength must be in (0, 1]" in err
+
+
+def test_generate_with_refine_writes_both_videos(folder, tmp_path, capsys):
+    from pipeline_fixtures import toy_model_folder
+
+    base = toy_model_folder(tmp_path / "base")
+    out = tmp_path / "clip.mp4"
+    code, stdout, err = run(["generate", "a red circle", "--model", str(base), "--frames", "16", "--steps", "2",
+                             "--out", str(out), "--refine", str(folder), "--refine-steps", "2"], capsys)
+    assert code == 0, err
+    refined = tmp_path / "clip_refined.mp4"
+    assert out.is_file() and refined.is_file() and "(refined)" in stdout
+    assert len(frames_of(out)) == 16 and len(frames_of(refined)) == 16 and frames_of(refined)[0].shape == (H, W, 3)
+    code, _, err = run(["generate", "a red circle", "--model", str(base), "--frames", "5", "--steps", "2",
+                        "--out", str(tmp_path / "x.mp4"), "--refine", str(folder)], capsys)
+    assert code == 2 and "--frames 5 has 5 frames; this refiner takes 32 (or 16, doubled)" in err
+    code, _, err = run(["generate", "a red circle", "--model", str(base), "--out", str(tmp_path / "y.mp4"),
+                        "--refine", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and "is not a model folder" in err

@@ -33,6 +33,15 @@ def strength_to_t(strength: float, steps: int) -> int:
     return t_max
 
 
+def frame_plan(num_frames: int, refiner_frames: int, what: str) -> bool:
+    """Whether a clip of ``num_frames`` is doubled for a refiner taking ``refiner_frames`` (VGen: 16 → 32);
+    any other length is a one-line error naming ``what``."""
+    if num_frames == refiner_frames or 2 * num_frames == refiner_frames:
+        return num_frames != refiner_frames
+    raise TFT2VError(f"{what} has {num_frames} frames; this refiner takes {refiner_frames} "
+                     f"(or {refiner_frames // 2}, doubled)")
+
+
 class TFT2VRefinePipeline(TFT2VPipeline):
     """A refinement model folder (``tft2v convert vgen sr_step_110000_ema.pth``): refines a given video."""
 

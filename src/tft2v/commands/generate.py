@@ -117,6 +117,10 @@ def generate(
     out: Path = typer.Option(Path("out.mp4"), "--out", "-o", help="out.mp4, out.gif, or a directory for PNGs."),
     lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA adapter folder (tft2v finetune output), "
                                              "optionally :SCALE (default 1); repeat to mix adapters."),
+    refine: Optional[Path] = typer.Option(None, "--refine", help="A refinement model folder (VGen's SR600): also "
+                                          "write each video refined to its size, as <out>_refined."),
+    refine_strength: float = typer.Option(0.7, help="With --refine: how far to invert, in (0, 1]."),
+    refine_steps: int = typer.Option(30, min=1, help="With --refine: inversion and sampling steps."),
 ) -> None:
     """Generate videos from text with a tft2v model folder (optionally with sketch/depth/motion/… conditions
     extracted from your own videos)."""
@@ -141,6 +145,14 @@ def generate(
         raise TFT2VError(f"--device {device} asked for CUDA, but no CUDA GPU is available")
 
     pipe = TFT2VPipeline.from_pretrained(model, torch_dtype=getattr(torch, DTYPES[dtype]))
+    refiner = None
+    if refine is not None:  # loaded before generating: a bad folder fails before minutes of sampling
+        from tft2v.refine_pipeline import TFT2VRefinePipeline, frame_plan
+
+        if not (refine / "model_index.json").is_file():
+            raise TFT2VError(f"--refine {refine} is not a model folder (no model_index.json)")
+        refiner = TFT2VRefinePipeline.from_pretrained(refine, torch_dtype=getattr(torch, DTYPES[dtype]))
+        refiner.enable_model_cpu_offload(device) if offload else refiner.to(device)
     for spec in lora or []:
         path, scale = parse_lora_spec(spec)
         name = pipe.load_lora_weights(path, scale=scale)
@@ -150,6 +162,7 @@ def generate(
     pipe.enable_model_cpu_offload(device) if offload else pipe.to(device)
     d = pipe.defaults
     num_frames, size = frames or d["num_frames"], (height or d["height"], width or d["width"])
+    double = refiner is not None and frame_plan(num_frames, refiner.defaults["num_frames"], f"--frames {num_frames}")
     given = {"sketch": sketch, "depth": depth, "motion": motion, "single_sketch": single_sketch, "masked": masked}
     videos = {CONDITION_FLAGS[flag]: read_file_option(path, flag, "video", read_condition_video, num_frames,
                                                       condition_fps, size)
@@ -171,4 +184,11 @@ def generate(
         for k in range(num_videos):
             written = export_video(result[k], paths[index], fps=fps or d["fps"])
             typer.echo(f"wrote {written}  (prompt {p + 1}/{len(prompts)}, seed {seed + index}): {text}")
+            if refiner is not None:
+                clip = torch.from_numpy(result[k]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, H, W)
+                refined = refiner(clip, text, strength=refine_strength, num_inference_steps=refine_steps,
+                                  generator=torch.Generator(device=refiner.execution_device).manual_seed(seed + index),
+                                  output_type="uint8", double_frames=double)
+                target = paths[index].with_name(f"{paths[index].stem}_refined{paths[index].suffix}")
+                typer.echo(f"wrote {export_video(refined[0], target, fps=fps or d['fps'])}  (refined)")
             index += 1

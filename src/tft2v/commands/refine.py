@@ -58,7 +58,7 @@ def refine(
     """Refine VIDEO with a refinement model (DDIM inversion + DPM-Solver++ SDE); writes --out."""
     import torch
 
-    from tft2v.refine_pipeline import TFT2VRefinePipeline
+    from tft2v.refine_pipeline import TFT2VRefinePipeline, frame_plan
     from tft2v.video_export import export_video
 
     if out.suffix.lower() not in ("", ".mp4", ".gif"):
@@ -73,10 +73,7 @@ def refine(
         pipe.to(target)
     frames = pipe.defaults["num_frames"]
     clip = read_frames(video, frames)
-    double = clip.shape[2] * 2 == frames  # VGen: a half-length clip is doubled frame by frame
-    if clip.shape[2] != frames and not double:
-        raise TFT2VError(f"input video {video} has {clip.shape[2]} frames; this refiner takes {frames} "
-                         f"(or {frames // 2}, doubled)")
+    double = frame_plan(clip.shape[2], frames, f"input video {video}")
     generator = torch.Generator(device=pipe.execution_device).manual_seed(seed)
     result = pipe(clip, prompt, negative_prompt=negative_prompt, strength=strength, height=height, width=width,
                   num_inference_steps=steps, guidance_scale=guidance, guidance_rescale=guidance_rescale,
