@@ -99,7 +99,31 @@ def test_generate_with_refine_writes_both_videos(folder, tmp_path, capsys):
     assert len(frames_of(out)) == 16 and len(frames_of(refined)) == 16 and frames_of(refined)[0].shape == (H, W, 3)
     code, _, err = run(["generate", "a red circle", "--model", str(base), "--frames", "5", "--steps", "2",
                         "--out", str(tmp_path / "x.mp4"), "--refine", str(folder)], capsys)
-    assert code == 2 and "--frames 5 has 5 frames; this refiner takes 32 (or 16, doubled)" in err
+    assert code == 2 and "--frames: the video has 5 frames; this refiner takes 32 (or 16, doubled)" in err
     code, _, err = run(["generate", "a red circle", "--model", str(base), "--out", str(tmp_path / "y.mp4"),
                         "--refine", str(tmp_path / "nowhere")], capsys)
     assert code == 2 and "is not a model folder" in err
+
+
+def test_web_ui_offers_refinement_when_a_refiner_is_served(folder, tmp_path):
+    from pipeline_fixtures import toy_pipeline
+
+    from tft2v.refine_pipeline import TFT2VRefinePipeline
+    from tft2v.webui import build_app, make_handler
+
+    pipe, refiner = toy_pipeline(), TFT2VRefinePipeline.from_pretrained(folder)
+    ids = {b.elem_id for b in build_app(pipe, out_dir=tmp_path, refiner=refiner).blocks.values()
+           if getattr(b, "elem_id", None)}
+    assert "refine" in ids
+    assert "refine" not in {b.elem_id for b in build_app(pipe, out_dir=tmp_path).blocks.values()
+                            if getattr(b, "elem_id", None)}
+    handler = make_handler(pipe, tmp_path, (), refiner=refiner)
+    path, info = handler("a red circle", "", 2, 7.5, 16, 0, "ddim", True)
+    frames = frames_of(path)
+    assert len(frames) == 16 and frames[0].shape == (H, W, 3) and "refined" in info
+    path, info = handler("a red circle", "", 2, 7.5, 16, 0, "ddim", False)
+    assert frames_of(path)[0].shape != (H, W, 3) and "refined" not in info
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="the requested video has 5 frames; this refiner takes 32"):
+        handler("a red circle", "", 2, 7.5, 5, 0, "ddim", True)

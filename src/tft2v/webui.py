@@ -68,6 +68,7 @@ class GenerateParams:
     scheduler: str
     condition_videos: dict[str, str] | None = None
     condition_images: dict[str, str] | None = None
+    refine: bool = False  # also refine with the served refinement model (tft2v serve --refine)
 
 
 def model_conditions(pipe, depth_model=None) -> tuple[str, ...]:
@@ -79,11 +80,12 @@ def model_conditions(pipe, depth_model=None) -> tuple[str, ...]:
 
 
 def generate_video(pipe, params: GenerateParams, out_dir: str | Path,
-                   progress: Callable[[int, int], None] | None = None, depth_model=None) -> Path:
+                   progress: Callable[[int, int], None] | None = None, depth_model=None, refiner=None) -> Path:
     """Run the pipeline for one request and write ``out_dir/<id>.mp4``; returns that path.
 
     ``progress(step, total)`` is called after each denoising step; ``depth_model`` (a path, a
-    DepthEstimator or "luminance") is needed only for a depth condition video.
+    DepthEstimator or "luminance") is needed only for a depth condition video; ``refiner`` (a
+    TFT2VRefinePipeline) refines the result when ``params.refine``.
     """
     from tft2v.condition_io import hold_still, read_condition_video, read_still
     from tft2v.video_export import export_video
@@ -104,6 +106,12 @@ def generate_video(pipe, params: GenerateParams, out_dir: str | Path,
                                            f"{name} image"), params.num_frames)
                for name, path in (params.condition_images or {}).items()}
 
+    if params.refine:
+        from tft2v.refine_pipeline import frame_plan
+
+        if refiner is None:
+            raise TFT2VError("no refinement model is loaded (start the UI with tft2v serve --refine DIR)")
+        double = frame_plan(params.num_frames, refiner.defaults["num_frames"], "the requested video")
     pipe.set_scheduler(params.scheduler)  # safe: the queue runs one request at a time
     frames = pipe(
         prompt,
@@ -117,30 +125,37 @@ def generate_video(pipe, params: GenerateParams, out_dir: str | Path,
         output_type="uint8",
         callback=None if progress is None else (lambda i, n, _x: progress(i + 1, n)),
     )  # (1, F, H, W, 3) uint8
+    if params.refine:
+        clip = torch.from_numpy(frames[0]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, H, W)
+        frames = refiner(clip, prompt, generator=torch.Generator(device=refiner.execution_device).manual_seed(
+            int(params.seed)), output_type="uint8", double_frames=double)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return export_video(frames[0], out_dir / f"tft2v-{params.seed}-{uuid.uuid4().hex[:8]}.mp4", fps=fps)
 
 
-def make_handler(pipe, out_dir: Path, conditions: tuple[str, ...], depth_model=None) -> Callable:
-    """The Generate click handler: form values (+ one upload per condition) -> (mp4 path, summary); user errors
-    become ``gr.Error`` so the page shows them as a message instead of a stack trace."""
+def make_handler(pipe, out_dir: Path, conditions: tuple[str, ...], depth_model=None, refiner=None) -> Callable:
+    """The Generate click handler: form values (+ one upload per condition, then the refine box when a
+    refiner is served) -> (mp4 path, summary); user errors become ``gr.Error`` so the page shows them as a
+    message instead of a stack trace."""
 
     def on_generate(prompt, negative_prompt, steps, guidance, frames, seed, scheduler, *uploads,
                     progress=gr.Progress()):
+        refine = bool(uploads[len(conditions)]) if refiner is not None else False
         files = {name: path for name, path in zip(conditions, uploads) if path}
         videos = {n: p for n, p in files.items() if n not in IMAGE_CONDITIONS}
         images = {n: p for n, p in files.items() if n in IMAGE_CONDITIONS}
         params = GenerateParams(prompt, negative_prompt, int(steps), float(guidance), int(seed or 0),
-                                int(frames), scheduler, videos or None, images or None)
+                                int(frames), scheduler, videos or None, images or None, refine)
         progress(0, desc="starting")
         start = time.perf_counter()
         try:
             path = generate_video(pipe, params, out_dir,
-                                  lambda i, n: progress((i, n), desc="denoising", unit="steps"), depth_model)
+                                  lambda i, n: progress((i, n), desc="denoising", unit="steps"), depth_model, refiner)
         except TFT2VError as err:
             raise gr.Error(str(err)) from None
         used = f" · {', '.join(files)} from upload" if files else ""
+        used += " · refined" if refine else ""
         info = (f"seed {params.seed} · {params.num_frames} frames · {params.num_inference_steps} {params.scheduler} "
                 f"steps · guidance {params.guidance_scale:g}{used} · {time.perf_counter() - start:.1f} s")
         return str(path), info
@@ -148,8 +163,9 @@ def make_handler(pipe, out_dir: Path, conditions: tuple[str, ...], depth_model=N
     return on_generate
 
 
-def build_app(pipe, out_dir: str | Path | None = None, depth_model=None) -> gr.Blocks:
-    """The Blocks app: form on the left, video on the right. Call ``.launch(**launch_kwargs())``."""
+def build_app(pipe, out_dir: str | Path | None = None, depth_model=None, refiner=None) -> gr.Blocks:
+    """The Blocks app: form on the left, video on the right; with ``refiner`` (a TFT2VRefinePipeline) a
+    box to refine the result. Call ``.launch(**launch_kwargs())``."""
     out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="tft2v-serve-"))
     defaults = pipe.defaults
     conditions = model_conditions(pipe, depth_model)
@@ -175,6 +191,11 @@ def build_app(pipe, out_dir: str | Path | None = None, depth_model=None) -> gr.B
                                      elem_id="seed")
                 scheduler = gr.Radio(list(SCHEDULERS), value="ddim", label="Scheduler", elem_id="scheduler",
                                      info="ddim: VGen's sampler; dpmpp: DPM-Solver++, good in ~20 steps")
+                refine = []
+                if refiner is not None:
+                    d = refiner.defaults
+                    refine.append(gr.Checkbox(label=f"Refine to {d['width']}x{d['height']} (slow)", value=False,
+                                              elem_id="refine"))
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
                 uploads = []
                 if conditions:
@@ -193,8 +214,8 @@ def build_app(pipe, out_dir: str | Path | None = None, depth_model=None) -> gr.B
                                  elem_id="result")
                 info = gr.Markdown(elem_id="result-info")
 
-        on_generate = make_handler(pipe, out_dir, conditions, depth_model)
-        inputs = [prompt, negative, steps, guidance, frames, seed, scheduler, *uploads]
+        on_generate = make_handler(pipe, out_dir, conditions, depth_model, refiner)
+        inputs = [prompt, negative, steps, guidance, frames, seed, scheduler, *uploads, *refine]
         button.click(on_generate, inputs=inputs, outputs=[video, info], api_name="generate")
         prompt.submit(on_generate, inputs=inputs, outputs=[video, info], api_name=False)
     # One model on one device: requests wait in line instead of running side by side.

@@ -162,7 +162,7 @@ def generate(
     pipe.enable_model_cpu_offload(device) if offload else pipe.to(device)
     d = pipe.defaults
     num_frames, size = frames or d["num_frames"], (height or d["height"], width or d["width"])
-    double = refiner is not None and frame_plan(num_frames, refiner.defaults["num_frames"], f"--frames {num_frames}")
+    double = refiner is not None and frame_plan(num_frames, refiner.defaults["num_frames"], "--frames: the video")
     given = {"sketch": sketch, "depth": depth, "motion": motion, "single_sketch": single_sketch, "masked": masked}
     videos = {CONDITION_FLAGS[flag]: read_file_option(path, flag, "video", read_condition_video, num_frames,
                                                       condition_fps, size)

@@ -38,6 +38,8 @@ def serve(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     depth_model: Optional[str] = typer.Option(None, "--depth-model", help="TorchScript depth network (or "
                                               "'luminance') used to offer a depth condition upload."),
+    refine: Optional[Path] = typer.Option(None, "--refine", help="A refinement model folder (VGen's SR600): "
+                                          "offer to refine each result."),
 ) -> None:
     """Start a web UI for a model folder: prompt, settings, conditions, progress and the video result.
 
@@ -49,10 +51,17 @@ def serve(
     if depth_model not in (None, "luminance") and not Path(depth_model).is_file():
         raise TFT2VError(f"--depth-model {depth_model} is not a file")
     pipe = load_pipeline(model, device)
+    refiner = None
+    if refine is not None:
+        from tft2v.refine_pipeline import TFT2VRefinePipeline
+
+        if not (refine / "model_index.json").is_file():
+            raise TFT2VError(f"--refine {refine} is not a model folder (no model_index.json)")
+        refiner = TFT2VRefinePipeline.from_pretrained(refine).to(pipe.device)
 
     from tft2v.webui import build_app, launch_kwargs
 
-    demo = build_app(pipe, depth_model=depth_model)
+    demo = build_app(pipe, depth_model=depth_model, refiner=refiner)
     # Quiet launch: Gradio's own banner suggests share=True, which this command deliberately refuses.
     _, url, _ = demo.launch(**launch_kwargs(host, port), prevent_thread_lock=True)
     print(f"tft2v serve: {model} on {pipe.device} at {url} (Ctrl+C to stop)", flush=True)
