@@ -33,7 +33,9 @@ Measurements:
   77×1024 text, image tokens), FLOPs from ``torch.utils.flop_counter``, against a measured bf16 matmul
   peak (8192³, best of 20);
 * (g) ``lora_train_memory`` — ``benchmarks/lora_memory.py``'s cases on cuda: peak memory and step time of a
-  mid-config video train step, full fine-tune vs temporal LoRA rank 16, gradient checkpointing off/on.
+  mid-config video train step, full fine-tune vs temporal LoRA rank 16, gradient checkpointing off/on;
+* (h) ``refine_memory_720p`` — ``torch.cuda.max_memory_allocated`` of one 1280x720 x 32-frame refinement
+  (SR600-size UNet in bf16, VAE tiling and 2-frame chunks, sequential CFG, model offload).
 
 Without CUDA every part reports "skipped: no CUDA"; with ``--quick`` each part also runs its logic on
 the CPU at small sizes and puts that result (or its error) under "cpu_dry_run".
@@ -525,6 +527,56 @@ def measure_lora_memory(device: str, quick: bool) -> dict:
     return {"status": "ok", **out}
 
 
+# -- (h) 1280x720 refinement peak memory ------------------------------------------------------------------
+
+
+def measure_refine_memory(device: str, quick: bool) -> dict:
+    """VGen's refinement at its size: an SR600-size UNet (refiner layout, random, bf16), SD 2.1's VAE geometry
+    with tiling and 2-frame chunks, sequential CFG, model offload; 32 frames at 720x1280, 2 + 2 steps."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from tft2v.autoencoder import VideoAutoencoder
+    from tft2v.encoders import build_encoder
+    from tft2v.models import TFT2VUNet
+    from tft2v.refine_pipeline import TFT2VRefinePipeline
+    from tft2v.sampling import build_scheduler
+
+    frames, height, width = (2, 80, 64) if quick else (32, 720, 1280)
+    kwargs = dict(model_channels=16, channel_mult=(1, 2, 2, 2), num_res_blocks=1, head_dim=8, init_temporal_heads=1,
+                  norm_num_groups=8, context_dim=64) if quick else {}
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = TFT2VUNet(image_embed_dim=None, condition_channels=0, refiner_layout=True, **kwargs)
+    channels = (8, 8, 16, 16) if quick else (128, 256, 512, 512)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=channels, layers_per_block=1 if quick else 2, latent_channels=4,
+                        norm_num_groups=8 if quick else 32, sample_size=512, scaling_factor=0.18215).eval()
+    encoder = build_encoder("toy", text_dim=unet.config.context_dim, image_dim=unet.config.context_dim, max_length=77)
+    pipe = TFT2VRefinePipeline(unet.eval(), build_scheduler("ddim"), encoder, VideoAutoencoder(vae),
+                               defaults={"num_frames": frames, "height": height, "width": width})
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(torch.bfloat16)
+    pipe.enable_vae_tiling()
+    pipe.enable_unet_batch_chunking(1)
+    pipe.enable_model_cpu_offload(device)
+    _free(device)
+    video = torch.rand(1, 3, frames, height * 256 // 720 // 2 * 2, width * 448 // 1280 // 2 * 2) * 2 - 1
+    t0 = time.perf_counter()
+    out = pipe(video, "a corgi running on the beach", num_inference_steps=1 if quick else 2, output_type="pt",
+               generator=torch.Generator(device=device).manual_seed(0), decode_chunk_size=2)
+    result = {"unet_parameters_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1), "frames": frames,
+              "size": [height, width], "dtype": "bfloat16", "output_shape": list(out.shape),
+              "switches": ["model_cpu_offload", "unet_batch_chunk=1", "vae_tiling", "decode_chunk_size=2"],
+              "output_finite": bool(torch.isfinite(out.float()).all()), "refine_s": round(time.perf_counter() - t0, 1)}
+    if device == "cuda":
+        result["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        result["status"] = "pass" if result["output_finite"] else "fail"
+    else:
+        result["status"] = "ran (no CUDA peak on cpu)"
+    return result
+
+
 # -- driver ------------------------------------------------------------------------------------------------
 
 PARTS = {
@@ -535,6 +587,7 @@ PARTS = {
     "e": ("generation_memory", lambda dev, a: measure_generation_memory(dev, a.quick, a.steps)),
     "f": ("train_mfu", lambda dev, a: measure_train_mfu(dev, a.quick, a.mfu_batch)),
     "g": ("lora_train_memory", lambda dev, a: measure_lora_memory(dev, a.quick)),
+    "h": ("refine_memory_720p", lambda dev, a: measure_refine_memory(dev, a.quick)),
 }
 
 
@@ -556,7 +609,7 @@ def run_part(fn, device: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes; on a CPU-only machine a dry run of every part")
-    ap.add_argument("--only", default="abcdefg", help="part letters to run, e.g. 'e,f' (default: all)")
+    ap.add_argument("--only", default="abcdefgh", help="part letters to run, e.g. 'e,f' (default: all)")
     ap.add_argument("--steps", type=int, default=2, help="(e) sampling steps; the peak does not grow with steps")
     ap.add_argument("--mfu-batch", type=int, default=2, help="(f) video batch size (halved on OOM)")
     ap.add_argument("--fsdp-child", help=argparse.SUPPRESS)

@@ -17,7 +17,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ["compositional_step", "bf16_step", "fsdp_1gpu", "cpu_offload_generation", "generation_memory", "train_mfu",
-         "lora_train_memory"]
+         "lora_train_memory", "refine_memory_720p"]
 
 
 def _gpu_check(*args: str, timeout: float) -> dict:
@@ -56,6 +56,7 @@ def test_quick_runs_every_part_end_to_end():
     assert dry["cpu_offload_generation"]["components_after"] == ["cpu"]
     assert dry["generation_memory"]["output_finite"]
     assert dry["train_mfu"]["mfu"] > 0
+    assert dry["refine_memory_720p"]["output_finite"] and dry["refine_memory_720p"]["output_shape"] == [1, 3, 2, 80, 64]
     lora = dry["lora_train_memory"]
     assert lora["lora"]["trainable_share"] < 0.5 < lora["full"]["trainable_share"] == 1.0  # tiny width: rank 16 is large
 

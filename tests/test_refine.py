@@ -127,3 +127,23 @@ def test_web_ui_offers_refinement_when_a_refiner_is_served(folder, tmp_path):
 
     with pytest.raises(gr.Error, match="the requested video has 5 frames; this refiner takes 32"):
         handler("a red circle", "", 2, 7.5, 5, 0, "ddim", True)
+
+
+def test_refine_with_tiling_chunking_and_offload(folder):
+    """The memory switches a 1280x720 x 32 refinement needs run and keep the result: sequential CFG is the
+    same computation, tiled VAE stays close (its seams are blended), offload puts everything back on the CPU."""
+    from tft2v.refine_pipeline import TFT2VRefinePipeline
+
+    pipe = TFT2VRefinePipeline.from_pretrained(folder)
+    video = torch.rand(1, 3, 32, 16, 32) * 2 - 1
+    kw = dict(num_inference_steps=2, output_type="pt")
+    plain = pipe(video, "a cat", generator=torch.Generator().manual_seed(3), **kw)
+    pipe.enable_unet_batch_chunking(1)
+    chunked = pipe(video, "a cat", generator=torch.Generator().manual_seed(3), **kw)
+    assert (chunked - plain).abs().max() <= 1e-4
+    pipe.enable_vae_tiling()
+    pipe.enable_model_cpu_offload("cpu")
+    assert pipe.autoencoder.vae.use_tiling
+    tiled = pipe(video, "a cat", generator=torch.Generator().manual_seed(3), **kw)
+    assert tiled.shape == plain.shape and torch.isfinite(tiled).all()
+    assert {str(p.device) for m in pipe._modules() for p in m.parameters()} == {"cpu"}

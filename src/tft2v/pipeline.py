@@ -166,6 +166,14 @@ class TFT2VPipeline:
     def disable_model_cpu_offload(self) -> None:
         self._offload_device = None
 
+    def enable_vae_tiling(self) -> None:
+        """Encode and decode each frame in overlapping spatial tiles (diffusers' AutoencoderKL tiling): the
+        VAE's memory stops growing with the frame size (1280x720 refinement); seams are blended."""
+        vae = getattr(self.autoencoder, "vae", None)
+        if vae is None or not hasattr(vae, "enable_tiling"):
+            raise TFT2VError("VAE tiling needs a KL autoencoder; this pipeline works in pixel space")
+        vae.enable_tiling()
+
     def enable_unet_batch_chunking(self, chunk: int = 1) -> None:
         """Run at most ``chunk`` videos per UNet forward (CFG cond/uncond sequentially for chunk ≤ B)."""
         if not isinstance(chunk, int) or chunk < 1:

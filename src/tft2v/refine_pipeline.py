@@ -92,8 +92,8 @@ class TFT2VRefinePipeline(TFT2VPipeline):
             uncond = self.encoder.encode_text([negative] * b).float().to(device)
         dtype = next(self.unet.parameters()).dtype
 
-        def model(x, t, context):
-            return self.unet(x.to(dtype), t, context.to(dtype)).float()
+        def model(x, t, context):  # through _model_fn: enable_unet_batch_chunking splits the CFG batch
+            return self._model_fn(x.to(dtype), t, encoder_hidden_states=context.to(dtype)).float()
 
         with self._placed(self.unet), torch.no_grad():
             inverted = ddim_invert(model, latents, uncond, t_max, num_inference_steps)
