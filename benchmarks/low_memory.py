@@ -139,6 +139,17 @@ def vgen_unet_forward(frames: int, height: int, width: int) -> dict:
     return out
 
 
+def run_children(script: str, settings: dict, args) -> dict:
+    """Each setting's JSON result from a fresh ``script --child NAME`` process (so peaks do not leak)."""
+    results = {}
+    for name in settings:
+        out = subprocess.run([sys.executable, script, "--child", name, "--frames", str(args.frames),
+                              "--size", args.size, "--steps", str(args.steps)],
+                             capture_output=True, text=True, check=True)
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16)
@@ -158,12 +169,7 @@ def main() -> None:
         return
     import torch
 
-    results = {}
-    for name in SETTINGS:
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--frames", str(args.frames),
-                              "--size", args.size, "--steps", str(args.steps)],
-                             capture_output=True, text=True, check=True)
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    results = run_children(__file__, SETTINGS, args)
     print(json.dumps({"benchmark": "low_memory", "device": "cuda" if torch.cuda.is_available() else "cpu",
                       "torch": torch.__version__, "frames": args.frames, "size": [height, width],
                       "steps": args.steps, "results": results}))

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
-from low_memory import PeakRSS
+from low_memory import PeakRSS, run_children
 
 SETTINGS = {
     "baseline fp32 (VAE on all frames at once)": {},
@@ -94,11 +92,7 @@ def main() -> None:
         return
     import torch
 
-    results = {}
-    for name in SETTINGS:
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--frames", str(args.frames), "--size",
-                              args.size, "--steps", str(args.steps)], capture_output=True, text=True, check=True)
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    results = run_children(__file__, SETTINGS, args)
     print(json.dumps({"benchmark": "refine_memory", "device": "cuda" if torch.cuda.is_available() else "cpu",
                       "torch": torch.__version__, "frames": args.frames, "size": [height, width], "steps": args.steps,
                       "results": results}))

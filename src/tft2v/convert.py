@@ -46,7 +46,8 @@ _VGEN_FIXED = {"temporal_attention": True, "use_fps_condition": False, "adapter_
 
 
 def vgen_config_to_unet_kwargs(config: Mapping) -> dict:
-    """Translate VGen ``UNetSD_TFT2V`` constructor arguments into :class:`TFT2VUNet` config."""
+    """Translate VGen ``UNetSD_TFT2V`` (or, with ``type: UNetSD_SR600``, the refiner's) constructor arguments
+    into :class:`TFT2VUNet` config."""
     known = {"in_dim", "dim", "context_dim", "out_dim", "dim_mult", "num_heads", "head_dim", "num_res_blocks",
              "attn_scales", "dropout", "num_tokens", "video_compositions", "resolution", "concat_dim",
              "misc_dropout", "p_all_zero", "p_all_keep", "type"} | _VGEN_NO_EFFECT | set(_VGEN_FIXED)
@@ -56,59 +57,44 @@ def vgen_config_to_unet_kwargs(config: Mapping) -> dict:
     kind = config.get("type", "UNetSD_TFT2V")
     if kind not in VGEN_TYPES:
         raise ConfigError(f"VGen UNet type {kind!r} is not supported; known: {list(VGEN_TYPES)}")
-    if kind == "UNetSD_SR600":
-        return _sr600_kwargs(config)
     for key, value in _VGEN_FIXED.items():
         if key in config and config[key] != value:
             raise ConfigError(f"VGen config {key}={config[key]!r} is not supported (TF-T2V uses {value!r})")
+    backbone = dict(
+        in_channels=config.get("in_dim", 4),
+        out_channels=config.get("out_dim", 4),
+        model_channels=config.get("dim", 320),
+        channel_mult=tuple(config.get("dim_mult", (1, 2, 4, 4))),
+        num_res_blocks=config.get("num_res_blocks", 2),
+        attention_scales=tuple(float(s) for s in config.get("attn_scales", (1.0, 0.5, 0.25))),
+        head_dim=config.get("head_dim", 64),
+        init_temporal_heads=config.get("num_heads", 8),
+        context_dim=config.get("context_dim", 1024),
+        dropout=config.get("dropout", 0.1),
+    )
+    if kind == "UNetSD_SR600":
+        # The refiner: the latent straight into the first conv, text tokens only, its own resampling and
+        # decoder tweaks.
+        extra = sorted(set(config) & {"num_tokens", "video_compositions", "resolution", "concat_dim", "misc_dropout",
+                                      "p_all_zero", "p_all_keep"})
+        if extra:
+            raise ConfigError(f"VGen UNetSD_SR600 takes no {', '.join(extra)}")
+        return {**backbone, "image_embed_dim": None, "condition_channels": 0, "refiner_layout": True}
     compositions = list(config.get("video_compositions", ["text", "image"]))
     bad = sorted(set(compositions) - set(VGEN_CONDITIONS) - {"text", "image"})
     if bad:
         raise ConfigError(f"unsupported VGen video_compositions {bad}")
     width, height = config.get("resolution", [448, 256])  # VGen stores [W, H]
     return dict(
-        in_channels=config.get("in_dim", 4),
-        out_channels=config.get("out_dim", 4),
-        model_channels=config.get("dim", 320),
-        channel_mult=tuple(config.get("dim_mult", (1, 2, 4, 4))),
-        num_res_blocks=config.get("num_res_blocks", 2),
-        attention_scales=tuple(float(s) for s in config.get("attn_scales", (1.0, 0.5, 0.25))),
-        head_dim=config.get("head_dim", 64),
-        init_temporal_heads=config.get("num_heads", 8),
-        context_dim=config.get("context_dim", 1024),
+        **backbone,
         image_embed_dim=config.get("context_dim", 1024) if "image" in compositions else None,
         num_image_tokens=config.get("num_tokens", 4),
         conditions=tuple(VGEN_CONDITIONS[c][0] for c in compositions if c in VGEN_CONDITIONS),
         condition_channels=config.get("concat_dim", 8),
         condition_pixel_size=(int(height), int(width)),
-        dropout=config.get("dropout", 0.1),
         condition_dropout=config.get("misc_dropout", 0.4),
         condition_p_all_zero=config.get("p_all_zero", 0.1),
         condition_p_all_keep=config.get("p_all_keep", 0.1),
-    )
-
-
-def _sr600_kwargs(config: Mapping) -> dict:
-    """:class:`TFT2VUNet` config of VGen's ``UNetSD_SR600``: the latent straight into the first conv, text
-    tokens only, the refiner's resampling and decoder tweaks."""
-    extra = sorted(set(config) & {"num_tokens", "video_compositions", "resolution", "concat_dim", "misc_dropout",
-                                  "p_all_zero", "p_all_keep"})
-    if extra:
-        raise ConfigError(f"VGen UNetSD_SR600 takes no {', '.join(extra)}")
-    return dict(
-        in_channels=config.get("in_dim", 4),
-        out_channels=config.get("out_dim", 4),
-        model_channels=config.get("dim", 320),
-        channel_mult=tuple(config.get("dim_mult", (1, 2, 4, 4))),
-        num_res_blocks=config.get("num_res_blocks", 2),
-        attention_scales=tuple(float(s) for s in config.get("attn_scales", (1.0, 0.5, 0.25))),
-        head_dim=config.get("head_dim", 64),
-        init_temporal_heads=config.get("num_heads", 8),
-        context_dim=config.get("context_dim", 1024),
-        image_embed_dim=None,
-        condition_channels=0,
-        dropout=config.get("dropout", 0.1),
-        refiner_layout=True,
     )
 
 
