@@ -49,6 +49,7 @@ DEFAULTS = {
     "positive_prompt": "",
     "guidance_scale": 9.0,
     "num_inference_steps": 50,
+    "stage": "generate",  # "refine": a refinement stage (TFT2VRefinePipeline), which does not generate from noise
 }
 
 # The adapter a LoRA run's model folder applies to its base on load (tft2v.pipeline_folder).
@@ -68,6 +69,12 @@ class TFT2VPipeline:
         self.unet_batch_chunk: int | None = None
         self._offload_device: torch.device | None = None
         self._progress_kwargs: dict = {}
+
+    @property
+    def is_refiner(self) -> bool:
+        """A refinement stage: a folder recording ``stage: refine`` (a ``recipe.refine`` run), or VGen's SR600
+        layout (converted folders)."""
+        return self.defaults["stage"] == "refine" or bool(self.unet.config.get("refiner_layout"))
 
     # -- folder I/O ---------------------------------------------------------------------------
 

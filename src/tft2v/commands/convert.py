@@ -153,7 +153,7 @@ def convert_vgen(
         raise ConfigError(f"resolution {width}x{height} does not fit this model: {e}") from None
     defaults = {"num_frames": frames, "height": int(height), "width": int(width), "fps": 8,
                 "negative_prompt": VGEN_NEGATIVE_PROMPT, "positive_prompt": VGEN_POSITIVE_PROMPT,
-                "guidance_scale": 9.0, "num_inference_steps": 50}
+                "guidance_scale": 9.0, "num_inference_steps": 50, "stage": "refine" if refiner else "generate"}
     write_folder(out_dir, unet, build_scheduler("ddim"), enc, ae, defaults)
 
 

@@ -212,16 +212,23 @@ def pretrained_unet_dir(path: str | Path) -> Path:
     return folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
 
 
+# UNet options that change no weight: ``model.unet`` may set them over a pretrained folder's config (a T2V
+# folder starts a refinement stage with VGen's SR600 resampling).
+LAYOUT_OPTIONS = ("refiner_layout",)
+
+
 def _load_pretrained(path: str, kwargs: dict):
     """A TFT2VUNet saved by us: a model folder (its ``unet/``), a checkpoint folder or a UNet folder.
-    Its saved config wins; any ``model.unet`` value that contradicts it is an error naming the key."""
+    Its saved config wins, except for :data:`LAYOUT_OPTIONS`; any other ``model.unet`` value that contradicts
+    it is an error naming the key."""
     from tft2v.models import TFT2VUNet
 
     folder = pretrained_unet_dir(path)
     if not (folder / "config.json").is_file():
         why = " (it holds a LoRA adapter only: start from its base)" if (Path(path) / "lora").is_dir() else ""
         raise TFT2VError(f"model.init_path {path}: no TFT2VUNet found (expected config.json or unet/config.json){why}")
-    unet = TFT2VUNet.from_pretrained(folder)
+    layout = {k: kwargs[k] for k in LAYOUT_OPTIONS if k in kwargs}
+    unet = TFT2VUNet.from_pretrained(folder, **layout)
     for key, value in kwargs.items():
         saved = unet.config[key]
         if (tuple(saved) if isinstance(saved, list) else saved) != value:

@@ -219,7 +219,8 @@ class Trainer:
             # Steps after the checkpoint (all of them for "auto-or-new" without one) are logged again.
             continue_run_logs(self.run_dir, self.resume_from, self.step)
         self.recipe = Recipe(cfg.recipe, cfg.schedule, self.encoder, self.autoencoder,
-                             build_training_scheduler(cfg.schedule), depth_model=_depth_model(cfg, self.device))
+                             build_training_scheduler(cfg.schedule), depth_model=_depth_model(cfg, self.device),
+                             data_size=(cfg.data.height, cfg.data.width))
         self.log = RunLogger(self.run_dir, cfg.train.max_steps, self.step, enabled=acc.is_main_process,
                              progress=cfg.train.progress, accelerator=acc, config=cfg)
 
