@@ -11,6 +11,7 @@ each sample is read once per epoch, by one rank.
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 from tft2v.config import Config
@@ -217,6 +218,13 @@ def pretrained_unet_dir(path: str | Path) -> Path:
 LAYOUT_OPTIONS = ("refiner_layout",)
 
 
+def changes_pretrained_layout(path: str, unet) -> bool:
+    """Whether ``unet`` (built from the pretrained folder at ``path``) switched one of its :data:`LAYOUT_OPTIONS`,
+    so that the folder alone no longer describes it."""
+    saved = json.loads((pretrained_unet_dir(path) / "config.json").read_text())
+    return any(saved.get(k, False) != unet.config[k] for k in LAYOUT_OPTIONS)
+
+
 def _load_pretrained(path: str, kwargs: dict):
     """A TFT2VUNet saved by us: a model folder (its ``unet/``), a checkpoint folder or a UNet folder.
     Its saved config wins, except for :data:`LAYOUT_OPTIONS`; any other ``model.unet`` value that contradicts
@@ -258,7 +266,14 @@ def check_geometry(cfg: Config, unet, autoencoder) -> None:
     d = cfg.data
     named = [("data.height x data.width", d.height, d.width)]
     named += [(f"data.buckets[{i}] {b.name}", b.height, b.width) for i, b in enumerate(d.buckets)]
+    factor = autoencoder.spatial_factor
     for what, h, w in named:
+        if unet.config.get("refiner_layout") and not (h % factor or w % factor):
+            try:  # SR600's (2, 1)-padded downsamples take heights of their own rule (720p: 90 latent rows)
+                unet.check_latent_size(h // factor, w // factor)
+                continue
+            except ValueError as e:
+                raise ConfigError(f"{what} {h}x{w}: {e}") from None
         if h % stride or w % stride:
             raise ConfigError(f"{what}: height and width must be multiples of {stride} for this model "
                               f"(autoencoder factor {autoencoder.spatial_factor} x UNet downsampling), got {h}x{w}")

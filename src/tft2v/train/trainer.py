@@ -335,11 +335,15 @@ class Trainer:
     def export(self, checkpoint: Path) -> Path | None:
         """The run's model folder (and with ``train.export_fused`` the fused one) from ``checkpoint``, written
         by the main process. Collective for a LoRA run whose base has no UNet folder to refer to (not
-        ``model.init: pretrained``): its base is gathered and written into the model folder once."""
+        ``model.init: pretrained``, or one whose layout the run switched, e.g. ``refiner_layout``): its base is
+        gathered and written into the model folder once."""
         from tft2v.train.validation import export_model_folder
 
+        from tft2v.train.data import changes_pretrained_layout
+
         base_unet = None
-        if self.lora_base is not None and self.lora_base["init"] != "pretrained":
+        if self.lora_base is not None and (self.lora_base["init"] != "pretrained" or changes_pretrained_layout(
+                self.lora_base["init_path"], self.unet)):
             base_unet = lora_checkpoint.plain_base(self.accelerator, self.model, self.unet)
         if not self.accelerator.is_main_process:
             return None
