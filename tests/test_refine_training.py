@@ -254,3 +254,35 @@ def test_fine_tunes_a_converted_sr600_refiner(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert all(np.isfinite(v) for v in losses(out).values()) and len(losses(out)) == 2
     assert json.loads((out / "model" / "model_index.json").read_text())["tft2v"]["stage"] == "refine"
+
+
+def test_a_refiner_with_an_image_mlp_sees_the_middle_frames_tokens():
+    """A stage trained through the motion branch (image-token MLP) refines with the image tokens of the input's
+    middle frame in the conditional half; switching them off changes the result, and a plain folder refuses."""
+    from pipeline_fixtures import TINY_DEFAULTS, toy_pipeline
+    from tft2v.refine_pipeline import TFT2VRefinePipeline
+
+    base = toy_pipeline()
+    pipe = TFT2VRefinePipeline(base.unet, base.scheduler, base.encoder, base.autoencoder,
+                               defaults={**TINY_DEFAULTS, "stage": "refine"})
+    assert pipe.is_refiner and not base.is_refiner
+    video = torch.rand(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    kw = dict(strength=0.6, num_inference_steps=2, output_type="pt", guidance_scale=3.0)
+    with_tokens = pipe(video, "a red circle", generator=torch.Generator().manual_seed(1), **kw)
+    without = pipe(video, "a red circle", generator=torch.Generator().manual_seed(1), image_tokens=False, **kw)
+    assert with_tokens.shape == (1, 3, 4, 16, 16)
+    assert not torch.allclose(with_tokens, without, atol=1e-4)
+    with pytest.raises(TFT2VError, match="not a refinement stage"):
+        TFT2VRefinePipeline(base.unet, base.scheduler, base.encoder, base.autoencoder,
+                            defaults=TINY_DEFAULTS)(video, "a red circle", **kw)
+
+
+def test_edge_sharpness_reads_lower_on_a_degraded_clip():
+    from tft2v.metrics.toy_sharpness import clip_sharpness
+
+    world = ToyWorld(size=64, frames=3, size_range=(12, 24))
+    clips = generate("videos", 3, seed=0, world=world)
+    sharp = [clip_sharpness(clips.sample(i)["pixels"]) for i in range(3)]
+    blurred = [clip_sharpness(refine_step.degrade(clips.sample(i)["pixels"][None], (32, 32))[0]) for i in range(3)]
+    assert all(b < 0.8 * s for s, b in zip(sharp, blurred))
+    assert clip_sharpness(torch.zeros(3, 2, 16, 16)) is None  # nothing detected: no outline

@@ -55,7 +55,8 @@ class TFT2VRefinePipeline(TFT2VPipeline):
         ``noise_fn(i, x)``: the SDE noise of step i (default randn from ``generator``). ``image_tokens``: where
         the refiner has an image-token MLP (a stage trained with the motion branch; VGen's SR600 has none), the
         conditional half also sees the image tokens of the resized input's middle frame, as the motion branch
-        trains, and the unconditional half zero image embeddings, as :class:`TFT2VPipeline` does. Returns the
+        trains; the unconditional half (and the inversion) has them dropped, as training's image-token dropout
+        does. Returns the
         ``output_type`` of :meth:`TFT2VPipeline.__call__`."""
         if not self.is_refiner:
             raise TFT2VError("this model is not a refinement stage; use TFT2VPipeline to generate")
@@ -99,7 +100,9 @@ class TFT2VRefinePipeline(TFT2VPipeline):
         def model(x, t, context):  # through _model_fn: enable_unet_batch_chunking splits the CFG batch
             inputs = {"encoder_hidden_states": context.to(dtype)}
             if image is not None:  # inversion runs the uncond half alone (b samples), sampling cond + uncond (2b)
-                inputs["image_embeds"] = (image if x.shape[0] == 2 * b else image[b:]).to(dtype)
+                keep = torch.arange(x.shape[0], device=x.device) < (b if x.shape[0] == 2 * b else 0)
+                inputs["image_embeds"] = image.repeat(x.shape[0] // b, 1).to(dtype)
+                inputs["dropout_masks"] = {"image": keep}
             return self._model_fn(x.to(dtype), t, **inputs).float()
 
         with self._placed(self.unet), torch.no_grad():
@@ -113,9 +116,8 @@ class TFT2VRefinePipeline(TFT2VPipeline):
         return postprocess(out, output_type)
 
     def _image_tokens(self, video: torch.Tensor) -> torch.Tensor | None:
-        """(2B, D_img): the middle frame's image embeddings of ``video`` (B, 3, F, H, W), then B zero rows;
-        None when the UNet or the encoder has no image path."""
+        """(B, D_img): the image embeddings of the middle frame of ``video`` (B, 3, F, H, W); None when the UNet
+        or the encoder has no image path."""
         if not self.unet.config.get("image_embed_dim") or not getattr(self.encoder, "image_dim", None):
             return None
-        embeds = self.encoder.encode_image(video[:, :, video.shape[2] // 2]).float()
-        return torch.cat([embeds, torch.zeros_like(embeds)]).to(self.execution_device)
+        return self.encoder.encode_image(video[:, :, video.shape[2] // 2]).float().to(self.execution_device)
