@@ -286,3 +286,33 @@ def test_edge_sharpness_reads_lower_on_a_degraded_clip():
     blurred = [clip_sharpness(refine_step.degrade(clips.sample(i)["pixels"][None], (32, 32))[0]) for i in range(3)]
     assert all(b < 0.8 * s for s, b in zip(sharp, blurred))
     assert clip_sharpness(torch.zeros(3, 2, 16, 16)) is None  # nothing detected: no outline
+
+
+REFINE_SETS = {"recipe.refine.enabled": True, "recipe.refine.base_height": 8, "recipe.refine.base_width": 8,
+               "schedule.beta_schedule": "logsnr_cosine_interp", "schedule.zero_terminal_snr": False}
+
+
+@pytest.mark.slow
+def test_refine_stage_with_fsdp_buckets_and_workers(tmp_path):
+    """Two FSDP2 ranks (gloo) over landscape / portrait / square clips and PNGs in buckets, 2 loader workers each:
+    every bucket's clips are degraded by the same factors (8/16), and the run exports a refinement folder."""
+    from bucket_fixtures import BUCKETS, corpus
+    from test_fsdp import fsdp_env
+    from test_real_files_training import overrides, rows
+
+    corpus(tmp_path / "data")
+    out = tmp_path / "run"
+    sets = overrides(tmp_path / "data", out, **{"data.buckets": json.dumps(BUCKETS), "train.max_steps": 3,
+                                                 "train.export": True, **REFINE_SETS})
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                        "tft2v.cli", "train", str(REPO / "configs/toy_files.yaml"), *sets],
+                       capture_output=True, text=True, cwd=REPO, env=fsdp_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from tft2v.train.checkpoint import list_checkpoints
+
+    ckpt = list_checkpoints(out / "checkpoints")[-1]
+    assert json.loads((ckpt / "trainer_state.json").read_text())["distributed_type"] == "FSDP"
+    assert sorted(losses(out)) == [1, 2, 3] and all(v == v for v in losses(out).values())
+    shapes = {b.split("x")[0] + "x" + b.split("x")[1] for x in rows(out, "samples.jsonl") for b in x["video_buckets"]}
+    assert len(shapes) >= 2, shapes  # ranks and steps in buckets of different aspect
+    assert json.loads((out / "model" / "model_index.json").read_text())["tft2v"]["stage"] == "refine"
