@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("refine_demo_out"))
     ap.add_argument("--steps", type=int, default=PLAN["steps"], help="refiner training steps (the plan: 200)")
     ap.add_argument("--filmstrip", type=Path, default=Path(__file__).with_name("refine_demo.png"))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (float results depend on it)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not (args.base / "model_index.json").is_file():
