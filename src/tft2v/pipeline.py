@@ -75,6 +75,10 @@ class TFT2VPipeline:
         if unknown:
             raise ConfigError(f"unknown pipeline default(s) {unknown}; known: {sorted(DEFAULTS)}")
         self.unet, self.scheduler, self.encoder, self.autoencoder = unet, scheduler, encoder, autoencoder
+        # A distilled model's folder holds its LCMScheduler: the model is few-step (1–8 steps, no CFG pass by
+        # default), and the scheduler's teacher grid belongs to the model, whichever sampler is set later.
+        self.few_step = type(scheduler).__name__ == "LCMScheduler"
+        self._lcm_grid = {k: scheduler.config[k] for k in LCM_GRID} if self.few_step else {}
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self.vae_decode_chunk_size = 2
         self.unet_batch_chunk: int | None = None
@@ -228,14 +232,9 @@ class TFT2VPipeline:
         so is a distilled model's consistency grid (``original_inference_steps``, ``timestep_scaling``)."""
         from tft2v.sampling import build_scheduler
 
-        keep = {k: self.scheduler.config[k] for k in LCM_GRID if k in self.scheduler.config}
-        self.scheduler = build_scheduler(name, self.noise_schedule, **(keep if "LCM" in type_name(name) else {}))
+        grid = self._lcm_grid if type_name(name) == "LCMScheduler" else {}
+        self.scheduler = build_scheduler(name, self.noise_schedule, **grid)
         return self
-
-    @property
-    def few_step(self) -> bool:
-        """Whether this is a consistency-distilled model (LCMScheduler: 1–8 steps, no CFG pass by default)."""
-        return type(self.scheduler).__name__ == "LCMScheduler"
 
     def set_progress_bar_config(self, **kwargs) -> None:
         """tqdm keyword arguments for the denoising progress bar (``disable=True`` silences it)."""
