@@ -36,13 +36,16 @@ REFERENCE_CLIPS = 512
 BLOCK = 8  # toy-FVD feature pooling, pixels
 
 
-def train_teacher(out: Path, log) -> Path:
-    """The quickstart's default-plan TF-T2V model (content stage, then the ``tft2v`` variant)."""
+def train_teacher(out: Path, log, content_model: Path | None = None) -> Path:
+    """The quickstart's default-plan TF-T2V model (content stage — or ``content_model``, one already trained —
+    then the ``tft2v`` variant)."""
     from tft2v.quickstart import BASE_CONFIG, CONTENT_STAGE, PLANS, VARIANTS, _train, merge_config, variant_config
 
     plan = PLANS["default"]
     content = out / "content"
-    if not (content / "model" / "model_index.json").is_file():
+    if content_model is not None:
+        content = content_model.parent
+    elif not (content / "model" / "model_index.json").is_file():
         log(f"teacher: content stage, {plan.content_steps} steps")
         _train(merge_config(merge_config(BASE_CONFIG, CONTENT_STAGE), {
             "seed": 0, "out_dir": str(content), "train": {"max_steps": plan.content_steps}}), log)
@@ -157,7 +160,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="distillation steps of the plan")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--teacher-only", action="store_true", help="stop after training the teacher")
+    ap.add_argument("--content", type=Path, help="the quickstart's content-stage model folder (default: train it)")
+    ap.add_argument("--stage", choices=["all", "teacher", "mixed", "images_only", "score"], default="all",
+                    help="run one stage (stages run side by side reuse each other's folders)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from tft2v.quickstart import EVAL_SEEDS, evaluation_prompts
@@ -169,16 +174,20 @@ def main() -> None:
     wall = {}
     t0 = time.perf_counter()
     teacher = args.teacher or args.out / "teacher" / "tft2v" / "model"
-    if not (teacher / "model_index.json").is_file():
-        teacher = train_teacher(args.out / "teacher", log)
+    if not (teacher / "model_index.json").is_file() and args.stage in ("all", "teacher"):
+        teacher = train_teacher(args.out / "teacher", log, args.content)
         wall["teacher_s"] = round(time.perf_counter() - t0, 1)
-    if args.teacher_only:
-        return
-    runs = {}
     for name, ratio in (("mixed", [1, 1]), ("images_only", [1, 0])):
-        log(f"distilling {name} (data.ratio {ratio}), {args.steps} steps")
-        runs[name] = distill_run(teacher, args.out / name, args.steps, ratio, args.lr, log)
-        wall[f"distill_{name}_s"] = runs[name]["wall_s"]
+        if args.stage in ("all", name):
+            log(f"distilling {name} (data.ratio {ratio}), {args.steps} steps")
+            summary = distill_run(teacher, args.out / name, args.steps, ratio, args.lr, log)
+            wall[f"distill_{name}_s"] = summary["wall_s"]
+            (args.out / f"{name}_wall.json").write_text(json.dumps(summary))
+    if args.stage not in ("all", "score"):
+        print(json.dumps({"stage": args.stage, "wall": wall}))
+        return
+    for name in ("mixed", "images_only"):
+        wall[f"distill_{name}_s"] = json.loads((args.out / f"{name}_wall.json").read_text())["wall_s"]
 
     prompts = evaluation_prompts("tft2v", EVAL_SEEDS)
     reference = reference_features()
