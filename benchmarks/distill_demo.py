@@ -7,7 +7,8 @@
    w = 2, i.e. the quickstart's sampling guidance 3 = 1 + w), from the teacher, ``--steps`` steps each:
    * ``mixed``: image–text pairs + text-free clips (image tokens and image-token guidance), ``data.ratio [1, 1]``;
    * ``images_only``: image–text pairs only, ``data.ratio [1, 0]`` — the same steps and image batch.
-   The mixed run also keeps its checkpoint at ½ of the steps.
+   The mixed run also keeps its checkpoint at ½ of the steps (mid-schedule: the LR decays over the whole run);
+   stage ``mixed_2x`` distils a third student for 2× the steps, the curve's last point.
 3. Scoring, on the quickstart's prompts and seeds (18 colour×shape prompts × 2 seeds, 12 directional × 4;
    seeds 1000 + i), by the shapes-world detector: object present, colour, shape, moving, coherent motion, and a
    toy FVD — the Fréchet distance to 512 ground-truth shapes-world clips in a fixed feature space (each clip's
@@ -15,9 +16,13 @@
    4 steps (LCMScheduler, no CFG pass); the teacher at 4 and 8 DPM-Solver++ steps and 50 DDIM steps with CFG 3.
    UNet evaluations and wall time per clip for each row.
 
-Prints one JSON line (every row, the wall times, the plan) and a markdown table.
+Prints one JSON line (every row, the wall times, the plan) and a markdown table. Stages can run side by side
+(each in its own process, one torch thread each: on a shared 2-core box two threads per process ran 4× slower):
 
-    python benchmarks/distill_demo.py --out distill_demo [--steps 300] [--threads 2]
+    python benchmarks/distill_demo.py --out distill_demo                        # all but mixed_2x, in turn
+    python benchmarks/distill_demo.py --out distill_demo --stage teacher [--content QUICKSTART/runs/content/model]
+    python benchmarks/distill_demo.py --out distill_demo --stage mixed       # | images_only | mixed_2x, then:
+    python benchmarks/distill_demo.py --out distill_demo --stage score
 """
 
 from __future__ import annotations
@@ -157,11 +162,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("distill_demo"))
     ap.add_argument("--teacher", type=Path, help="a teacher model folder (default: train the quickstart's)")
-    ap.add_argument("--steps", type=int, default=300, help="distillation steps of the plan")
-    ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=200, help="distillation steps of the plan")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--content", type=Path, help="the quickstart's content-stage model folder (default: train it)")
-    ap.add_argument("--stage", choices=["all", "teacher", "mixed", "images_only", "score"], default="all",
+    ap.add_argument("--stage", choices=["all", "teacher", "mixed", "images_only", "mixed_2x", "score"], default="all",
                     help="run one stage (stages run side by side reuse each other's folders)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -177,17 +182,20 @@ def main() -> None:
     if not (teacher / "model_index.json").is_file() and args.stage in ("all", "teacher"):
         teacher = train_teacher(args.out / "teacher", log, args.content)
         wall["teacher_s"] = round(time.perf_counter() - t0, 1)
-    for name, ratio in (("mixed", [1, 1]), ("images_only", [1, 0])):
-        if args.stage in ("all", name):
-            log(f"distilling {name} (data.ratio {ratio}), {args.steps} steps")
-            summary = distill_run(teacher, args.out / name, args.steps, ratio, args.lr, log)
+    # The plan's two students; the mixed one at 2x the steps is its curve's third point (stage mixed_2x).
+    students = {"mixed": ([1, 1], args.steps), "images_only": ([1, 0], args.steps), "mixed_2x": ([1, 1], 2 * args.steps)}
+    for name, (ratio, steps) in students.items():
+        if args.stage == name or (args.stage == "all" and name != "mixed_2x"):
+            log(f"distilling {name} (data.ratio {ratio}), {steps} steps")
+            summary = distill_run(teacher, args.out / name, steps, ratio, args.lr, log)
             wall[f"distill_{name}_s"] = summary["wall_s"]
             (args.out / f"{name}_wall.json").write_text(json.dumps(summary))
     if args.stage not in ("all", "score"):
         print(json.dumps({"stage": args.stage, "wall": wall}))
         return
-    for name in ("mixed", "images_only"):
-        wall[f"distill_{name}_s"] = json.loads((args.out / f"{name}_wall.json").read_text())["wall_s"]
+    for name in students:
+        if (args.out / f"{name}_wall.json").is_file():
+            wall[f"distill_{name}_s"] = json.loads((args.out / f"{name}_wall.json").read_text())["wall_s"]
 
     prompts = evaluation_prompts("tft2v", EVAL_SEEDS)
     reference = reference_features()
@@ -200,6 +208,8 @@ def main() -> None:
         rows.append((f"student, mixed, {args.steps} steps", "LCM", args.out / "mixed" / "model", "lcm", k, 1.0))
     rows.append((f"student, images only, {args.steps} steps", "LCM", args.out / "images_only" / "model", "lcm", 4, 1.0))
     rows.append((f"student, mixed, {args.steps // 2} steps", "LCM", half_model, "lcm", 4, 1.0))
+    if (args.out / "mixed_2x" / "model" / "model_index.json").is_file():
+        rows.append((f"student, mixed, {2 * args.steps} steps", "LCM", args.out / "mixed_2x" / "model", "lcm", 4, 1.0))
     results = []
     for model_name, sampler, folder, scheduler, steps, guidance in rows:
         t1 = time.perf_counter()

@@ -175,6 +175,8 @@ def test_cli_distill_and_errors(tmp_path, teacher, files, capsys):
     code, _, err = run(["distill", str(config), "--teacher", str(tmp_path / "nowhere"), "--out",
                         str(tmp_path / "x")], capsys)
     assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(["train", str(config), "--set", f"distill.teacher={teacher}"], capsys)
+    assert code == 2 and "run tft2v distill" in err
     code, _, err = run(argv + ["--set", "model.init=scratch"], capsys)
     assert code == 2 and "the student starts as the teacher" in err
     with pytest.raises(ConfigError, match="LoRA adapter does not hold"):
