@@ -200,7 +200,9 @@ def main() -> None:
     prompts = evaluation_prompts("tft2v", EVAL_SEEDS)
     reference = reference_features()
     half = args.out / "mixed" / "checkpoints" / f"step-{max(1, args.steps // 2):08d}"
-    half_model = model_at(args.out / "mixed" / "model", half, args.out / "mixed_half_model")
+    half_model = args.out / "mixed_half_model"
+    if (args.out / "mixed" / "model" / "model_index.json").is_file() and not half_model.is_dir():
+        model_at(args.out / "mixed" / "model", half, half_model)
     rows = [("teacher", "DDIM, CFG 3", teacher, "ddim", 50, 3.0),
             ("teacher", "DPM-Solver++, CFG 3", teacher, "dpmpp", 8, 3.0),
             ("teacher", "DPM-Solver++, CFG 3", teacher, "dpmpp", 4, 3.0)]
@@ -211,12 +213,24 @@ def main() -> None:
     if (args.out / "mixed_2x" / "model" / "model_index.json").is_file():
         rows.append((f"student, mixed, {2 * args.steps} steps", "LCM", args.out / "mixed_2x" / "model", "lcm", 4, 1.0))
     results = []
+    cache = args.out / "scores"
+    cache.mkdir(exist_ok=True)
     for model_name, sampler, folder, scheduler, steps, guidance in rows:
-        t1 = time.perf_counter()
-        r = score(folder, scheduler, steps, guidance, prompts, reference)
+        # Each row's scores are kept: a score stage run while students still train scores what exists.
+        row_file = cache / ("_".join("".join(c if c.isalnum() else " " for c in f"{model_name} {sampler} {steps}")
+                                     .split()) + ".json")
+        if row_file.is_file():
+            r = json.loads(row_file.read_text())
+        elif (Path(folder) / "model_index.json").is_file():
+            t1 = time.perf_counter()
+            r = score(folder, scheduler, steps, guidance, prompts, reference)
+            row_file.write_text(json.dumps(r))
+            log(f"  {model_name} {sampler} {steps} steps: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in r.items()) + f" ({time.perf_counter() - t1:.0f} s)")
+        else:
+            log(f"  {model_name}: no model folder yet ({folder}), row left out")
+            continue
         results.append({"model": model_name, "sampler": sampler, "steps": steps, **r})
-        log(f"  {model_name} {sampler} {steps} steps: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in r.items()) + f" ({time.perf_counter() - t1:.0f} s)")
     wall["total_s"] = round(time.perf_counter() - t0, 1)
     plan = {"steps": args.steps, "lr": args.lr, "w": W, "threads": args.threads, "seed": 2,
             "teacher": str(teacher), "clips_per_row": len(prompts[0]) + len(prompts[1])}
