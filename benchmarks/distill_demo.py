@@ -165,6 +165,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="distillation steps of the plan")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rows", default="", help="score only the rows whose model name contains this (score stages "
+                    "side by side share the per-row cache)")
     ap.add_argument("--content", type=Path, help="the quickstart's content-stage model folder (default: train it)")
     ap.add_argument("--stage", choices=["all", "teacher", "mixed", "images_only", "mixed_2x", "score"], default="all",
                     help="run one stage (stages run side by side reuse each other's folders)")
@@ -219,6 +221,8 @@ def main() -> None:
         # Each row's scores are kept: a score stage run while students still train scores what exists.
         row_file = cache / ("_".join("".join(c if c.isalnum() else " " for c in f"{model_name} {sampler} {steps}")
                                      .split()) + ".json")
+        if args.rows not in model_name:
+            continue
         if row_file.is_file():
             r = json.loads(row_file.read_text())
         elif (Path(folder) / "model_index.json").is_file():
@@ -240,7 +244,7 @@ def main() -> None:
     for r in results:
         print(f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['unet_evals_per_clip']:.0f} | "
               f"{r['seconds_per_clip']:.3f} | {r['present']:.0%} | {r['colour']:.0%} | {r['shape']:.0%} | "
-              f"{r['moving']:.0%} | {r['coherent']:.0%} | {r['toy_fvd']:.1f} |")
+              f"{r['moving']:.0%} | {r['coherent']:.0%} | {r['toy_fvd']:.3f} |")
 
 
 if __name__ == "__main__":
