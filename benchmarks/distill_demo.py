@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="distillation steps of the plan")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rows", default="", help="score only the rows whose model name contains this (score stages "
+    ap.add_argument("--rows", default="", help="score only the rows whose 'model sampler steps' contains this (score stages "
                     "side by side share the per-row cache)")
     ap.add_argument("--content", type=Path, help="the quickstart's content-stage model folder (default: train it)")
     ap.add_argument("--stage", choices=["all", "teacher", "mixed", "images_only", "mixed_2x", "score"], default="all",
@@ -221,7 +221,7 @@ def main() -> None:
         # Each row's scores are kept: a score stage run while students still train scores what exists.
         row_file = cache / ("_".join("".join(c if c.isalnum() else " " for c in f"{model_name} {sampler} {steps}")
                                      .split()) + ".json")
-        if args.rows not in model_name:
+        if args.rows not in f"{model_name} {sampler} {steps}":
             continue
         if row_file.is_file():
             r = json.loads(row_file.read_text())
