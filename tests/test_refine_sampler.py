@@ -77,3 +77,36 @@ def test_whole_refinement_matches_vgen_with_its_noise(trace, model):
         other = rs.dpmpp_2m_sde(model, trace["inv_final"], trace["y_cond"], trace["y_uncond"],
                                 generator=torch.Generator().manual_seed(0))
     assert _rel(other, trace["refined"]) > 1e-2
+
+
+def test_the_update_is_diffusers_dpmpp_2m_sde_on_vgens_grid():
+    """The solver step is diffusers' DPMSolverMultistepScheduler (x̂0 handed in): written out by hand in VE form
+    (data-prediction 2M SDE, arXiv 2211.01095), the same steps land within float error."""
+    import math
+
+    vp_s, vp_a = rs.logsnr_interp_table()
+    sigmas, model_t = rs.sampler_grid(699, 6, rs.ve_sigmas(vp_s))
+    g = torch.Generator().manual_seed(0)
+    noise, weight = torch.randn(1, 4, 2, 4, 4, generator=g), torch.randn(4, 4, generator=g) * 0.3
+    zs = [torch.randn(1, 4, 2, 4, 4, generator=g) for _ in range(6)]
+
+    def model(x, t, context):
+        return torch.einsum("bcfhw,cd->bdfhw", x, weight) * (1 + t.float().view(-1, 1, 1, 1, 1) / 1000)
+
+    ctx = torch.zeros(1, 1, 1)
+    ours = rs.dpmpp_2m_sde(model, noise, ctx, ctx, 699, 6, 1.0, 0.0, noise_fn=lambda i, x: zs[i])
+    x, previous, h_previous = noise * sigmas[0], None, None
+    for i in range(len(sigmas) - 1):
+        s, s_next, t = float(sigmas[i]), float(sigmas[i + 1]), int(model_t[i])
+        u = x / math.sqrt(s * s + 1)
+        denoised = vp_a[t] * u - vp_s[t] * model(u, torch.tensor([t]), ctx)
+        if s_next == 0:
+            x = denoised
+            break
+        h = math.log(s / s_next)
+        x = (s_next / s) * math.exp(-h) * x + (1 - math.exp(-2 * h)) * denoised
+        if previous is not None:
+            x = x + 0.5 * (1 - math.exp(-2 * h)) * (h / h_previous) * (denoised - previous)
+        x = x + s_next * math.sqrt(1 - math.exp(-2 * h)) * zs[i]
+        previous, h_previous = denoised, h
+    assert (ours - x).abs().max() <= 1e-5 * x.abs().max()

@@ -137,6 +137,26 @@ class AutoencoderConfig:
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """Training a refinement stage (SDEdit video-to-video, as VGen's 1280x720 SR600): each clip and image is
+    degraded to ``base_height × base_width`` and resized back, the step's t is drawn from [0, strength·T), and
+    the loss targets the clean full-resolution latent (tft2v.train.refine_step)."""
+
+    enabled: bool = False
+    # The resolution the base model generates at, for clips of data.height × data.width; a bucket's clips are
+    # degraded by the same factors.
+    base_height: int = 0
+    base_width: int = 0
+    strength: float = 0.7  # the refine pipeline's default strength: inversion reaches t = strength·T − 1
+
+    def __post_init__(self):
+        if not 0 < self.strength <= 1:
+            raise ConfigError(f"recipe.refine.strength must be in (0, 1], got {self.strength}")
+        if self.enabled and (self.base_height < 1 or self.base_width < 1):
+            raise ConfigError("recipe.refine needs base_height and base_width (the base model's resolution)")
+
+
+@dataclass(frozen=True)
 class RecipeConfig:
     """The TF-T2V step (SPEC §1). Every switch here changes what one training step computes."""
 
@@ -161,6 +181,7 @@ class RecipeConfig:
     condition_dropout: bool = True  # VGen's all-zero / all-keep / each-dropped masks
     depth_model: str = ""  # for the "depth" condition: a TorchScript path or "luminance"
     trainable: str = "all"  # "condition_encoders": VideoComposer-style stage, the rest frozen
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     def __post_init__(self):
         _choice("recipe.text_dropout_to", self.text_dropout_to, DROPOUT_TARGETS)
@@ -257,6 +278,19 @@ class Config:
                               "hold: distil in full (model.lora.rank 0) or fix w (distill.guidance_w_range: [])")
         if self.train.export_fused and not self.model.lora.rank:
             raise ConfigError("train.export_fused fuses a LoRA adapter: it needs model.lora.rank > 0")
+        refine = self.recipe.refine
+        if refine.enabled:
+            d = self.data
+            if refine.base_height > d.height or refine.base_width > d.width:
+                raise ConfigError(f"recipe.refine base {refine.base_height}x{refine.base_width} is larger than the "
+                                  f"training clips' {d.height}x{d.width}")
+            if self.recipe.video_high_noise_share:
+                raise ConfigError("recipe.refine draws t from [0, strength·T): recipe.video_high_noise_share must be 0")
+            if self.train.validation_prompts:
+                raise ConfigError("a refinement stage does not generate from prompts: leave train.validation_prompts "
+                                  "empty (check it with `tft2v refine`)")
+            if d.cache:
+                raise ConfigError("recipe.refine degrades pixels; a data.cache holds latents only")
         if self.recipe.video_high_noise_start >= self.schedule.num_train_timesteps:
             raise ConfigError(f"recipe.video_high_noise_start must be < schedule.num_train_timesteps "
                               f"({self.schedule.num_train_timesteps}), got {self.recipe.video_high_noise_start}")

@@ -2,7 +2,9 @@
 
 Tensor layout: latents ``x0`` / ``x_t`` / targets are ``(B, C, F, H, W)``; timesteps are ``(B,)`` ints.
 VGen trains with 1000 scaled-linear betas (0.00085 → 0.012) rescaled to zero terminal SNR,
-v-prediction and offset noise 0.1 drawn per (sample, channel, frame) (facts §2.1–2.2).
+v-prediction and offset noise 0.1 drawn per (sample, channel, frame) (facts §2.1–2.2). A refinement stage
+trains on ``logsnr_cosine_interp``, the schedule its sampler uses (:mod:`tft2v.refine_sampler`); diffusers has no
+such beta schedule, so its betas are handed to the schedulers as ``trained_betas``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from diffusers import DDIMScheduler
 from tft2v.errors import ConfigError
 
 PREDICTION_TYPES = ("v_prediction", "epsilon")
+LOGSNR_SCHEDULE = "logsnr_cosine_interp"
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,14 @@ class ScheduleConfig:
             )
         if self.offset_noise < 0:
             raise ConfigError(f"offset_noise must be >= 0, got {self.offset_noise}")
+        if self.beta_schedule == LOGSNR_SCHEDULE and self.zero_terminal_snr:
+            raise ConfigError(f"schedule.beta_schedule {LOGSNR_SCHEDULE!r} is not a beta schedule to rescale: "
+                              "set schedule.zero_terminal_snr: false")
 
     def scheduler_kwargs(self) -> dict:
         """Keyword arguments every diffusers scheduler built for this schedule shares."""
         d = asdict(self)
-        return {
+        kwargs = {
             "num_train_timesteps": d["num_train_timesteps"],
             "beta_start": d["beta_start"],
             "beta_end": d["beta_end"],
@@ -48,6 +54,19 @@ class ScheduleConfig:
             "rescale_betas_zero_snr": d["zero_terminal_snr"],
             "prediction_type": d["prediction_type"],
         }
+        if self.beta_schedule == LOGSNR_SCHEDULE:
+            kwargs["trained_betas"] = logsnr_betas(self.num_train_timesteps).tolist()
+        return kwargs
+
+
+def logsnr_betas(n: int) -> torch.Tensor:
+    """(n,) float64 betas whose cumulative product is ``logsnr_cosine_interp``'s ᾱ (the refinement schedule)."""
+    from tft2v.refine_sampler import logsnr_interp_table
+
+    sigmas, _ = logsnr_interp_table(n)
+    alphas_cumprod = 1 - sigmas.double() ** 2
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    return 1 - alphas_cumprod / previous
 
 
 def build_training_scheduler(cfg: ScheduleConfig = ScheduleConfig()) -> DDIMScheduler:

@@ -49,6 +49,7 @@ DEFAULTS = {
     "positive_prompt": "",
     "guidance_scale": 9.0,
     "num_inference_steps": 50,
+    "stage": "generate",  # "refine": a refinement stage (TFT2VRefinePipeline), which does not generate from noise
     # A distilled model that learnt a guidance embedding (tft2v distill with distill.guidance_w_range): the CFG
     # weight w it is asked for; its folder holds the default. None: the model has no such embedding.
     "guidance_w": None,
@@ -84,6 +85,12 @@ class TFT2VPipeline:
         self.unet_batch_chunk: int | None = None
         self._offload_device: torch.device | None = None
         self._progress_kwargs: dict = {}
+
+    @property
+    def is_refiner(self) -> bool:
+        """A refinement stage: a folder recording ``stage: refine`` (a ``recipe.refine`` run), or VGen's SR600
+        layout (converted folders)."""
+        return self.defaults["stage"] == "refine" or bool(self.unet.config.get("refiner_layout"))
 
     # -- folder I/O ---------------------------------------------------------------------------
 

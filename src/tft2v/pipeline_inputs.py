@@ -59,10 +59,9 @@ def unet_stride(unet, autoencoder) -> int:
 def check_call(pipe, prompt, negative_prompt, num_frames, height, width, steps, guidance_scale, output_type,
                num_videos_per_prompt, decode_chunk_size, generator) -> CallArgs:
     """Validate everything ``__call__`` got before any heavy work starts."""
-    if pipe.unet.config.get("refiner_layout"):
-        raise TFT2VError("this model is VGen's 1280x720 refinement UNet (SR600): it refines an existing video and "
-                         "does not generate from noise; a refine pipeline / `tft2v refine` is not built yet (the sampler is "
-                         "tft2v.refine_sampler)")
+    if pipe.is_refiner:
+        raise TFT2VError("this model is a refinement stage: it refines an existing video and does not generate "
+                         "from noise; use TFT2VRefinePipeline or `tft2v refine`")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise TFT2VError("prompt must be a string or a non-empty list of strings")

@@ -49,13 +49,17 @@ class TFT2VRefinePipeline(TFT2VPipeline):
                  strength: float = 0.7, height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 30, guidance_scale: float = 9.0, guidance_rescale: float = 0.3,
                  generator: torch.Generator | None = None, output_type: str = "np", double_frames: bool = False,
-                 decode_chunk_size: int | None = None, noise_fn=None):
+                 decode_chunk_size: int | None = None, noise_fn=None, image_tokens: bool = True):
         """Refine ``video`` (B, 3, F, H, W) in [-1, 1] to ``height × width`` (default: the folder's).
         ``double_frames``: repeat each frame before and keep every other one after (VGen's 16 → 32).
-        ``noise_fn(i, x)``: the SDE noise of step i (default randn from ``generator``). Returns the
+        ``noise_fn(i, x)``: the SDE noise of step i (default randn from ``generator``). ``image_tokens``: where
+        the refiner has an image-token MLP (a stage trained with the motion branch; VGen's SR600 has none), the
+        conditional half also sees the image tokens of the resized input's middle frame, as the motion branch
+        trains; the unconditional half (and the inversion) has them dropped, as training's image-token dropout
+        does. Returns the
         ``output_type`` of :meth:`TFT2VPipeline.__call__`."""
-        if not self.unet.config.get("refiner_layout"):
-            raise TFT2VError("this model is not a refinement UNet (refiner_layout); use TFT2VPipeline to generate")
+        if not self.is_refiner:
+            raise TFT2VError("this model is not a refinement stage; use TFT2VPipeline to generate")
         if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
             raise TFT2VError(f"video must be a (B, 3, F, H, W) tensor in [-1, 1], got {getattr(video, 'shape', video)}")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -90,10 +94,16 @@ class TFT2VRefinePipeline(TFT2VPipeline):
         with self._placed(self.encoder):
             cond = self.encoder.encode_text([p + self.defaults["positive_prompt"] for p in prompts]).float().to(device)
             uncond = self.encoder.encode_text([negative] * b).float().to(device)
+            image = self._image_tokens(video) if image_tokens else None
         dtype = next(self.unet.parameters()).dtype
 
         def model(x, t, context):  # through _model_fn: enable_unet_batch_chunking splits the CFG batch
-            return self._model_fn(x.to(dtype), t, encoder_hidden_states=context.to(dtype)).float()
+            inputs = {"encoder_hidden_states": context.to(dtype)}
+            if image is not None:  # inversion runs the uncond half alone (b samples), sampling cond + uncond (2b)
+                keep = torch.arange(x.shape[0], device=x.device) < (b if x.shape[0] == 2 * b else 0)
+                inputs["image_embeds"] = image.repeat(x.shape[0] // b, 1).to(dtype)
+                inputs["dropout_masks"] = {"image": keep}
+            return self._model_fn(x.to(dtype), t, **inputs).float()
 
         with self._placed(self.unet), torch.no_grad():
             inverted = ddim_invert(model, latents, uncond, t_max, num_inference_steps)
@@ -104,3 +114,10 @@ class TFT2VRefinePipeline(TFT2VPipeline):
         with self._placed(self.autoencoder):
             out = self.autoencoder.decode(refined, chunk_size=chunk)
         return postprocess(out, output_type)
+
+    def _image_tokens(self, video: torch.Tensor) -> torch.Tensor | None:
+        """(B, D_img): the image embeddings of the middle frame of ``video`` (B, 3, F, H, W); None when the UNet
+        or the encoder has no image path."""
+        if not self.unet.config.get("image_embed_dim") or not getattr(self.encoder, "image_dim", None):
+            return None
+        return self.encoder.encode_image(video[:, :, video.shape[2] // 2]).float().to(self.execution_device)

@@ -5,16 +5,18 @@ Layout: latents are ``(B, C, F, H, W)``; every tensor follows the latent's devic
 SDEdit-style video-to-video, as VGen runs it (``shared/reference/vgen_sr600_facts.md`` §3):
 
 * **Inversion** on the ``cosine`` schedule (diffusers' ``betas_for_alpha_bar``): DDIM steps t = 0, k, 2k, …
-  (k = t_max // steps) up to ``t_max``, with the negative-prompt context and no guidance.
+  (k = (t_max + 1) // steps), the last one clipped to ``t_max``, with the negative-prompt context and no
+  guidance. diffusers' DDIMInverseScheduler steps a fixed stride past ``t_max`` instead, so these few lines are
+  our own.
 * **Sampling** on ``logsnr_cosine_interp`` (scale 2 → 4; diffusers has no such schedule): a trailing grid of
   ``steps + 1`` points from ``t_max``, whose penultimate point is dropped, in variance-exploding sigmas. The
   inverted latent is taken as unit noise (``x = z · ŝ_0``). The UNet sees the integer t and ``x / sqrt(ŝ² + 1)``;
   x̂0 uses the table at that integer t, and the solver uses the fractional sigmas. Guidance is CFG on v with
   guidance rescale (arXiv 2305.08891), both halves in one batched UNet call.
 
-diffusers' DPMSolverMultistepScheduler computes the same 2M SDE update, but on its own timestep grid; VGen's
-grid (trailing from ``t_max``, penultimate dropped, integer-t x̂0 against fractional-t sigmas) is not one of
-its options, so the few update lines are written here and checked against VGen's recorded trace.
+The 2M SDE update is diffusers' DPMSolverMultistepScheduler, handed x̂0 and VGen's sigmas: VGen's grid (trailing
+from ``t_max``, penultimate dropped) and its integer-t x̂0 against fractional-t sigmas are not diffusers options,
+so only those are computed here. The whole sampler is checked against VGen's recorded trace.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from diffusers import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar
 
 NUM_TIMESTEPS = 1000
@@ -102,31 +105,26 @@ def dpmpp_2m_sde(model: Callable, noise: torch.Tensor, cond: torch.Tensor, uncon
                  table: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Sample from ``noise`` (the inverted latent, taken as unit noise) to a clean latent. ``model(x, t,
     context) -> v`` gets the cond and uncond halves in one batch. ``noise_fn(i, x)`` gives step i's
-    standard-normal noise (default ``randn`` from ``generator`` on x's device; VGen draws a Brownian tree)."""
+    standard-normal noise (default ``randn`` from ``generator`` on x's device; VGen draws a Brownian tree).
+
+    x̂0 comes from the integer-t table (VGen's); the update is diffusers' DPM-Solver++(2M) SDE handed that x̂0
+    (``prediction_type="sample"``) on VGen's grid of fractional-t sigmas."""
     vp_sigmas, vp_alphas = table if table is not None else logsnr_interp_table()
     sigmas, model_t = sampler_grid(t_max, steps, ve_sigmas(vp_sigmas))  # float32, as VGen
     vp_sigmas, vp_alphas = vp_sigmas.to(noise.device), vp_alphas.to(noise.device)
+    solver = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2, prediction_type="sample",
+                                         lower_order_final=False, euler_at_final=False, final_sigmas_type="zero")
+    solver.set_timesteps(len(model_t))
+    solver.sigmas, solver.timesteps = sigmas, model_t  # VGen's grid instead of diffusers' spacing
     if noise_fn is None:
         def noise_fn(i, x):
             return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     b = noise.shape[0]
     context = torch.cat([cond.expand(b, -1, -1), uncond.expand(b, -1, -1)])
-    x = noise * sigmas[0]
-    previous, h_previous = None, None
-    for i in range(len(sigmas) - 1):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        u = x / math.sqrt(s * s + 1)
-        t = int(model_t[i])
-        v = model(torch.cat([u, u]), torch.full((2 * b,), t, device=x.device, dtype=torch.long), context)
-        v = guided_v(v[:b], v[b:], guidance_scale, guidance_rescale)
-        denoised = vp_alphas[t] * u - vp_sigmas[t] * v
-        if s_next == 0:
-            x = denoised
-            break
-        h = math.log(s) - math.log(s_next)
-        x = (s_next / s) * math.exp(-h) * x + (1 - math.exp(-2 * h)) * denoised
-        if previous is not None:
-            x = x + 0.5 * (1 - math.exp(-2 * h)) * (h / h_previous) * (denoised - previous)
-        x = x + s_next * math.sqrt(1 - math.exp(-2 * h)) * noise_fn(i, x)
-        previous, h_previous = denoised, h
+    x = noise * sigmas[0] / math.sqrt(float(sigmas[0]) ** 2 + 1)  # the VP-scaled state the UNet and diffusers use
+    for i, t in enumerate(model_t.tolist()):
+        v = model(torch.cat([x, x]), torch.full((2 * b,), t, device=x.device, dtype=torch.long), context)
+        denoised = vp_alphas[t] * x - vp_sigmas[t] * guided_v(v[:b], v[b:], guidance_scale, guidance_rescale)
+        z = noise_fn(i, x) if sigmas[i + 1] > 0 else torch.zeros_like(x)  # the last step lands on x̂0: no noise
+        x = solver.step(denoised, t, x, variance_noise=z).prev_sample
     return x

@@ -162,7 +162,7 @@ def convert_vgen(
         raise ConfigError(f"resolution {width}x{height} does not fit this model: {e}") from None
     defaults = {"num_frames": frames, "height": int(height), "width": int(width), "fps": 8,
                 "negative_prompt": VGEN_NEGATIVE_PROMPT, "positive_prompt": VGEN_POSITIVE_PROMPT,
-                "guidance_scale": 9.0, "num_inference_steps": 50}
+                "guidance_scale": 9.0, "num_inference_steps": 50, "stage": "refine" if refiner else "generate"}
     scheduler = build_scheduler("ddim")
     if few_step:
         # VGen's VideoLCM inference (facts §4.3): LCMScheduler on the 50-point grid, 4 steps, no CFG pass.

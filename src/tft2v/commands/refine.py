@@ -40,7 +40,8 @@ def read_frames(path: Path, max_frames: int) -> "torch.Tensor":
 
 def refine(
     video: Path = typer.Argument(..., help="The video to refine (e.g. a 448x256 tft2v generate output)."),
-    model: Path = typer.Option(..., "--model", help="A refinement model folder (tft2v convert vgen sr_step_*.pth)."),
+    model: Path = typer.Option(..., "--model", help="A refinement model folder (tft2v convert vgen "
+                               "sr_step_*.pth, or a recipe.refine run's model/)."),
     prompt: str = typer.Option(..., "--prompt", help="What the video shows (the caption it was made from)."),
     out: Path = typer.Option(..., "--out", help="Output .mp4 or .gif file, or a directory for PNG frames."),
     strength: float = typer.Option(0.7, help="How far to invert, in (0, 1]: 0.7 reaches t = 699 (VGen)."),

@@ -11,6 +11,7 @@ each sample is read once per epoch, by one rank.
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 from tft2v.config import Config
@@ -215,16 +216,30 @@ def pretrained_unet_dir(path: str | Path) -> Path:
     return folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
 
 
+# UNet options that change no weight: ``model.unet`` may set them over a pretrained folder's config (a T2V
+# folder starts a refinement stage with VGen's SR600 resampling).
+LAYOUT_OPTIONS = ("refiner_layout",)
+
+
+def changes_pretrained_layout(path: str, unet) -> bool:
+    """Whether ``unet`` (built from the pretrained folder at ``path``) switched one of its :data:`LAYOUT_OPTIONS`,
+    so that the folder alone no longer describes it."""
+    saved = json.loads((pretrained_unet_dir(path) / "config.json").read_text())
+    return any(saved.get(k, False) != unet.config[k] for k in LAYOUT_OPTIONS)
+
+
 def _load_pretrained(path: str, kwargs: dict):
     """A TFT2VUNet saved by us: a model folder (its ``unet/``), a checkpoint folder or a UNet folder.
-    Its saved config wins; any ``model.unet`` value that contradicts it is an error naming the key."""
+    Its saved config wins, except for :data:`LAYOUT_OPTIONS`; any other ``model.unet`` value that contradicts
+    it is an error naming the key."""
     from tft2v.models import TFT2VUNet
 
     folder = pretrained_unet_dir(path)
     if not (folder / "config.json").is_file():
         why = " (it holds a LoRA adapter only: start from its base)" if (Path(path) / "lora").is_dir() else ""
         raise TFT2VError(f"model.init_path {path}: no TFT2VUNet found (expected config.json or unet/config.json){why}")
-    unet = TFT2VUNet.from_pretrained(folder)
+    layout = {k: kwargs[k] for k in LAYOUT_OPTIONS if k in kwargs}
+    unet = TFT2VUNet.from_pretrained(folder, **layout)
     for key, value in kwargs.items():
         saved = unet.config[key]
         if (tuple(saved) if isinstance(saved, list) else saved) != value:
@@ -254,7 +269,14 @@ def check_geometry(cfg: Config, unet, autoencoder) -> None:
     d = cfg.data
     named = [("data.height x data.width", d.height, d.width)]
     named += [(f"data.buckets[{i}] {b.name}", b.height, b.width) for i, b in enumerate(d.buckets)]
+    factor = autoencoder.spatial_factor
     for what, h, w in named:
+        if unet.config.get("refiner_layout") and not (h % factor or w % factor):
+            try:  # SR600's (2, 1)-padded downsamples take heights of their own rule (720p: 90 latent rows)
+                unet.check_latent_size(h // factor, w // factor)
+                continue
+            except ValueError as e:
+                raise ConfigError(f"{what} {h}x{w}: {e}") from None
         if h % stride or w % stride:
             raise ConfigError(f"{what}: height and width must be multiples of {stride} for this model "
                               f"(autoencoder factor {autoencoder.spatial_factor} x UNet downsampling), got {h}x{w}")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from tft2v.config import RecipeConfig
-from tft2v.diffusion import ScheduleConfig, noisy_inputs, sample_noise, sample_timesteps
+from tft2v.diffusion import ScheduleConfig, noisy_inputs, prediction_target, sample_noise, sample_timesteps
 from tft2v.errors import TFT2VError
 from tft2v.losses import diffusion_loss, temporal_coherence_loss
 
@@ -44,8 +44,10 @@ class Recipe:
     """
 
     def __init__(self, cfg: RecipeConfig, schedule: ScheduleConfig, encoder, autoencoder, noise_scheduler,
-                 depth_model=None):
-        self.cfg, self.schedule = cfg, schedule
+                 depth_model=None, data_size: tuple[int, int] | None = None):
+        if cfg.refine.enabled and data_size is None:
+            raise TFT2VError("recipe.refine needs the training clips' data_size (height, width)")
+        self.cfg, self.schedule, self.data_size = cfg, schedule, data_size
         self.encoder, self.autoencoder, self.noise_scheduler = encoder, autoencoder, noise_scheduler
         self.depth_model = depth_model
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -92,12 +94,15 @@ class Recipe:
             mean, std = self.autoencoder.posterior(pixels)
         x0 = _per_sample(generators, lambda i, g: self.autoencoder.sample_posterior(
             mean[i : i + 1], None if std is None else std[i : i + 1], g))  # (B, C, F, h, w)
-        s = self.schedule
-        share = cfg.video_high_noise_share if branch == "video" else 0.0
-        t = _per_sample(generators, lambda i, g: sample_timesteps(
-            1, s.num_train_timesteps, g, device, share, cfg.video_high_noise_start))  # (B,)
-        noise = _per_sample(generators, lambda i, g: sample_noise((1, *x0.shape[1:]), s.offset_noise, g, device))
-        x_t, t, target = noisy_inputs(self.noise_scheduler, x0, s, t=t, noise=noise)
+        if cfg.refine.enabled:
+            x_t, t, target = self._refine_inputs(pixels, x0, generators, device)
+        else:
+            s = self.schedule
+            share = cfg.video_high_noise_share if branch == "video" else 0.0
+            t = _per_sample(generators, lambda i, g: sample_timesteps(
+                1, s.num_train_timesteps, g, device, share, cfg.video_high_noise_start))  # (B,)
+            noise = _per_sample(generators, lambda i, g: sample_noise((1, *x0.shape[1:]), s.offset_noise, g, device))
+            x_t, t, target = noisy_inputs(self.noise_scheduler, x0, s, t=t, noise=noise)
 
         if cached:
             # Cached tokens are the caption's; text-free samples get the empty-string embedding.
@@ -133,6 +138,22 @@ class Recipe:
             conditions = self._conditions(pixels, generators)
         return {"x_t": x_t, "t": t, "target": target, "x0": x0, "encoder_hidden_states": text,
                 "image_embeds": image_embeds, "conditions": conditions, "dropout_masks": masks}
+
+    def _refine_inputs(self, pixels: torch.Tensor, x0: torch.Tensor, generators: list[torch.Generator], device):
+        """``(x_t, t, target)`` of a refinement stage (:mod:`tft2v.train.refine_step`): the degraded clip's latent,
+        shifted towards ``x0`` as t falls, under noise; t in [0, strength·T); the target is ``x0``'s."""
+        from tft2v.train import refine_step
+
+        refine, s = self.cfg.refine, self.schedule
+        size = refine_step.base_size(refine, *self.data_size, *pixels.shape[-2:])
+        mean, std = self.autoencoder.posterior(refine_step.degrade(pixels, size))
+        z_low = _per_sample(generators, lambda i, g: self.autoencoder.sample_posterior(
+            mean[i : i + 1], None if std is None else std[i : i + 1], g))
+        t_end = refine_step.max_timestep(refine, s.num_train_timesteps)
+        t = _per_sample(generators, lambda i, g: sample_timesteps(1, t_end, g, device))  # (B,)
+        noise = _per_sample(generators, lambda i, g: sample_noise((1, *x0.shape[1:]), s.offset_noise, g, device))
+        x_t, effective = refine_step.shifted_inputs(self.noise_scheduler.alphas_cumprod, x0, z_low, noise, t, t_end)
+        return x_t, t, prediction_target(self.noise_scheduler, x0, effective, t, s.prediction_type)
 
     def _conditions(self, pixels: torch.Tensor, generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
         """The recipe's conditions of ``pixels`` (B, 3, F, H, W); each sample's inpainting mask from its generator."""

@@ -219,7 +219,8 @@ class Trainer:
             # Steps after the checkpoint (all of them for "auto-or-new" without one) are logged again.
             continue_run_logs(self.run_dir, self.resume_from, self.step)
         self.recipe = Recipe(cfg.recipe, cfg.schedule, self.encoder, self.autoencoder,
-                             build_training_scheduler(cfg.schedule), depth_model=_depth_model(cfg, self.device))
+                             build_training_scheduler(cfg.schedule), depth_model=_depth_model(cfg, self.device),
+                             data_size=(cfg.data.height, cfg.data.width))
         self.log = RunLogger(self.run_dir, cfg.train.max_steps, self.step, enabled=acc.is_main_process,
                              progress=cfg.train.progress, accelerator=acc, config=cfg)
 
@@ -342,11 +343,15 @@ class Trainer:
     def export(self, checkpoint: Path) -> Path | None:
         """The run's model folder (and with ``train.export_fused`` the fused one) from ``checkpoint``, written
         by the main process. Collective for a LoRA run whose base has no UNet folder to refer to (not
-        ``model.init: pretrained``): its base is gathered and written into the model folder once."""
+        ``model.init: pretrained``, or one whose layout the run switched, e.g. ``refiner_layout``): its base is
+        gathered and written into the model folder once."""
         from tft2v.train.validation import export_model_folder
 
+        from tft2v.train.data import changes_pretrained_layout
+
         base_unet = None
-        if self.lora_base is not None and self.lora_base["init"] != "pretrained":
+        if self.lora_base is not None and (self.lora_base["init"] != "pretrained" or changes_pretrained_layout(
+                self.lora_base["init_path"], self.unet)):
             base_unet = lora_checkpoint.plain_base(self.accelerator, self.model, self.unet)
         if not self.accelerator.is_main_process:
             return None

@@ -183,7 +183,8 @@ def export_model_folder(run_dir_or_ckpt: str | Path, out_dir: str | Path, ema: b
     cfg = config_from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
     defaults = {"num_frames": cfg.data.num_frames, "height": cfg.data.height, "width": cfg.data.width,
                 "fps": cfg.data.fps, "negative_prompt": cfg.recipe.negative_prompt,
-                "guidance_scale": cfg.train.guidance_scale, "num_inference_steps": 50}
+                "guidance_scale": cfg.train.guidance_scale, "num_inference_steps": 50,
+                "stage": "refine" if cfg.recipe.refine.enabled else "generate"}
     scheduler = build_scheduler("ddim", cfg.schedule)
     if cfg.distill.teacher:
         scheduler = lcm_scheduler(cfg)
