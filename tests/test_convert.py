@@ -7,6 +7,7 @@ import torch
 
 from tft2v.convert import (
     diffusers_unet2d_to_ldm,
+    infer_vgen_config,
     inflate_sd21,
     infer_sd_unet_config,
     load_vgen_unet,
@@ -110,6 +111,37 @@ def test_unknown_or_unsupported_config_keys(vgen_sd):
         load_vgen_unet(vgen_sd, {**VGEN_CFG, "use_fps_condition": True})
     with pytest.raises(ConfigError, match="canny"):
         load_vgen_unet(vgen_sd, {**VGEN_CFG, "video_compositions": ["text", "canny"]})
+
+
+VIDEOLCM_CFG = dict(type="UNetSD_VideoLCM", use_lcm=True, in_dim=4, dim=32, context_dim=32, out_dim=4,
+                    dim_mult=[1, 2], num_heads=2, head_dim=16, num_res_blocks=1, attn_scales=[1, 0.5], dropout=0.0,
+                    video_compositions=["text"], resolution=[64, 64])
+
+
+@pytest.mark.parametrize("guidance", [False, True])
+def test_load_vgen_videolcm_state_dict(tmp_path, guidance):
+    """VideoLCM's layout (facts §4.1): TF-T2V's T2V keys without pre_image_condition and 8 condition channels in
+    the first conv; a checkpoint that trained VGen's commented-out time_embed_w gets our guidance embedding."""
+    ours = tiny_unet(model_channels=32, head_dim=16, norm_num_groups=32, image_embed_dim=None, condition_channels=8,
+                     guidance_embed=guidance)
+    sd = {_ours_to_vgen(k): v for k, v in ours.state_dict().items()}
+    assert not any(k.startswith("pre_image_condition") for k in sd) and any(".temopral_conv." in k for k in sd)
+    assert sd["input_blocks.0.0.weight"].shape[1] == 12 and ("time_embed_w.2.weight" in sd) == guidance
+    torch.save({"state_dict": sd}, tmp_path / "videolcm.pth")
+    model = load_vgen_unet(tmp_path / "videolcm.pth", VIDEOLCM_CFG)
+    assert bool(model.config.guidance_embed) == guidance and model.config.image_embed_dim is None
+    x, y, t = torch.randn(1, 4, 2, 8, 8), torch.randn(1, 3, 32), torch.tensor([999])
+    kw = {"guidance": torch.tensor([9.0])} if guidance else {}
+    with torch.no_grad():
+        assert torch.equal(model(x, t, y, **kw), ours(x, t, y, **kw))
+        if guidance:  # the loaded embedding reads w
+            assert not torch.equal(model(x, t, y, guidance=torch.tensor([3.0])), model(x, t, y, **kw))
+    inferred = infer_vgen_config(sd, head_dim=16)
+    assert inferred.get("type") == ("UNetSD_VideoLCM" if guidance else None)
+    assert inferred["video_compositions"] == ["text"] and inferred["in_dim"] == 4
+    if guidance:
+        with pytest.raises(ConfigError, match="guidance embedding.*UNetSD_VideoLCM"):
+            load_vgen_unet(sd, {**VIDEOLCM_CFG, "type": "UNetSD_TFT2V"})
 
 
 # -- SD 2.1 inflation ---------------------------------------------------------------------------

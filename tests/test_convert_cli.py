@@ -79,6 +79,44 @@ def test_vgen_t2v_convert_then_generate_mp4(tmp_path, vae_dir, capsys):
     assert len(frames) == 4 and frames[0].shape == (16, 32, 3)
 
 
+def test_vgen_videolcm_converts_to_a_four_step_folder(tmp_path, vae_dir, capsys):
+    """VGen's VideoLCM checkpoint (its T2V layout: text only, no image MLP) → a few-step folder: LCMScheduler on
+    the 50-point grid, 4 steps, no CFG pass; generate uses it by default."""
+    unet = tiny_unet(randomize=None, model_channels=32, head_dim=16, norm_num_groups=32, image_embed_dim=None,
+                     condition_channels=8, condition_pixel_size=(16, 32))
+    sd = write_vgen_checkpoint(tmp_path / "videolcm.pth", unet)
+    out = tmp_path / "model"
+    code, stdout, err = run(["convert", "vgen", str(tmp_path / "videolcm.pth"), str(out), "--videolcm", "--head-dim",
+                             "16", "--resolution", "32x16", "--frames", "4", "--toy-encoder", "--vae", str(vae_dir)],
+                            capsys)
+    assert code == 0, err
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "LCMScheduler"]
+    assert index["tft2v"]["num_inference_steps"] == 4 and index["tft2v"]["guidance_scale"] == 1.0
+    assert "Unreal Engine 5" in index["tft2v"]["positive_prompt"]
+    pipe = TFT2VPipeline.from_pretrained(out)
+    assert pipe.few_step and pipe.scheduler.config.original_inference_steps == 50
+    assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.rescale_betas_zero_snr
+    for k, v in sd.items():
+        torch.testing.assert_close(pipe.unet.state_dict()[k.replace(".temopral_conv.", ".temporal_conv.")], v)
+    calls = []
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda x, t, **kw: calls.append(int(t[0])) or forward(x, t, **kw)
+    pipe("a cat", generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert calls == [999, 759, 499, 259]  # VGen's VideoLCM timesteps, one UNet call each (facts §4.3)
+
+    video = tmp_path / "lcm.mp4"
+    code, stdout, err = run(["generate", "--model", str(out), "a cat", "--out", str(video)], capsys)
+    assert code == 0, err
+    code, _, err = run(["generate", "--model", str(out), "a cat", "--steps", "60", "--out", str(video)], capsys)
+    assert code == 2 and "50-step consistency grid" in err
+    sr = tmp_path / "sr.pth"
+    write_vgen_checkpoint(sr, tiny_unet(randomize=None, model_channels=32, head_dim=16, norm_num_groups=32,
+                                        image_embed_dim=None, condition_channels=0, refiner_layout=True))
+    code, _, err = run(["convert", "vgen", str(sr), str(tmp_path / "x"), "--videolcm", "--head-dim", "16"], capsys)
+    assert code == 2 and "not a VideoLCM" in err
+
+
 def test_vgen_vcomposer_layout_and_config_file(tmp_path, capsys):
     sd = write_vgen_checkpoint(tmp_path / "vc.pth", tiny_vgen_unet(CONDITIONS))
     assert "mask_embedding_after.layers.0.0.norm.weight" in sd and "depth_embedding.0.weight" in sd

@@ -270,3 +270,26 @@ def test_serve_bad_input_exits_2_with_one_line(tmp_path, capsys, args, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_a_distilled_model_offers_its_few_step_sampler_first(tmp_path):
+    """A few-step folder (LCMScheduler, 4 steps, guidance 1): the form defaults to lcm at 4 steps, generates
+    with it, and lcm stays on offer after another sampler was used."""
+    from tft2v.sampling import build_scheduler
+    from tft2v.webui import build_app, generate_video
+
+    source = TFT2VPipeline.from_pretrained(write_tiny_model(tmp_path / "base"))
+    few = TFT2VPipeline(source.unet, build_scheduler("lcm", source.noise_schedule, original_inference_steps=10),
+                        source.encoder, source.autoencoder,
+                        defaults={**DEFAULTS, "num_inference_steps": 4, "guidance_scale": 1.0})
+    pipe = TFT2VPipeline.from_pretrained(few.save_pretrained(tmp_path / "lcm"))
+    parts = by_id(build_app(pipe, out_dir=tmp_path))
+    assert parts["scheduler"].choices[0] == ("lcm", "lcm") and parts["scheduler"].value == "lcm"
+    assert parts["steps"].value == 4 and parts["guidance"].value == 1.0
+    first = decode(generate_video(pipe, params(scheduler="lcm", num_inference_steps=4, guidance_scale=1.0), tmp_path))
+    generate_video(pipe, params(scheduler="ddim"), tmp_path)
+    again = decode(generate_video(pipe, params(scheduler="lcm", num_inference_steps=4, guidance_scale=1.0), tmp_path))
+    assert np.array_equal(first, again)  # back on lcm with its own grid (original_inference_steps 10)
+    assert pipe.scheduler.config.original_inference_steps == 10
+    with pytest.raises(TFT2VError, match="unknown scheduler 'lcm'"):
+        generate_video(source, params(scheduler="lcm"), tmp_path)

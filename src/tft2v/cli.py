@@ -28,13 +28,14 @@ def version() -> None:
 
 def _mount() -> None:
     # One line per command; each module owns its commands and keeps heavy imports inside them.
-    from tft2v.commands import convert, data, finetune, generate, precompute, quickstart, refine, serve, train
+    from tft2v.commands import convert, data, distill, finetune, generate, precompute, quickstart, refine, serve, train
     from tft2v.commands import eval as eval_cmd
 
     app.command(name="quickstart")(quickstart.quickstart)
     app.command(name="train")(train.train)
     app.command(name="generate", epilog=generate.EXAMPLES)(generate.generate)
     app.command(name="finetune", epilog=finetune.EXAMPLES)(finetune.finetune)
+    app.command(name="distill", epilog=distill.EXAMPLES)(distill.distill)
     app.command(name="refine", epilog=refine.EXAMPLES)(refine.refine)
     app.command(name="eval")(eval_cmd.eval_command)
     app.command(name="serve")(serve.serve)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from tft2v.consistency import DistillConfig
 from tft2v.data.buckets import Bucket, check_buckets
 from tft2v.diffusion import ScheduleConfig
 from tft2v.errors import ConfigError
@@ -269,8 +270,12 @@ class Config:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # read by `tft2v distill` only
 
     def __post_init__(self):
+        if self.distill.learns_guidance and self.model.lora.rank:
+            raise ConfigError("distill.guidance_w_range trains a guidance embedding, which a LoRA adapter does not "
+                              "hold: distil in full (model.lora.rank 0) or fix w (distill.guidance_w_range: [])")
         if self.train.export_fused and not self.model.lora.rank:
             raise ConfigError("train.export_fused fuses a LoRA adapter: it needs model.lora.rank > 0")
         refine = self.recipe.refine

@@ -36,11 +36,14 @@ VGEN_AFTER_KEYS = {
 # VGen constructor arguments that do not change the network we build (facts §4, vectors README).
 _VGEN_NO_EFFECT = {
     "y_dim", "temporal_attn_times", "use_checkpoint", "use_sim_mask", "training", "inpainting",
-    "zero_y", "config", "upper_len", "default_fps", "hist_dim", "use_scale_shift_norm",
+    "zero_y", "config", "upper_len", "default_fps", "hist_dim", "use_scale_shift_norm", "use_lcm",
 }
 # VGen UNet classes (a yaml's ``type``) and what they change: the 720p refiner has no condition channels,
 # no image tokens, and its own resampling and decoder tweaks (TFT2VUNet ``refiner_layout``).
-VGEN_TYPES = ("UNetSD_TFT2V", "UNetSD_SR600")
+# VideoLCM (facts §4.1) is the TF-T2V layout; its guidance embedding ``time_embed_w`` is commented out in VGen, so
+# the released checkpoint has none, and one that has the keys gets TFT2VUNet's (``guidance_embed``).
+VGEN_TYPES = ("UNetSD_TFT2V", "UNetSD_SR600", "UNetSD_VideoLCM")
+VIDEOLCM_GUIDANCE_KEY = "time_embed_w.0.weight"
 _VGEN_FIXED = {"temporal_attention": True, "use_fps_condition": False, "adapter_transformer_layers": 1,
                "use_image_dataset": False}
 
@@ -162,7 +165,13 @@ def load_vgen_unet(src: str | Path | Mapping, config: Mapping) -> TFT2VUNet:
     """Build a :class:`TFT2VUNet` from VGen constructor ``config`` and load VGen weights ``src``
     (a ``.pth``/``.safetensors`` path, raw or ``{'state_dict': ...}``, or a state-dict mapping)."""
     sd = load_state_dict_file(src) if isinstance(src, (str, Path)) else unwrap_state_dict(src)
-    model = TFT2VUNet(**vgen_config_to_unet_kwargs(config))
+    kwargs = vgen_config_to_unet_kwargs(config)
+    if VIDEOLCM_GUIDANCE_KEY in sd:
+        if config.get("type") != "UNetSD_VideoLCM":
+            raise ConfigError(f"the checkpoint has a guidance embedding ({VIDEOLCM_GUIDANCE_KEY}): it is a VideoLCM "
+                              f"UNet, set type: UNetSD_VideoLCM")
+        kwargs["guidance_embed"] = True
+    model = TFT2VUNet(**kwargs)
     what = f"VGen checkpoint {src}" if isinstance(src, (str, Path)) else "VGen state dict"
     return load_into(model, {vgen_key_to_ours(k): v for k, v in sd.items()}, what).eval()
 
@@ -206,6 +215,8 @@ def infer_vgen_config(sd: Mapping[str, torch.Tensor], head_dim: int = 64,
                     "dim_mult": dim_mult, "num_res_blocks": num_res_blocks, "attn_scales": scales,
                     "head_dim": head_dim, "num_heads": sd["input_blocks.0.1.proj_in.weight"].shape[0] // head_dim}
         compositions = ["text"] + (["image"] if "pre_image_condition.0.weight" in sd else [])
+        # VideoLCM's key set is TF-T2V's; only a guidance embedding, where one was trained, tells it apart.
+        lcm = {"type": "UNetSD_VideoLCM"} if VIDEOLCM_GUIDANCE_KEY in sd else {}
         compositions += [c for c, (_, prefix, _) in VGEN_CONDITIONS.items() if f"{prefix}.0.weight" in sd]
         config = {
             "in_dim": sd["input_blocks.0.0.weight"].shape[1] - 8,
@@ -219,6 +230,7 @@ def infer_vgen_config(sd: Mapping[str, torch.Tensor], head_dim: int = 64,
             "num_heads": sd["input_blocks.0.1.proj_in.weight"].shape[0] // head_dim,
             "video_compositions": compositions,
             "resolution": list(resolution),
+            **lcm,
         }
         if "pre_image_condition.2.weight" in sd:
             w = sd["pre_image_condition.2.weight"]

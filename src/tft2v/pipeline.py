@@ -29,8 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tft2v.errors import ConfigError, TFT2VError
-from tft2v.pipeline_inputs import (check_call, encode_image, encode_prompts, postprocess, prepare_conditions,
-                                   prepare_latents)
+from tft2v.pipeline_inputs import (check_call, encode_image, encode_prompts, guidance_input, postprocess,
+                                   prepare_conditions, prepare_latents)
 from tft2v.pipeline_folder import (COMPONENTS, component_dir, load_scheduler, load_unet, read_index, unet_dir,
                                    write_index)
 from tft2v.sampling import denoise
@@ -50,10 +50,22 @@ DEFAULTS = {
     "guidance_scale": 9.0,
     "num_inference_steps": 50,
     "stage": "generate",  # "refine": a refinement stage (TFT2VRefinePipeline), which does not generate from noise
+    # A distilled model that learnt a guidance embedding (tft2v distill with distill.guidance_w_range): the CFG
+    # weight w it is asked for; its folder holds the default. None: the model has no such embedding.
+    "guidance_w": None,
 }
 
 # The adapter a LoRA run's model folder applies to its base on load (tft2v.pipeline_folder).
 MODEL_ADAPTER = "model"
+# A distilled model's LCMScheduler settings that belong to the model (its teacher grid), not to the sampler.
+LCM_GRID = ("original_inference_steps", "timestep_scaling")
+
+
+def type_name(scheduler: str) -> str:
+    """The diffusers class a scheduler name (alias or class name) stands for."""
+    from tft2v.sampling import SCHEDULER_ALIASES
+
+    return SCHEDULER_ALIASES.get(scheduler, scheduler)
 
 
 class TFT2VPipeline:
@@ -64,6 +76,10 @@ class TFT2VPipeline:
         if unknown:
             raise ConfigError(f"unknown pipeline default(s) {unknown}; known: {sorted(DEFAULTS)}")
         self.unet, self.scheduler, self.encoder, self.autoencoder = unet, scheduler, encoder, autoencoder
+        # A distilled model's folder holds its LCMScheduler: the model is few-step (1–8 steps, no CFG pass by
+        # default), and the scheduler's teacher grid belongs to the model, whichever sampler is set later.
+        self.few_step = type(scheduler).__name__ == "LCMScheduler"
+        self._lcm_grid = {k: scheduler.config[k] for k in LCM_GRID} if self.few_step else {}
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self.vae_decode_chunk_size = 2
         self.unet_batch_chunk: int | None = None
@@ -218,11 +234,13 @@ class TFT2VPipeline:
         )
 
     def set_scheduler(self, name: str) -> "TFT2VPipeline":
-        """Switch the sampler: ``"ddim"`` (VGen), ``"dpmpp"`` (DPM-Solver++ 2M) or a diffusers class name;
-        the noise schedule (betas, zero terminal SNR, prediction type) is kept."""
+        """Switch the sampler: ``"ddim"`` (VGen), ``"dpmpp"`` (DPM-Solver++ 2M), ``"lcm"`` (a distilled model)
+        or a diffusers class name; the noise schedule (betas, zero terminal SNR, prediction type) is kept, and
+        so is a distilled model's consistency grid (``original_inference_steps``, ``timestep_scaling``)."""
         from tft2v.sampling import build_scheduler
 
-        self.scheduler = build_scheduler(name, self.noise_schedule)
+        grid = self._lcm_grid if type_name(name) == "LCMScheduler" else {}
+        self.scheduler = build_scheduler(name, self.noise_schedule, **grid)
         return self
 
     def set_progress_bar_config(self, **kwargs) -> None:
@@ -315,6 +333,7 @@ class TFT2VPipeline:
         num_videos_per_prompt: int = 1,
         decode_chunk_size: int | None = None,
         callback=None,
+        guidance_w: float | None = None,
     ):
         """Generate videos.
 
@@ -326,7 +345,9 @@ class TFT2VPipeline:
         from with the training extractors (``depth_model`` for "depth");
         image: (1 or B, 3, H, W) in [-1, 1] → CLIP image tokens (uncond: a zero embedding, as VGen);
         generator: one, or one per video (then each video is independent of the batch it is in);
-        callback(i, n, latents) after each step. Returns ``"np"`` float (B, F, H, W, 3) in [0, 1],
+        callback(i, n, latents) after each step; guidance_w: the CFG weight w for a distilled model that learnt
+        a guidance embedding (default: its folder's). A distilled (few-step) folder defaults to its step count
+        and guidance_scale 1 — one UNet call per step, no CFG pass. Returns ``"np"`` float (B, F, H, W, 3) in [0, 1],
         ``"uint8"`` (B, F, H, W, 3), or ``"pt"`` (B, 3, F, H, W) in [-1, 1].
         """
         d = self.defaults
@@ -350,6 +371,11 @@ class TFT2VPipeline:
         cond_maps = prepare_conditions(self, conditions, condition_videos, depth_model, args)
         cond = {"encoder_hidden_states": text.to(device)}
         uncond = {"encoder_hidden_states": negative.to(device)} if use_cfg else None
+        w = guidance_input(self, pick(guidance_w, "guidance_w"), args.batch, device)
+        if w is not None:
+            cond["guidance"] = w
+            if uncond is not None:
+                uncond["guidance"] = w
         if image_embeds is not None:
             cond["image_embeds"] = image_embeds.to(device)
             if uncond is not None:

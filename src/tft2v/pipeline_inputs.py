@@ -84,6 +84,10 @@ def check_call(pipe, prompt, negative_prompt, num_frames, height, width, steps, 
     max_steps = pipe.scheduler.config.num_train_timesteps
     if steps > max_steps:
         raise TFT2VError(f"num_inference_steps {steps} exceeds the scheduler's {max_steps} training timesteps")
+    grid = pipe.scheduler.config.get("original_inference_steps")
+    if type(pipe.scheduler).__name__ == "LCMScheduler" and steps > grid:
+        raise TFT2VError(f"num_inference_steps {steps} exceeds this distilled model's {grid}-step consistency grid "
+                         f"(it samples in 1-8 steps)")
     if output_type not in OUTPUT_TYPES:
         raise TFT2VError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     args = CallArgs(list(prompts), list(negatives), _positive_int(num_videos_per_prompt, "num_videos_per_prompt"),
@@ -93,6 +97,18 @@ def check_call(pipe, prompt, negative_prompt, num_frames, height, width, steps, 
     if isinstance(generator, list) and len(generator) != args.batch:
         raise TFT2VError(f"got {len(generator)} generators for {args.batch} videos; pass one, or one per video")
     return args
+
+
+def guidance_input(pipe, w, batch: int, device) -> torch.Tensor | None:
+    """(batch,) CFG weights for a UNet with a guidance embedding (a distilled student that learnt w), else None."""
+    if not pipe.unet.config.get("guidance_embed"):
+        if w is not None:
+            raise TFT2VError("guidance_w is for a distilled model with a guidance embedding; this model has none "
+                             "(use guidance_scale)")
+        return None
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+        raise TFT2VError(f"guidance_w must be a finite number >= 0 for this distilled model, got {w!r}")
+    return torch.full((batch,), float(w), device=device)
 
 
 def encode_prompts(encoder, args: CallArgs, positive_prompt: str, use_cfg: bool):

@@ -15,7 +15,7 @@ import torch
 from tft2v.diffusion import ScheduleConfig
 from tft2v.errors import ConfigError
 
-SCHEDULER_ALIASES = {"ddim": "DDIMScheduler", "dpmpp": "DPMSolverMultistepScheduler"}
+SCHEDULER_ALIASES = {"ddim": "DDIMScheduler", "dpmpp": "DPMSolverMultistepScheduler", "lcm": "LCMScheduler"}
 
 # Each alias carries the settings that make it behave as intended on a zero-terminal-SNR schedule.
 _ALIAS_KWARGS = {
@@ -28,11 +28,15 @@ _ALIAS_KWARGS = {
         "timestep_spacing": "trailing",
         "final_sigmas_type": "zero",
     },
+    # A consistency-distilled model (tft2v distill, VGen's VideoLCM): 1–8 steps on the teacher's 50-point grid
+    # 19 … 999, each step the model's x0 through LCM's boundary scalings, then re-noised.
+    "lcm": {"clip_sample": False, "original_inference_steps": 50, "timestep_scaling": 10.0},
 }
 
 
 def build_scheduler(name: str = "ddim", schedule: ScheduleConfig = ScheduleConfig(), **overrides):
-    """A diffusers scheduler for sampling: ``ddim`` (VGen), ``dpmpp`` or any diffusers class name."""
+    """A diffusers scheduler for sampling: ``ddim`` (VGen), ``dpmpp``, ``lcm`` (distilled models) or any
+    diffusers class name."""
     cls_name = SCHEDULER_ALIASES.get(name, name)
     cls = getattr(diffusers, cls_name, None)
     if cls is None or not isinstance(cls, type) or not cls_name.endswith("Scheduler"):

@@ -29,6 +29,13 @@ import torch  # noqa: E402
 from tft2v.errors import TFT2VError  # noqa: E402
 
 SCHEDULERS = ("ddim", "dpmpp")
+# A distilled (few-step) model samples with its consistency sampler by default; ddim / dpmpp stay on offer.
+FEW_STEP_SCHEDULERS = ("lcm", *SCHEDULERS)
+
+
+def model_schedulers(pipe) -> tuple[str, ...]:
+    """The samplers the UI offers for ``pipe``, its default first."""
+    return FEW_STEP_SCHEDULERS if pipe.few_step else SCHEDULERS
 # Conditions a user can supply as a source video; the UI extracts them exactly as training does
 # ("masked" hides a region of the video with the extractor's fixed-seed mask, as `tft2v generate --masked`).
 VIDEO_CONDITIONS = ("sketch", "depth", "motion", "masked")
@@ -93,8 +100,9 @@ def generate_video(pipe, params: GenerateParams, out_dir: str | Path,
     prompt = params.prompt.strip()
     if not prompt:
         raise TFT2VError("the prompt is empty; describe the video you want")
-    if params.scheduler not in SCHEDULERS:
-        raise TFT2VError(f"unknown scheduler {params.scheduler!r}; use one of {list(SCHEDULERS)}")
+    offered = model_schedulers(pipe)
+    if params.scheduler not in offered:
+        raise TFT2VError(f"unknown scheduler {params.scheduler!r}; use one of {list(offered)}")
     defaults = pipe.defaults
     height, width, fps = defaults["height"], defaults["width"], defaults["fps"]
     # Read as `tft2v generate` reads its files; an image is held still over the frames and the training
@@ -189,8 +197,10 @@ def build_app(pipe, out_dir: str | Path | None = None, depth_model=None, refiner
                                        value=defaults["num_frames"])
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED,
                                      elem_id="seed")
-                scheduler = gr.Radio(list(SCHEDULERS), value="ddim", label="Scheduler", elem_id="scheduler",
-                                     info="ddim: VGen's sampler; dpmpp: DPM-Solver++, good in ~20 steps")
+                offered = model_schedulers(pipe)
+                scheduler = gr.Radio(list(offered), value=offered[0], label="Scheduler", elem_id="scheduler",
+                                     info="ddim: VGen's sampler; dpmpp: DPM-Solver++, good in ~20 steps"
+                                     + ("; lcm: this distilled model's own, 1-8 steps" if "lcm" in offered else ""))
                 refine = []
                 if refiner is not None:
                     d = refiner.defaults

@@ -23,6 +23,7 @@ app = typer.Typer(help="Convert released checkpoints (VGen TF-T2V, Stable Diffus
 
 # VGen's T2V prompt suffix (facts §1.3), kept as the converted folder's positive_prompt default.
 VGEN_POSITIVE_PROMPT = ", cinematic, High Contrast, highly detailed, no blur, 4k render"
+VIDEOLCM_POSITIVE_PROMPT = ", cinematic, High Contrast, highly detailed, Unreal Engine 5, no blur, 4k render"
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -126,15 +127,23 @@ def convert_vgen(
     vae: Optional[Path] = typer.Option(None, help="SD 2.1 VAE → autoencoder/: a diffusers AutoencoderKL folder, "
                                        "or an LDM checkpoint file (v2-1_512-ema-pruned.ckpt/.safetensors)."),
     frames: Optional[int] = typer.Option(None, min=1, help="Default number of frames (16; the refiner's 32)."),
+    videolcm: bool = typer.Option(False, "--videolcm", help="VGen's VideoLCM (videolcm_t2v_non_ema_544000.pth): a "
+                                  "few-step folder (LCMScheduler, 4 steps, no CFG pass). Its weights look like a "
+                                  "TF-T2V model's, so say so (or give --config with type: UNetSD_VideoLCM)."),
 ) -> None:
-    """Convert a VGen TF-T2V UNet checkpoint — T2V, compositional, or the 1280x720 refiner (SR600,
-    sr_step_110000_ema.pth) — into a tft2v model folder (scheduler: VGen's DDIM)."""
+    """Convert a VGen TF-T2V UNet checkpoint — T2V, compositional, VideoLCM (--videolcm) or the 1280x720 refiner
+    (SR600, sr_step_110000_ema.pth) — into a tft2v model folder (scheduler: VGen's DDIM; VideoLCM: LCM)."""
     from tft2v.convert import infer_vgen_config, load_state_dict_file, load_vgen_unet
     from tft2v.pipeline import VGEN_NEGATIVE_PROMPT
     from tft2v.sampling import build_scheduler
 
     state = load_state_dict_file(src)
     cfg = read_config_file(config) if config is not None else infer_vgen_config(state, head_dim=head_dim)
+    if videolcm:
+        if cfg.get("type", "UNetSD_TFT2V") not in ("UNetSD_TFT2V", "UNetSD_VideoLCM"):
+            raise TFT2VError(f"--videolcm: the checkpoint is a {cfg['type']}, not a VideoLCM (TF-T2V layout) UNet")
+        cfg["type"] = "UNetSD_VideoLCM"
+    few_step = cfg.get("type") == "UNetSD_VideoLCM"
     refiner = cfg.get("type") == "UNetSD_SR600"
     # The refiner (SR600) works at 1280x720 on 32 frames (VGen doubles 16-frame clips); it has no resolution key.
     width, height = parse_resolution(resolution) if resolution is not None else (
@@ -154,7 +163,14 @@ def convert_vgen(
     defaults = {"num_frames": frames, "height": int(height), "width": int(width), "fps": 8,
                 "negative_prompt": VGEN_NEGATIVE_PROMPT, "positive_prompt": VGEN_POSITIVE_PROMPT,
                 "guidance_scale": 9.0, "num_inference_steps": 50, "stage": "refine" if refiner else "generate"}
-    write_folder(out_dir, unet, build_scheduler("ddim"), enc, ae, defaults)
+    scheduler = build_scheduler("ddim")
+    if few_step:
+        # VGen's VideoLCM inference (facts §4.3): LCMScheduler on the 50-point grid, 4 steps, no CFG pass.
+        scheduler = build_scheduler("lcm")
+        defaults.update(positive_prompt=VIDEOLCM_POSITIVE_PROMPT, guidance_scale=1.0, num_inference_steps=4)
+        if unet.config.guidance_embed:
+            defaults["guidance_w"] = 9.0  # VideoLCM's training w
+    write_folder(out_dir, unet, scheduler, enc, ae, defaults)
 
 
 @app.command("sd21", epilog="Example:  tft2v convert sd21 models/stable-diffusion-2-1 models/tft2v-init")

@@ -32,6 +32,7 @@ EXAMPLES = """Examples:
 
   tft2v generate --model runs/toy/model --prompts prompts.txt --out videos/out.mp4
   tft2v generate --model runs/toy/model "a red circle" --lora runs/mine/lora:0.8 --out mine.mp4
+  tft2v generate --model runs/toy-lcm/model "a red circle" --out fast.mp4     # distilled: 4 steps, no CFG pass
 """
 
 
@@ -95,11 +96,17 @@ def generate(
     frames: Optional[int] = typer.Option(None, min=1, help="Frames per video (default: the model's)."),
     height: Optional[int] = typer.Option(None, min=1, help="Height in pixels (default: the model's)."),
     width: Optional[int] = typer.Option(None, min=1, help="Width in pixels (default: the model's)."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps (default: the model's, 50)."),
-    guidance: Optional[float] = typer.Option(None, min=0.0, help="Classifier-free guidance scale (default 9)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps (default: the model's: 50, or 4 for a "
+                                        "distilled model, tft2v distill / convert vgen --videolcm)."),
+    guidance: Optional[float] = typer.Option(None, min=0.0, help="Classifier-free guidance scale (default: the "
+                                             "model's: 9, or 1 = no CFG pass for a distilled model)."),
+    guidance_w: Optional[float] = typer.Option(None, "--guidance-w", min=0.0, help="The CFG weight w a distilled "
+                                               "model with a learnt guidance embedding is asked for (default: "
+                                               "its own)."),
     seed: int = typer.Option(0, min=0, max=2**63 - 1, help="Seed; video i uses seed+i."),
     num_videos: int = typer.Option(1, "--num-videos", min=1, help="Videos per prompt."),
-    scheduler: Optional[str] = typer.Option(None, help="ddim (VGen), dpmpp (fast) or a diffusers scheduler class."),
+    scheduler: Optional[str] = typer.Option(None, help="ddim (VGen), dpmpp (fast), lcm (a distilled model's own, "
+                                            "its default) or a diffusers scheduler class."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)."),
     offload: bool = typer.Option(False, "--offload", help="Model CPU offload: only the running part on the GPU."),
@@ -177,7 +184,7 @@ def generate(
     for p, text in enumerate(prompts):
         generators = [torch.Generator().manual_seed(seed + index + k) for k in range(num_videos)]
         result = pipe(text, negative_prompt=negative_prompt, num_frames=num_frames, height=size[0], width=size[1],
-                      num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+                      num_inference_steps=steps, guidance_scale=guidance, guidance_w=guidance_w, generator=generators,
                       condition_videos=videos or None, depth_model=depth_model,
                       image=clip_image, num_videos_per_prompt=num_videos, decode_chunk_size=decode_chunk,
                       output_type="uint8")

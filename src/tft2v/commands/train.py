@@ -37,4 +37,9 @@ def train(
     sets = list(overrides or [])
     if out is not None:
         sets.append(f"out_dir={out}")
-    run_training(load_config(config, sets), resume=resume, overwrite=overwrite)
+    cfg = load_config(config, sets)
+    if cfg.distill.teacher:
+        from tft2v.errors import ConfigError
+
+        raise ConfigError(f"this config distils {cfg.distill.teacher} (distill.teacher is set): run tft2v distill")
+    run_training(cfg, resume=resume, overwrite=overwrite)

@@ -73,6 +73,7 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         temporal_on_images: bool = True,
         frame_positions: bool = False,
         refiner_layout: bool = False,
+        guidance_embed: bool = False,
     ):
         super().__init__()
         unknown = sorted(set(conditions) - set(CONDITION_CHANNELS))
@@ -99,6 +100,12 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
             # ends, so a caption cannot ask for a frame-dependent layout ("moving left"). Zero-initialised:
             # a model trained without it behaves the same until videos teach it.
             self.frame_embed = nn.Sequential(
+                nn.Linear(model_channels, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, emb_dim))
+            )
+        if guidance_embed:
+            # A consistency-distilled student's guidance weight w (VGen VideoLCM's ``time_embed_w`` layout,
+            # which its released model leaves out). Zero-initialised: the student starts as its teacher.
+            self.time_embed_w = nn.Sequential(
                 nn.Linear(model_channels, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, emb_dim))
             )
         if image_embed_dim:
@@ -214,6 +221,29 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
                 raise ValueError(f"latent height {height} does not fit this UNet's {levels} downsamples ({rule})")
             h = h // 2 + 1 if self.config.refiner_layout else h // 2
 
+    def add_guidance_embedding(self) -> None:
+        """Give a model without one the (zero-initialised, so output-preserving) guidance embedding of a
+        consistency-distilled student that learns w; recorded in its config."""
+        if self.config.guidance_embed:
+            return
+        ref = self.time_embed[0].weight
+        emb_dim = self.time_embed[0].out_features
+        self.time_embed_w = nn.Sequential(
+            nn.Linear(self.config.model_channels, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, emb_dim))
+        ).to(ref.device, ref.dtype)
+        self.register_to_config(guidance_embed=True)
+
+    def _guidance_embedding(self, guidance, b: int, device, dtype) -> torch.Tensor:
+        """(B, E): LCM's sinusoid of 1000·w (sin first, as VGen's VideoLCM) through ``time_embed_w``."""
+        if guidance is None:
+            raise ValueError("this model was distilled with a guidance embedding: pass guidance (the CFG weight w)")
+        w = torch.as_tensor(guidance, device=device, dtype=torch.float32).reshape(-1)
+        if w.numel() not in (1, b):
+            raise ValueError(f"guidance must be a scalar or (B={b},), got {w.numel()} values")
+        w_emb = get_timestep_embedding(w.expand(b) * 1000.0, self.config.model_channels, flip_sin_to_cos=False,
+                                       downscale_freq_shift=1)
+        return self.time_embed_w(w_emb.to(dtype))
+
     # -- forward --------------------------------------------------------------------------------
 
     def _run(self, module: nn.Module, h: torch.Tensor, emb, context, num_frames: int) -> torch.Tensor:
@@ -246,13 +276,15 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         image_embeds: torch.Tensor | None = None,
         conditions: dict[str, torch.Tensor] | None = None,
         dropout_masks: dict[str, torch.Tensor] | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict ε or v.
 
         sample (B, C, F, h, w); timestep (B,) or scalar; encoder_hidden_states (B, L, context_dim);
         image_embeds (B, image_embed_dim) or None (then no image tokens are appended);
         conditions {name: (B, c, F, H, W)} at ``condition_pixel_size``; dropout_masks {name: (B,) bool}
-        keep-masks for "text", "image" and condition names (training-time condition dropout).
+        keep-masks for "text", "image" and condition names (training-time condition dropout);
+        guidance (B,) or scalar: the CFG weight w a distilled model with ``guidance_embed`` was taught.
         Returns (B, out_channels, F, h, w).
         """
         if sample.ndim != 5:
@@ -275,6 +307,10 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         timestep = timestep.expand(b)
         t_emb = get_timestep_embedding(timestep, self.config.model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
         emb = self.time_embed(t_emb.to(dtype))  # (B, E), shared by all frames of a clip
+        if self.config.guidance_embed:
+            emb = emb + self._guidance_embedding(guidance, b, sample.device, dtype)
+        elif guidance is not None:
+            raise ValueError("this model has no guidance embedding (guidance_embed is False); pass guidance=None")
         if self.config.frame_positions and num_frames > 1:
             index = torch.arange(num_frames, device=sample.device)
             f_emb = get_timestep_embedding(index, self.config.model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)

@@ -128,12 +128,13 @@ def is_fsdp2(accelerator) -> bool:
 
 def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, optimizer, lr_scheduler,
                     loader_state: dict, config_yaml: str, ema=None, ema_params=None, scaler=None, keep_last: int = 3,
-                    debug: bool = False, write_weights=None, trainer_state: dict | None = None) -> Path:
+                    debug: bool = False, write_weights=None, write_extra=None, trainer_state: dict | None = None) -> Path:
     """Write a checkpoint of every rank's state; collective (all ranks must call it). Returns its path.
 
     ``ema_params``: the (prepared, possibly sharded) parameters the EMA tracks — the trainable ones.
     ``write_weights(folder)``: called on every rank to write the model weights instead of ``unet/`` and
-    ``unet_ema/`` (a LoRA run's adapters). ``trainer_state``: more fields for ``trainer_state.json``.
+    ``unet_ema/`` (a LoRA run's adapters). ``write_extra(folder)``: called on the main process to write more
+    files (a distillation's target network). ``trainer_state``: more fields for ``trainer_state.json``.
     """
     root = Path(root)
     rank, main = accelerator.process_index, accelerator.is_main_process
@@ -182,6 +183,8 @@ def save_checkpoint(root: str | Path, step: int, *, accelerator, model, unet, op
         torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
         if scaler is not None:
             torch.save(scaler.state_dict(), tmp / "scaler.pt")
+        if write_extra is not None:
+            write_extra(tmp)
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "trainer_state.json").write_text(json.dumps(
             {"step": step, "world_size": accelerator.num_processes, "debug": debug,

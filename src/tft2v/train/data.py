@@ -201,7 +201,10 @@ def build_unet(cfg: Config, encoder, autoencoder):
     if cfg.model.init == "sd21":
         return inflate_sd21(cfg.model.init_path, **kwargs)
     if cfg.model.init == "pretrained":
-        return _load_pretrained(cfg.model.init_path, kwargs)
+        unet = _load_pretrained(cfg.model.init_path, kwargs)
+        if cfg.distill.learns_guidance:  # a distillation student that learns w starts as its teacher + embedding
+            unet.add_guidance_embedding()
+        return unet
     vgen_config = dict(cfg.model.vgen_config) or infer_vgen_config(load_state_dict_file(cfg.model.init_path))
     return load_vgen_unet(cfg.model.init_path, vgen_config)
 

@@ -70,7 +70,8 @@ class Recipe:
         """Model inputs and the regression target of one branch; sample ``i`` draws all of its randomness
         from ``generators[i]`` (see :func:`sample_generators`), so it does not depend on batching.
 
-        Returns ``x_t`` (B, C, F, h, w), ``t`` (B,), ``target`` like x_t and the keyword inputs
+        Returns ``x_t`` (B, C, F, h, w), ``t`` (B,), ``target`` like x_t, the clean latents ``x0`` (what
+        consistency distillation noises its own way) and the keyword inputs
         ``encoder_hidden_states`` (B, L(+N), D), ``image_embeds`` (B, D_img) | None,
         ``conditions`` {name: (B, c, F, H, W)} | None and ``dropout_masks`` {name: (B,) bool}.
         """
@@ -135,7 +136,7 @@ class Recipe:
             if cached:
                 raise TFT2VError("recipe.conditions are extracted from pixels; a data.cache holds latents only")
             conditions = self._conditions(pixels, generators)
-        return {"x_t": x_t, "t": t, "target": target, "encoder_hidden_states": text,
+        return {"x_t": x_t, "t": t, "target": target, "x0": x0, "encoder_hidden_states": text,
                 "image_embeds": image_embeds, "conditions": conditions, "dropout_masks": masks}
 
     def _refine_inputs(self, pixels: torch.Tensor, x0: torch.Tensor, generators: list[torch.Generator], device):

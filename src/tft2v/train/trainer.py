@@ -306,8 +306,16 @@ class Trainer:
             optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, loader_state=self.loader.state_dict(),
             config_yaml=self.config_yaml, ema=self.ema, ema_params=self.params, scaler=self.accelerator.scaler,
             keep_last=self.cfg.train.keep_last, debug=debug, write_weights=self._write_adapters(),
-            trainer_state={"skipped_steps": self.skipped_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row})
+            write_extra=self.write_extra_state, trainer_state=self.trainer_state())
         return path
+
+    def trainer_state(self) -> dict:
+        """The loop's counters that ``trainer_state.json`` keeps for a resume."""
+        return {"skipped_steps": self.skipped_steps, "nonfinite_in_a_row": self.nonfinite_in_a_row}
+
+    def write_extra_state(self, folder: Path) -> None:
+        """More files for the checkpoint being written into ``folder`` (main process): none in training; a
+        distillation's target network (:class:`tft2v.train.distill_trainer.DistillTrainer`)."""
 
     def _write_adapters(self):
         """A LoRA run's checkpoint weights: the adapters and a reference to the base, not the base."""
@@ -351,7 +359,8 @@ class Trainer:
             self.log.message("model folder not written: tft2v.pipeline is not available in this install")
             return None
         fused = self.run_dir / "model_fused" if self.cfg.train.export_fused else None
-        return export_model_folder(checkpoint, self.run_dir / "model", base_unet=base_unet, fused_dir=fused)
+        return export_model_folder(checkpoint, self.run_dir / "model", base_unet=base_unet, fused_dir=fused,
+                                   encoder=self.encoder, autoencoder=self.autoencoder)
 
     # -- the loop ---------------------------------------------------------------------------------
 

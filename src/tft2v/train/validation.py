@@ -89,15 +89,60 @@ def sample_validation_clips(unet, encoder, autoencoder, cfg: Config) -> torch.Te
     return autoencoder.decode(x).clamp(-1, 1).cpu()  # (n, 3, F, H, W)
 
 
+def lcm_scheduler(cfg: Config):
+    """The sampler of a model distilled per ``cfg.distill``: diffusers' LCMScheduler on its teacher's grid."""
+    from tft2v.sampling import build_scheduler
+
+    d = cfg.distill
+    return build_scheduler("lcm", cfg.schedule, original_inference_steps=d.ddim_steps,
+                           timestep_scaling=d.timestep_scaling)
+
+
+@torch.no_grad()
+def sample_few_step_clips(unet, encoder, autoencoder, cfg: Config, steps: int) -> torch.Tensor:
+    """One clip per ``train.validation_prompts`` entry from a distilled ``unet`` in ``steps`` LCM steps, one
+    UNet call each (no CFG pass): (n, 3, F, H, W) in [-1, 1] on the CPU; the noise is the one
+    :func:`sample_validation_clips` draws."""
+    from tft2v.sampling import denoise
+
+    t = cfg.train
+    prompts = list(t.validation_prompts)
+    device = next(unet.parameters()).device
+    h, w = cfg.data.height // autoencoder.spatial_factor, cfg.data.width // autoencoder.spatial_factor
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    latents = torch.randn((len(prompts), autoencoder.latent_channels, t.validation_frames, h, w),
+                          generator=generator, device=device)
+    cond = {"encoder_hidden_states": encoder.encode_text(prompts).float().to(device)}
+    if unet.config.get("guidance_embed"):
+        cond["guidance"] = torch.full((len(prompts),), distilled_guidance_w(cfg), device=device)
+    was_training = unet.training
+    unet.eval()
+    try:
+        x = denoise(unet, lcm_scheduler(cfg), latents, cond, None, 1.0, steps, generator)
+    finally:
+        unet.train(was_training)
+    return autoencoder.decode(x).clamp(-1, 1).cpu()  # (n, 3, F, H, W)
+
+
+def distilled_guidance_w(cfg: Config) -> float:
+    """The w a student that learnt a guidance embedding is asked for by default: the middle of its range."""
+    lo, hi = cfg.distill.guidance_w_range
+    return (lo + hi) / 2
+
+
+def write_clips(video: torch.Tensor, prompts: list[str], out_dir: Path, fps: float, suffix: str = "") -> list[Path]:
+    """``video`` (n, 3, F, H, W) in [-1, 1] → one file per prompt in ``out_dir`` (``NN_<prompt><suffix>.mp4``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [_write_clip(video[i], out_dir / f"{i:02d}_{_slug(p)}{suffix}", fps) for i, p in enumerate(prompts)]
+
+
 def validation_videos(unet, encoder, autoencoder, cfg: Config, step: int, out_dir: str | Path) -> list[Path]:
     """Sample one clip per ``train.validation_prompts`` entry; returns the written paths."""
     prompts = list(cfg.train.validation_prompts)
     if not prompts:
         return []
-    out_dir = Path(out_dir) / f"step-{step:08d}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     video = sample_validation_clips(unet, encoder, autoencoder, cfg)  # (n, 3, F, H, W)
-    return [_write_clip(video[i], out_dir / f"{i:02d}_{_slug(p)}", cfg.data.fps) for i, p in enumerate(prompts)]
+    return write_clips(video, prompts, Path(out_dir) / f"step-{step:08d}", cfg.data.fps)
 
 
 def _write_clip(clip: torch.Tensor, stem: Path, fps: float) -> Path:
@@ -115,12 +160,14 @@ def _write_clip(clip: torch.Tensor, stem: Path, fps: float) -> Path:
 
 
 def export_model_folder(run_dir_or_ckpt: str | Path, out_dir: str | Path, ema: bool = True, base_unet=None,
-                        fused_dir: str | Path | None = None) -> Path:
+                        fused_dir: str | Path | None = None, encoder=None, autoencoder=None) -> Path:
     """Write the diffusers-style model folder the pipeline loads from a run (its newest checkpoint)
     or a checkpoint folder; uses the EMA weights when the checkpoint has them and ``ema`` is set. A LoRA
     run's checkpoint gives a folder with its adapter and a reference to the base, ``base_unet`` (a plain UNet
     holding the base) written into it where given; ``fused_dir``: also the adapter merged into the base
-    (:func:`tft2v.train.lora_checkpoint.export_model`)."""
+    (:func:`tft2v.train.lora_checkpoint.export_model`). ``encoder`` / ``autoencoder``: the run's own (a distilled
+    teacher's) instead of ones built from the config. A distillation run's folder is few-step: LCMScheduler,
+    ``distill.sample_steps`` steps and guidance scale 1 (no CFG pass) by default."""
     import yaml
 
     from tft2v.models import TFT2VUNet
@@ -138,8 +185,14 @@ def export_model_folder(run_dir_or_ckpt: str | Path, out_dir: str | Path, ema: b
                 "fps": cfg.data.fps, "negative_prompt": cfg.recipe.negative_prompt,
                 "guidance_scale": cfg.train.guidance_scale, "num_inference_steps": 50,
                 "stage": "refine" if cfg.recipe.refine.enabled else "generate"}
-    parts = {"scheduler": build_scheduler("ddim", cfg.schedule), "encoder": build_encoder_from_config(cfg),
-             "autoencoder": build_autoencoder_from_config(cfg)}
+    scheduler = build_scheduler("ddim", cfg.schedule)
+    if cfg.distill.teacher:
+        scheduler = lcm_scheduler(cfg)
+        defaults.update(guidance_scale=1.0, num_inference_steps=cfg.distill.sample_steps)
+        if cfg.distill.learns_guidance:
+            defaults["guidance_w"] = distilled_guidance_w(cfg)
+    parts = {"scheduler": scheduler, "encoder": encoder or build_encoder_from_config(cfg),
+             "autoencoder": autoencoder or build_autoencoder_from_config(cfg)}
     if lora_checkpoint.is_adapter_only(ckpt):
         return lora_checkpoint.export_model(ckpt, out_dir, **parts, defaults=defaults, ema=ema, base_unet=base_unet,
                                             fused_dir=fused_dir)
