@@ -77,10 +77,9 @@ def test_latent_heights_the_refiner_cannot_take_are_one_line_errors(tiny):
 
 
 def test_convert_vgen_writes_a_refiner_folder(tmp_path, capsys, tiny):
-    from types import SimpleNamespace
-
     from tft2v.errors import TFT2VError
     from tft2v.models import TFT2VUNet
+    from tft2v.pipeline import TFT2VPipeline
     from tft2v.pipeline_inputs import check_call
 
     model, io = tiny
@@ -94,8 +93,9 @@ def test_convert_vgen_writes_a_refiner_folder(tmp_path, capsys, tiny):
     assert unet.config.refiner_layout
     with torch.no_grad():
         assert (unet(io["x_h18"], io["t_h18"], io["y"]) - io["out_h18"]).abs().max().item() <= 1e-4
+    assert json.loads((out / "model_index.json").read_text())["tft2v"]["stage"] == "refine"
     with pytest.raises(TFT2VError, match="refines an existing video and does not generate from noise"):
-        check_call(SimpleNamespace(unet=unet), "a cat", "", 32, 720, 1280, 30, 9.0, "pt", 1, 8, None)
+        check_call(TFT2VPipeline(unet, None, None, None), "a cat", "", 32, 720, 1280, 30, 9.0, "pt", 1, 8, None)
     code, _, err = run(["convert", "vgen", str(shared_dir() / "vectors" / _spec()["weights"]), str(tmp_path / "bad"),
                         "--head-dim", "16", "--toy-encoder", "--resolution", "1280x704"], capsys)
     assert code != 0 and "resolution 1280x704 does not fit this model" in err and "Traceback" not in err
