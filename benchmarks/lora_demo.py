@@ -12,9 +12,9 @@ How each number of the plans was found: docs/research/lora_demo.md.
   :func:`tft2v.commands.finetune.run_finetune`), every training timestep drawn from t >= 800
   (``--high-noise-share 1 --high-noise-start 800``: a motion is decided at high noise; the probes of
   docs/research/lora_demo.md: uniform t 17 %, t >= 600 58 %, t >= 800 78 % diagonal), with the
-  ``prior_images`` ordinary captioned images as its image branch (``--prior-images``, ``motion_image_batch`` per step: the temporal layers also
-  run on single frames, so captions stay in control) and each clip's RGB channels in a random order
-  (``--colour-permute``: the 32 clips' colours do not become the adapter's). Sampled on ordinary
+  ``prior_images`` ordinary captioned images as its image branch (``--prior-images``, ``motion_image_batch``
+  per step: the temporal layers also run on single frames, so captions stay in control) and each clip's RGB
+  channels in a random order (``--colour-permute``: the 32 clips' colours do not become the adapter's). Sampled on ordinary
   ``"a <colour> <shape>"`` prompts (all 18, ``ordinary_seeds`` seeds each) with the base model and with the
   adapter; among clips that show a moving object, the share moving diagonally (detector directions: the
   spec's four + diagonal).
