@@ -8,6 +8,9 @@ guidance) and is scored by the shapes-world detector. Prints one JSON line and w
 
     python benchmarks/direction_curve.py --out curve --steps 2000 --every 250 [--frame-positions]
     python benchmarks/direction_curve.py --content quickstart_out/runs/content/model ...
+
+The UNet options (``--frame-positions``, ``--temporal-text-attention``) apply to both stages; a ``--content``
+model trained without one takes it on as a zero-initialised no-op (``TFT2VUNet.with_options``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def _model_at(final_model: Path, checkpoint: Path, dest: Path) -> Path:
     return dest
 
 
-def plot_curve(curve: list[dict], path: Path, frame_positions: bool, labelled_ratio: float) -> None:
+def plot_curve(curve: list[dict], path: Path, options: dict, labelled_ratio: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,8 +46,8 @@ def plot_curve(curve: list[dict], path: Path, frame_positions: bool, labelled_ra
     ax.axhline(0.25, color="grey", lw=0.8, ls=":", label="chance (direction)")
     ax.set_xlabel("semi-supervised steps")
     ax.set_ylim(0, 1)
-    ax.set_title(f"frame positions {'on' if frame_positions else 'off'}, "
-                 f"{labelled_ratio:.0%} of video slots captioned", fontsize=9)
+    switched = ", ".join(k.replace("_", " ") for k, on in options.items() if on) or "VGen anatomy"
+    ax.set_title(f"{switched}, {labelled_ratio:.0%} of video slots captioned", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -60,6 +63,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--labelled-ratio", type=float, default=0.5, help="share of video slots with a caption")
     ap.add_argument("--frame-positions", action="store_true", help="model.unet.frame_positions (off in VGen)")
+    ap.add_argument("--temporal-text-attention", action="store_true",
+                    help="model.unet.temporal_text_attention (off in VGen)")
     ap.add_argument("--seeds", type=int, default=4, help="samples per 'moving …' prompt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -69,7 +74,8 @@ def main() -> None:
     from tft2v import quickstart as q
 
     out = Path(args.out)
-    base = q.merge_config(q.BASE_CONFIG, {"model": {"unet": {"frame_positions": args.frame_positions}}})
+    options = {"frame_positions": args.frame_positions, "temporal_text_attention": args.temporal_text_attention}
+    base = q.merge_config(q.BASE_CONFIG, {"model": {"unet": options}})
     t0 = time.perf_counter()
     content = args.content
     if content is None:
@@ -97,8 +103,8 @@ def main() -> None:
         print(json.dumps(curve[-1]), flush=True)
         shutil.rmtree(model)
 
-    plot_curve(curve, out / "direction_curve.png", args.frame_positions, args.labelled_ratio)
-    print(json.dumps({"benchmark": "direction_curve", "frame_positions": args.frame_positions,
+    plot_curve(curve, out / "direction_curve.png", options, args.labelled_ratio)
+    print(json.dumps({"benchmark": "direction_curve", **options,
                       "labelled_ratio": args.labelled_ratio, "content": str(content), "steps": args.steps,
                       "clips_per_point": len(prompts), "train_s": round(train_s), "curve": curve}))
 

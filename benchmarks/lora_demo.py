@@ -4,16 +4,17 @@ is the TF-T2V variant of ``tft2v quickstart`` (``make quickstart``); ``--base-pl
 the base of ``tft2v quickstart --plan full`` instead. The two bases need different plans (``PLANS``): the
 default plan's model is undertrained (ordinary colour 74 %, against 94 %), its motion adapter needs 450 steps
 where the other's overshoots past 250, and its appearance adapter keeps ordinary prompts within 5 points
-only on the text cross-attention (RESULTS.md, "LoRA demonstration on the shapes world").
+only on the text cross-attention (benchmarks/RESULTS.md, "LoRA demonstration").
+How each number of the plans was found: docs/research/lora_demo.md.
 
 * **motion adapter** — ``clips`` text-free clips of a new motion, ``diagonal`` (down-right, (1, 1), same
   1–2 px/frame speed range), train a temporal LoRA (rank 16) through ``tft2v finetune`` (its function,
   :func:`tft2v.commands.finetune.run_finetune`), every training timestep drawn from t >= 800
-  (``--high-noise-share 1 --high-noise-start 800``: a motion is decided at high noise; RESULTS.md's probes:
-  uniform t 17 %, t >= 600 58 %, t >= 800 78 % diagonal), with the ``prior_images`` ordinary captioned
-  images as its image branch (``--prior-images``, ``motion_image_batch`` per step: the temporal layers also
-  run on single frames, so captions stay in control) and each clip's RGB channels in a random order
-  (``--colour-permute``: the 32 clips' colours do not become the adapter's). Sampled on ordinary
+  (``--high-noise-share 1 --high-noise-start 800``: a motion is decided at high noise; the probes of
+  docs/research/lora_demo.md: uniform t 17 %, t >= 600 58 %, t >= 800 78 % diagonal), with the
+  ``prior_images`` ordinary captioned images as its image branch (``--prior-images``, ``motion_image_batch``
+  per step: the temporal layers also run on single frames, so captions stay in control) and each clip's RGB
+  channels in a random order (``--colour-permute``: the 32 clips' colours do not become the adapter's). Sampled on ordinary
   ``"a <colour> <shape>"`` prompts (all 18, ``ordinary_seeds`` seeds each) with the base model and with the
   adapter; among clips that show a moving object, the share moving diagonally (detector directions: the
   spec's four + diagonal).
@@ -69,12 +70,13 @@ class Plan:
     appearance_steps: int = 600  # batch 4 images: ~0.1 s/step
     appearance_target: str = "text_kv"  # default-plan base, attn2_kv: orange 79 %, ordinary colour +7 points
     motion_lr: float = 2e-3
-    appearance_lr: float = 1e-3  # 3e-3 breaks ordinary prompts (RESULTS.md)
+    appearance_lr: float = 1e-3  # 3e-3: ordinary colour 89 → 35 % (docs/research/lora_demo.md)
     motion_high_noise_share: float = 1.0
-    motion_high_noise_start: int = 800  # 600: 58 %, 800: 78 % diagonal in RESULTS.md's probes
+    motion_high_noise_start: int = 800  # 600: 58 %, 800: 78 % diagonal (docs/research/lora_demo.md)
     motion_batch: int = 2
     appearance_batch: int = 4
-    motion_image_batch: int = 8  # prior images per motion step (batch 2: objects present 81 %, 8: 94 %; RESULTS.md)
+    # prior images per motion step (batch 2: objects present 81 %, 8: 94 %; docs/research/lora_demo.md)
+    motion_image_batch: int = 8
     motion_colour_permute: bool = True  # --colour-permute: the clips' colours cannot leak into the adapter
     ordinary_seeds: int = 4  # x 18 prompts: >= 48 clips with a moving object to judge the motion by
     orange_seeds: int = 16  # x 3 prompts: 48 clips, as many as the motion figure asks for
@@ -83,7 +85,7 @@ class Plan:
     sample_batch: int = 18
 
 
-# The plan for each quickstart plan's TF-T2V model (RESULTS.md has the figures behind each number).
+# The plan for each quickstart plan's TF-T2V model (docs/research/lora_demo.md has the figures behind each number).
 PLANS = {
     "default": Plan(),
     # full-plan base, 200/250/300 motion steps: 58/78/85 % diagonal, shape 0/+1/−8 points

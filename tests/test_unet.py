@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tft2v.errors import ConfigError
 from tft2v.models import TFT2VUNet
 from tft2v.models.blocks import Attention, TemporalConvBlock
 from tests._tiny import TINY, tiny_unet
@@ -203,3 +204,67 @@ def test_frame_positions_start_as_a_no_op_and_then_tell_frames_apart():
         assert not torch.allclose(out[:, :, 0], out[:, :, 3], atol=1e-4)
         assert torch.equal(model(x[:, :, :1], t, y, img), plain(x[:, :, :1], t, y, img))
     assert "frame_embed.0.weight" not in plain.state_dict()
+
+
+def test_temporal_text_attention_starts_as_a_no_op_and_gradients_reach_it():
+    """Not in VGen. Off: no new weights (VGen's state dict). On, forked from a trained model: the same
+    outputs (zero output projection), the output projection gets gradients at once and, after it moves,
+    so do the queries, keys and values; then the caption reaches the output through the temporal path."""
+    plain = tiny_unet()
+    model = plain.with_options(temporal_text_attention=True)
+    new = sorted(set(model.state_dict()) - set(plain.state_dict()))
+    assert new and all(".text_attn." in k or ".norm_text." in k for k in new)
+    assert set(plain.state_dict()) < set(model.state_dict())
+    x, t, y, img = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(model(x, t, y, img), plain(x, t, y, img), atol=1e-6)
+        assert torch.allclose(model(x[:, :, :1], t, y, img), plain(x[:, :, :1], t, y, img), atol=1e-6)
+
+    def text_grads(part):
+        model.zero_grad()
+        model(x, t, y, img).square().mean().backward()
+        return [p.grad for n, p in model.named_parameters() if f"text_attn.{part}" in n]
+
+    assert all(g.abs().sum() > 0 for g in text_grads("to_out"))
+    assert all(g.abs().sum() == 0 for g in text_grads("to_k"))  # behind a zero projection
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "text_attn.to_out.0.weight" in n:
+                torch.nn.init.normal_(p, std=0.2)
+    assert all(g.abs().sum() > 0 for part in ("to_q", "to_k", "to_v") for g in text_grads(part))
+    with torch.no_grad():
+        assert not torch.allclose(model(x, t, y, img), plain(x, t, y, img), atol=1e-4)
+    with pytest.raises(ConfigError, match="switches on"):
+        plain.with_options(refiner_layout=True)
+
+
+def test_temporal_text_attention_round_trips_through_config_and_model_folder(tmp_path):
+    """``model.unet.temporal_text_attention=true`` on a pretrained model without it adds the layers as a
+    no-op; the result saves and loads with the option, and switching it off again is a contradiction."""
+    from types import SimpleNamespace
+
+    from tft2v.config import load_config
+    from tft2v.train.data import build_unet
+
+    plain = tiny_unet()
+    plain.save_pretrained(tmp_path / "plain")
+    parts = SimpleNamespace(text_dim=32, image_dim=24), SimpleNamespace(latent_channels=4)
+
+    def build(folder, *unet):
+        cfg = load_config(None, ["model.init=pretrained", f"model.init_path={tmp_path / folder}", *unet])
+        return build_unet(cfg, *parts).eval()
+
+    model = build("plain", "model.unet.temporal_text_attention=true")
+    assert model.config.temporal_text_attention and not build("plain").config.temporal_text_attention
+    x, t, y, img = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(model(x, t, y, img), plain(x, t, y, img), atol=1e-6)
+        for n, p in model.named_parameters():
+            if "text_attn.to_out" in n:
+                torch.nn.init.normal_(p, std=0.2)
+        model.save_pretrained(tmp_path / "forked")
+        loaded = build("forked")
+        assert loaded.config.temporal_text_attention
+        assert torch.equal(loaded(x, t, y, img), model(x, t, y, img))
+    with pytest.raises(ConfigError, match="temporal_text_attention=False contradicts"):
+        build("forked", "model.unet.temporal_text_attention=false")

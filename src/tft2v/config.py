@@ -171,7 +171,8 @@ class RecipeConfig:
     image_loss_weight: float = 1.0
     video_loss_weight: float = 1.0
     # Share of video samples whose t comes from [video_high_noise_start, T) instead of [0, T): motion, and
-    # its direction, is decided at high noise, which uniform t visits rarely (benchmarks/RESULTS.md).
+    # its direction, is decided at high noise, which uniform t visits rarely (docs/research/direction.md, "Why
+    # the caption does not steer direction: the pure-noise prediction").
     video_high_noise_share: float = 0.0
     video_high_noise_start: int = 600
     # Each video's RGB channels in a random order (one permutation per clip): a motion learnt from a few
@@ -210,8 +211,8 @@ class OptimConfig:
     max_grad_norm: float = 1.0  # 0 disables clipping
     ema_decay: float = 0.0  # 0 disables EMA
     # torch's fused AdamW kernel (unsharded models; FSDP and the untested DeepSpeed path keep torch's default):
-    # on a CPU the toy UNet's optimizer step takes 3.7 ms instead of 17 (benchmarks/RESULTS.md, "Quickstart at
-    # 8 frames").
+    # on a CPU the toy UNet's optimizer step takes 3.7 ms instead of 17 (docs/research/quickstart_plan.md,
+    # "Quickstart at 8 frames").
     fused: bool = True
 
     def __post_init__(self):

@@ -30,7 +30,7 @@ from tft2v.data import shapes_spec as spec
 from tft2v.errors import TFT2VError
 
 # Clip length of the quickstart's videos: 8-frame clips of the shapes world (its default is 16) move coherently
-# in 25–44 % of samples after the same steps (16: 3–11 %), at 0.7× the cost per video step (RESULTS.md,
+# in 25–44 % of samples after the same steps (16: 3–11 %), at 0.7× the cost per video step (benchmarks/RESULTS.md,
 # "Quickstart at 8 frames").
 QUICKSTART_FRAMES = 8
 
@@ -57,13 +57,13 @@ BASE_CONFIG = {
 CONTENT_STAGE = {"data": {"ratio": [1, 0], "image_batch_size": 32}, "recipe": {"coherence_weight": 0.0}}
 
 
-# torch's thread count for the whole run: float results depend on it (RESULTS.md, "Threads and
-# reproducibility"), so a 4- or 16-core machine runs the reference 2-core box's arithmetic.
+# torch's thread count for the whole run: float results depend on it (benchmarks/RESULTS.md, "Threads
+# and reproducibility"), so a 4- or 16-core machine runs the reference 2-core box's arithmetic.
 QUICKSTART_THREADS = 2
 
 
 # λ of the TF-T2V variants: the paper's 0.1 moves consistency too little to measure at toy scale
-# (benchmarks/RESULTS.md, "What did not speed up motion learning").
+# (docs/research/motion_learning.md: λ = 1 moved pixel consistency +0.007 against λ = 0, λ = 0.1 +0.001).
 TOY_COHERENCE_WEIGHT = 1.0
 
 
@@ -88,7 +88,8 @@ VARIANTS = (
 EVAL_SEEDS = (2, 4)
 # On a machine too slow to sample that many clips in its share of the budget, half as many.
 REDUCED_EVAL_SEEDS = (1, 2)
-# DPM-Solver++ at 8 steps scores as well as at 20 on the toy world (benchmarks/RESULTS.md); fewer is untested.
+# DPM-Solver++ at 8 steps scores as well as at 20 on the toy world (docs/research/motion_learning.md); fewer is
+# untested.
 MIN_SAMPLE_STEPS = 8
 
 # Evaluation prompts: every colour×shape (held-out combos included), and directional prompts.
@@ -117,7 +118,7 @@ def count_clips(seeds: tuple[int, int]) -> int:
 
 
 # Each variant starts a fresh AdamW; without a warmup its first updates undo the content stage
-# (benchmarks/RESULTS.md, "Variant warmup").
+# (image loss 0.08 → 0.32 in 10 steps; docs/research/quickstart_plan.md, "Variant warmup").
 VARIANT_WARMUP_FRACTION = 0.12
 
 
@@ -148,7 +149,8 @@ class Plan:
 
 
 # default: the step counts the 10-minute budget gave on the reference 2-core box. full: 4× the variant steps,
-# where the TF-T2V variant's colour and coherent motion near issue 13's targets (~19 min on a 0.26 s box; RESULTS.md).
+# where the TF-T2V variant's colour and coherent motion near issue 13's targets (~19 min on a 0.26 s box;
+# benchmarks/RESULTS.md, "Quickstart").
 PLANS = {"default": Plan("default", content_steps=750, variant_steps=250, sample_steps=MIN_SAMPLE_STEPS),
          "full": Plan("full", content_steps=750, variant_steps=1000, sample_steps=MIN_SAMPLE_STEPS)}
 

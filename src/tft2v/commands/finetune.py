@@ -9,7 +9,8 @@ content branch, in the same steps, with the unchanged TF-T2V recipe; only the ad
 draws — e.g. its own samples of ordinary prompts — into the image branch, in proportion to the files, so
 the adapter learns to leave ordinary prompts alone. With ``--clips`` and no ``--images`` they are the image
 branch's only data: a temporal adapter then also trains on captioned single frames (the temporal layers
-run on images too), which keeps captions in control (benchmarks/RESULTS.md). ``--images`` alone (no
+run on images too), which keeps captions in control (docs/research/lora_demo.md, "Prior images for the motion
+adapter, and where its colour goes"). ``--images`` alone (no
 ``--clips``) trains content adapters from image–text pairs only; ``--target`` picks the adapted groups
 or module-name regular expressions (default: ``temporal``, plus ``spatial`` with ``--images``).
 ``--add-word`` gives a new caption word (e.g. a new colour) its own token in the toy text encoder; the

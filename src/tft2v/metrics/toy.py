@@ -54,8 +54,8 @@ only at the file I/O edge. Works for any frame size and length. Definitions (all
   unit vectors (for the spec's four, the same as the largest dot product). Prompts are parsed with the
   extra words too. Without them every number is the spec-only one.
 
-Measurements behind the thresholds (noise batteries, ground-truth accuracy) are in
-``benchmarks/RESULTS.md`` ("Shapes-world detector").
+Measurements behind the thresholds: ``benchmarks/RESULTS.md`` ("Shapes-world detector": noise batteries,
+ground-truth accuracy) and ``docs/research/detector.md`` (the features, thresholds and faint-object tests).
 """
 
 from __future__ import annotations

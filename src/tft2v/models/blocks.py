@@ -115,23 +115,39 @@ class SpatialTransformer(nn.Module):
 
 class TemporalTransformer(nn.Module):
     """Transformer along frames at every pixel; both attentions are self-attention and there is
-    no positional encoding (frame order reaches the model through the temporal convs)."""
+    no positional encoding (frame order reaches the model through the temporal convs).
 
-    def __init__(self, channels: int, heads: int, head_dim: int, norm_groups: int):
+    ``context_dim`` (not in VGen) adds a third attention, from every pixel's frames to the text tokens,
+    after the block: the caption can then act on the layer that mixes frames.
+    """
+
+    def __init__(self, channels: int, heads: int, head_dim: int, norm_groups: int, context_dim: int | None = None):
         super().__init__()
         inner = heads * head_dim
         self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
         self.proj_in = nn.Conv1d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList([TransformerBlock(inner, heads, head_dim, None)])
+        if context_dim:
+            self.norm_text = nn.LayerNorm(inner)
+            self.text_attn = Attention(inner, heads, head_dim, context_dim)
+            # Zero output: a model forked from a checkpoint without this attention computes what it did.
+            zero_module(self.text_attn.to_out)
         self.proj_out = zero_module(nn.Conv1d(inner, channels, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, F, H, W) → same shape. GroupNorm statistics pool over frames (VGen fact)."""
+    def forward(self, x: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, F, H, W) → same shape; text (B, L, D), used only with ``context_dim``.
+        GroupNorm statistics pool over frames (VGen fact)."""
         b, c, f, h, w = x.shape
         tokens = rearrange(self.norm(x), "b c f h w -> (b h w) f c")
         # Conv1d with kernel 1 is a Linear on the channel axis; use it as one on (N, F, C) tokens.
         tokens = F.linear(tokens, self.proj_in.weight[..., 0], self.proj_in.bias)
         tokens = self.transformer_blocks[0](tokens)
+        if hasattr(self, "text_attn"):
+            if text is None:
+                raise ValueError("this temporal transformer attends to text: pass text (B, L, D)")
+            # Every pixel's frames of a clip share the clip's text: fold pixels into the query sequence.
+            q = rearrange(self.norm_text(tokens), "(b h w) f c -> b (h w f) c", b=b, h=h, w=w)
+            tokens = rearrange(self.text_attn(q, text), "b (h w f) c -> (b h w) f c", h=h, w=w) + tokens
         tokens = F.linear(tokens, self.proj_out.weight[..., 0], self.proj_out.bias)
         return rearrange(tokens, "(b h w) f c -> b c f h w", b=b, h=h, w=w) + x
 

@@ -9,7 +9,7 @@ block dispatch is unchanged; only leaf Linear / Conv layers become peft LoRA lay
 * ``attn2_kv`` — ``text_kv`` plus the keys/values of every temporal transformer's second attention
   (over frames; on a one-frame image its value projection is a per-pixel channel map): the appearance
   adapter of ``benchmarks/lora_demo.py``, which keeps ordinary prompts intact where ``text_kv`` does not
-  (RESULTS.md);
+  (docs/research/lora_demo.md, "Rerun with the named `attn2_kv` group and high-noise motion training");
 * ``temporal`` — q/k/v/out projections of the temporal transformers and the (3,1,1) temporal convs
   (motion branch). A temporal conv on a one-frame clip uses its centre tap of the base weight only.
 * anything else — a regular expression matched (``re.fullmatch``) against module names.

@@ -40,6 +40,10 @@ from tft2v.models.conditions import (
 # scale of the skip's lowest spatial frequencies) — FreeU-style, fixed in the released model.
 REFINER_DECODER_TWEAKS = ((1.1, 0.6), (1.2, 0.4))
 
+# Options (not in VGen) that only add layers whose output starts at zero: a model trained without them
+# takes them on and still computes what it computed (``TFT2VUNet.with_options``).
+ADDED_LAYER_OPTIONS = ("frame_positions", "temporal_text_attention")
+
 
 class TFT2VUNet(ModelMixin, ConfigMixin):
     """The video UNet. Defaults are VGen's released TF-T2V model (1.4165 B parameters)."""
@@ -72,6 +76,7 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         condition_p_all_keep: float = 0.1,
         temporal_on_images: bool = True,
         frame_positions: bool = False,
+        temporal_text_attention: bool = False,
         refiner_layout: bool = False,
         guidance_embed: bool = False,
     ):
@@ -88,9 +93,13 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         def res(cin, cout):
             return ResBlock(cin, cout, emb_dim, dropout, groups, temporal_conv_dropout)
 
+        # Not in VGen: temporal transformers that also attend to the text tokens, so a caption reaches the
+        # layers that mix frames directly ("moving left" is a relation between frames).
+        temporal_context = context_dim if temporal_text_attention else None
+
         def attn(ch):
             return [SpatialTransformer(ch, head_dim, context_dim, groups),
-                    TemporalTransformer(ch, ch // head_dim, head_dim, groups)]
+                    TemporalTransformer(ch, ch // head_dim, head_dim, groups, temporal_context)]
 
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
@@ -120,7 +129,7 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         # Encoder: every block's output is kept as a skip for the decoder.
         self.input_blocks = nn.ModuleList([nn.ModuleList([
             nn.Conv2d(in_channels + condition_channels, model_channels, 3, padding=1),
-            TemporalTransformer(model_channels, init_temporal_heads, head_dim, groups),
+            TemporalTransformer(model_channels, init_temporal_heads, head_dim, groups, temporal_context),
         ])])
         skip_channels, ch, scale = [model_channels], model_channels, 1.0
         for level, mult in enumerate(channel_mult):
@@ -153,6 +162,20 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         self.out = nn.Sequential(
             nn.GroupNorm(groups, ch), nn.SiLU(), zero_module(nn.Conv2d(ch, out_channels, 3, padding=1))
         )
+
+    def with_options(self, **options: bool) -> "TFT2VUNet":
+        """A copy with ``options`` (names from ADDED_LAYER_OPTIONS) switched on and this model's weights; the
+        added layers start as no-ops, so the copy computes what this model computes."""
+        bad = sorted(k for k, v in options.items() if k not in ADDED_LAYER_OPTIONS or v is not True)
+        if bad:
+            raise ConfigError(f"with_options switches on {list(ADDED_LAYER_OPTIONS)} only, got {bad}")
+        # Private keys left out: from_config would reset the "_use_default_values" ones to their defaults.
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        forked = TFT2VUNet.from_config({**config, **options}).to(self.device).train(self.training)
+        unexpected = forked.load_state_dict(self.state_dict(), strict=False).unexpected_keys
+        if unexpected:
+            raise ConfigError(f"with_options cannot drop layers: {unexpected[:3]}")
+        return forked if forked.dtype == self.dtype else forked.to(self.dtype)
 
     # -- conditioning ---------------------------------------------------------------------------
 
@@ -246,7 +269,7 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
 
     # -- forward --------------------------------------------------------------------------------
 
-    def _run(self, module: nn.Module, h: torch.Tensor, emb, context, num_frames: int) -> torch.Tensor:
+    def _run(self, module: nn.Module, h: torch.Tensor, emb, context, text, num_frames: int) -> torch.Tensor:
         temporal = num_frames > 1 or self.config.temporal_on_images
         if isinstance(module, ResBlock):
             return module(h, emb, num_frames, temporal)
@@ -255,17 +278,17 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
         if isinstance(module, TemporalTransformer):
             if not temporal:
                 return h
-            out = module(rearrange(h, "(b f) c h w -> b c f h w", f=num_frames))
+            out = module(rearrange(h, "(b f) c h w -> b c f h w", f=num_frames), text)
             return rearrange(out, "b c f h w -> (b f) c h w")
         return module(h)
 
-    def _block(self, block, h, emb, context, num_frames):
+    def _block(self, block, h, emb, context, text, num_frames):
         modules = block if isinstance(block, nn.ModuleList) else [block]
         for m in modules:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(self._run, m, h, emb, context, num_frames, use_reentrant=False)
+                h = checkpoint(self._run, m, h, emb, context, text, num_frames, use_reentrant=False)
             else:
-                h = self._run(m, h, emb, context, num_frames)
+                h = self._run(m, h, emb, context, text, num_frames)
         return h
 
     def forward(
@@ -316,17 +339,18 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
             f_emb = get_timestep_embedding(index, self.config.model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
             emb = emb[:, None, :] + self.frame_embed(f_emb.to(dtype))[None]  # (B, F, E)
         context = self._context(encoder_hidden_states.expand(b, -1, -1).to(dtype), image_embeds, masks)
+        text = context[:, : encoder_hidden_states.shape[1]]  # (B, L, D): the text tokens, image tokens left out
 
         x = sample.to(dtype)
         cond_map = self._condition_map(x, conditions, masks) if conditions else None
         h = self._conv_in(rearrange(x, "b c f h w -> (b f) c h w"),
                           None if cond_map is None else rearrange(cond_map, "b c f h w -> (b f) c h w"))
-        h = self._block(self.input_blocks[0][1], h, emb, context, num_frames)
+        h = self._block(self.input_blocks[0][1], h, emb, context, text, num_frames)
         skips = [h]
         for block in self.input_blocks[1:]:
-            h = self._block(block, h, emb, context, num_frames)
+            h = self._block(block, h, emb, context, text, num_frames)
             skips.append(h)
-        h = self._block(self.middle_block, h, emb, context, num_frames)
+        h = self._block(self.middle_block, h, emb, context, text, num_frames)
         for i, block in enumerate(self.output_blocks):
             skip = skips.pop()
             if self.config.refiner_layout and i < len(REFINER_DECODER_TWEAKS):
@@ -334,6 +358,6 @@ class TFT2VUNet(ModelMixin, ConfigMixin):
                 half = h.shape[1] // 2
                 h = torch.cat([h[:, :half] * factor, h[:, half:]], dim=1)
                 skip = fourier_filter(skip, low)
-            h = self._block(block, torch.cat([h, skip], dim=1), emb, context, num_frames)
+            h = self._block(block, torch.cat([h, skip], dim=1), emb, context, text, num_frames)
         out = self.out(h)
         return rearrange(out, "(b f) c h w -> b c f h w", b=b, f=num_frames)

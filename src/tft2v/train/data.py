@@ -230,9 +230,11 @@ def changes_pretrained_layout(path: str, unet) -> bool:
 
 def _load_pretrained(path: str, kwargs: dict):
     """A TFT2VUNet saved by us: a model folder (its ``unet/``), a checkpoint folder or a UNet folder.
-    Its saved config wins, except for :data:`LAYOUT_OPTIONS`; any other ``model.unet`` value that contradicts
-    it is an error naming the key."""
+    Its saved config wins, except for :data:`LAYOUT_OPTIONS` and an added-layer option (ADDED_LAYER_OPTIONS)
+    switched on here, which the model takes on as a no-op; any other ``model.unet`` value that contradicts it is
+    an error naming the key."""
     from tft2v.models import TFT2VUNet
+    from tft2v.models.unet import ADDED_LAYER_OPTIONS
 
     folder = pretrained_unet_dir(path)
     if not (folder / "config.json").is_file():
@@ -240,6 +242,9 @@ def _load_pretrained(path: str, kwargs: dict):
         raise TFT2VError(f"model.init_path {path}: no TFT2VUNet found (expected config.json or unet/config.json){why}")
     layout = {k: kwargs[k] for k in LAYOUT_OPTIONS if k in kwargs}
     unet = TFT2VUNet.from_pretrained(folder, **layout)
+    added = {k: True for k in ADDED_LAYER_OPTIONS if kwargs.get(k) is True and not unet.config[k]}
+    if added:
+        unet = unet.with_options(**added)
     for key, value in kwargs.items():
         saved = unet.config[key]
         if (tuple(saved) if isinstance(saved, list) else saved) != value:
