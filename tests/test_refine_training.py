@@ -316,3 +316,16 @@ def test_refine_stage_with_fsdp_buckets_and_workers(tmp_path):
     shapes = {b.split("x")[0] + "x" + b.split("x")[1] for x in rows(out, "samples.jsonl") for b in x["video_buckets"]}
     assert len(shapes) >= 2, shapes  # ranks and steps in buckets of different aspect
     assert json.loads((out / "model" / "model_index.json").read_text())["tft2v"]["stage"] == "refine"
+
+
+def test_a_run_that_switches_the_bases_layout_or_adds_layers_writes_its_base(tmp_path):
+    """A LoRA export refers to its pretrained base folder only while that folder still describes the run's UNet."""
+    from pipeline_fixtures import toy_model_folder
+    from tft2v.models import TFT2VUNet
+    from tft2v.train.data import changes_pretrained_layout
+
+    folder = toy_model_folder(tmp_path / "base")
+    unet = TFT2VUNet.from_pretrained(folder / "unet")
+    assert not changes_pretrained_layout(str(folder), unet)
+    assert changes_pretrained_layout(str(folder), TFT2VUNet.from_pretrained(folder / "unet", refiner_layout=True))
+    assert changes_pretrained_layout(str(folder), unet.with_options(temporal_text_attention=True))

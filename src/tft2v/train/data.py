@@ -222,10 +222,12 @@ LAYOUT_OPTIONS = ("refiner_layout",)
 
 
 def changes_pretrained_layout(path: str, unet) -> bool:
-    """Whether ``unet`` (built from the pretrained folder at ``path``) switched one of its :data:`LAYOUT_OPTIONS`,
-    so that the folder alone no longer describes it."""
+    """Whether ``unet`` (built from the pretrained folder at ``path``) switched one of its :data:`LAYOUT_OPTIONS`
+    or added layers (``ADDED_LAYER_OPTIONS``), so that the folder alone no longer describes it."""
+    from tft2v.models.unet import ADDED_LAYER_OPTIONS
+
     saved = json.loads((pretrained_unet_dir(path) / "config.json").read_text())
-    return any(saved.get(k, False) != unet.config[k] for k in LAYOUT_OPTIONS)
+    return any(saved.get(k, False) != unet.config[k] for k in (*LAYOUT_OPTIONS, *ADDED_LAYER_OPTIONS))
 
 
 def _load_pretrained(path: str, kwargs: dict):
