@@ -24,7 +24,7 @@ def _planned_s(b: Budget) -> float:
 def test_budget_scales_with_minutes_and_keeps_floors():
     small, big = Budget(total_s=60), Budget(total_s=1200)
     for b in (small, big):
-        b.image_step_s, b.mixed_step_s, b.sample_s_per_clip_step = 0.2, 0.3, 0.06
+        b.image_step_s, b.mixed_step_s, b.sample_s_per_clip_step, b.compositional_step_s = 0.2, 0.3, 0.06, 0.5
         b.fit()
     assert big.content_steps > 10 * small.content_steps // 2 and big.variant_steps > small.variant_steps
     assert small.content_steps >= 20 and small.variant_steps >= 20 and 8 <= small.sample_steps <= 20
@@ -34,8 +34,8 @@ def test_budget_scales_with_minutes_and_keeps_floors():
 def test_budget_on_a_slow_machine_samples_fewer_clips_and_trains_less():
     # Calibration measured on a box ~4x slower than the reference one (image, mixed, clip-step seconds).
     fast, slow = Budget(total_s=600), Budget(total_s=600)
-    fast.image_step_s, fast.mixed_step_s, fast.sample_s_per_clip_step = 0.2, 0.28, 0.084
-    slow.image_step_s, slow.mixed_step_s, slow.sample_s_per_clip_step = 0.74, 1.33, 0.255
+    fast.image_step_s, fast.mixed_step_s, fast.sample_s_per_clip_step, fast.compositional_step_s = 0.2, 0.28, 0.084, 0.5
+    slow.image_step_s, slow.mixed_step_s, slow.sample_s_per_clip_step, slow.compositional_step_s = 0.74, 1.33, 0.255, 2.4
     fast.fit(), slow.fit()
     assert fast.eval_seeds == EVAL_SEEDS and slow.eval_seeds == REDUCED_EVAL_SEEDS
     assert count_clips(slow.eval_seeds) < count_clips(fast.eval_seeds) and slow.sample_steps == 8
@@ -44,12 +44,13 @@ def test_budget_on_a_slow_machine_samples_fewer_clips_and_trains_less():
 
 def test_the_default_plan_is_the_same_work_on_any_machine():
     fast, slow = Budget(total_s=0), Budget(total_s=0)
-    fast.image_step_s, fast.mixed_step_s, fast.sample_s_per_clip_step = 0.2, 0.28, 0.084
-    slow.image_step_s, slow.mixed_step_s, slow.sample_s_per_clip_step = 0.74, 1.33, 0.255
+    fast.image_step_s, fast.mixed_step_s, fast.sample_s_per_clip_step, fast.compositional_step_s = 0.2, 0.28, 0.084, 0.5
+    slow.image_step_s, slow.mixed_step_s, slow.sample_s_per_clip_step, slow.compositional_step_s = 0.74, 1.33, 0.255, 2.4
     for b in (fast, slow):
         b.follow(PLANS["default"])
     steps = lambda b: (b.content_steps, b.variant_steps, b.sample_steps, b.eval_seeds)  # noqa: E731
     assert steps(fast) == steps(slow) == (750, 250, 8, EVAL_SEEDS)
+    assert fast.compositional_steps == slow.compositional_steps == 100
     assert slow.predicted_s() > 3 * fast.predicted_s()  # only the ETA depends on the machine
     assert fast.predicted_s() == pytest.approx(_planned_s(fast))
 
@@ -59,6 +60,7 @@ def test_the_full_plan_trains_the_variants_four_times_longer_on_the_same_content
     assert (full.content_steps, full.sample_steps, full.eval_seeds) == (
         default.content_steps, default.sample_steps, default.eval_seeds)
     assert full.variant_steps == 4 * default.variant_steps
+    assert full.compositional_steps == 4 * default.compositional_steps
     b = Budget(total_s=0, image_step_s=0.2, mixed_step_s=0.28, sample_s_per_clip_step=0.084)
     b.follow(full)
     assert (b.content_steps, b.variant_steps) == (750, 1000)

@@ -265,13 +265,14 @@ def add_conditions(unet, settings: dict):
     grown = TFT2VUNet(**{**kwargs, **settings})
     state = unet.state_dict()
     conv = "input_blocks.0.0.weight"
-    old = state[conv]  # (C, in, 3, 3)
+    # (C, in + its unused condition channels, 3, 3): keep the latent's channels, zeros for the new conditions.
+    old = state[conv][:, :unet.config.in_channels]
     state[conv] = torch.cat([old, old.new_zeros(old.shape[0], grown.config.condition_channels, *old.shape[2:])], 1)
     missing, unexpected = grown.load_state_dict(state, strict=False)
     stray = [k for k in missing if not k.startswith("condition_encoders.")] + list(unexpected)
     if stray:
         raise TFT2VError(f"cannot add conditions to this model: key {stray[0]!r} does not carry over")
-    return grown.to(old.device, old.dtype)
+    return grown
 
 
 def _check_model_matches(cfg: Config, kwargs: dict, encoder, channels: int) -> None:
