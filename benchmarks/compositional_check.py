@@ -49,7 +49,7 @@ def main() -> None:
     files = []
     for j, (clip, truth) in enumerate(zip(_uint8(sources), truths)):
         files.append(args.out / f"condition_{j:03d}_{truth['motion']}.mp4")
-        write_video(files[-1], clip, fps=d["fps"])
+        write_video(files[-1], clip, fps=round(d["fps"]))
     read = torch.cat([read_condition_video(f, data["num_frames"], d["fps"], (data["height"], data["width"]),
                                            error=f"cannot read {f}") for f in files])  # (N, 3, F, H, W)
     prompts = (appearance_prompts() * (args.clips // len(appearance_prompts()) + 1))[:args.clips]
@@ -65,7 +65,7 @@ def main() -> None:
             c.update(follow_condition(c, truth["motion"], truth["track"]))
             scored.append(c)
             path = args.out / f"sample_{kind}_{j:03d}.mp4"
-            write_video(path, _uint8(clip[None])[0], fps=d["fps"])
+            write_video(path, _uint8(clip[None])[0], fps=round(d["fps"]))
             rows.append({"kind": kind, "prompt": prompt, "seed": FRESH_SEED + j, "path": path.name,
                          "condition_file": files[j].name, "condition_motion": truth["motion"],
                          "condition_track": truth["track"], "follows": c["follows"], "colour": c["colour"]})
