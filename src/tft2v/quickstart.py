@@ -13,9 +13,10 @@ it for the same number of steps each, so the comparisons differ only in what the
 
 Each is sampled on the same prompts and seeds and scored with the analytic shapes-world evaluators
 (tft2v.metrics.toy); the compositional model is also sampled with each condition, extracted from
-ground-truth clips outside the training data (tft2v.metrics.toy_conditions). By default the run follows a fixed :class:`Plan` (steps, batch sizes, seeds), so
-the same commit and seed do the same work and give the same numbers on any machine (up to float
-differences between CPUs); a short calibration only predicts the wall time. ``--minutes N`` is the
+ground-truth clips outside the training data (tft2v.metrics.toy_conditions). By default the run follows a
+fixed :class:`Plan` (steps, batch sizes, seeds), so the same commit and seed do the same work and give the
+same numbers on any machine (up to float differences between CPUs); a short calibration only predicts the
+wall time. ``--minutes N`` is the
 explicit budget mode: the step counts are fitted to N minutes instead, and the report says so.
 Videos are (B, 3, F, H, W) in [-1, 1] throughout.
 """
@@ -431,28 +432,25 @@ def _run_quickstart(out_dir, minutes, seed, log, base, plan) -> Path:
         seeds = [sample_seed + i for i in range(len(app + directed))]
         pipe = _pipeline(Path(summary["model"]))
         clips = sample_prompts(pipe, app + directed, budget.sample_steps, seed=sample_seed)
-        extra = {}
+        kinds, following, conditioned = ["appearance"] * len(app) + ["direction"] * len(directed), None, {}
         if v.name == "compositional":
             # The same prompts and seeds again, with each condition of a held-out clip per prompt.
             sources, truths = condition_clips(len(app), seed, base["data"])
             clips = torch.cat([clips] + [sample_prompts(pipe, app, budget.sample_steps, seed=sample_seed,
                                                         condition_videos={name: sources})
                                          for name in COMPOSITIONAL_CONDITIONS])
-            kinds = ("none", *COMPOSITIONAL_CONDITIONS)
-            directed, seeds = app * len(COMPOSITIONAL_CONDITIONS), seeds * len(kinds)
-            extra = {"following": (kinds, [t["motion"] for t in truths], [t["track"] for t in truths])}
+            directed, seeds = app * len(COMPOSITIONAL_CONDITIONS), seeds * (1 + len(COMPOSITIONAL_CONDITIONS))
+            kinds = ["appearance"] * len(app) + [name for name in COMPOSITIONAL_CONDITIONS for _ in app]
+            following = (("none", *COMPOSITIONAL_CONDITIONS), [t["motion"] for t in truths], [t["track"] for t in truths])
             conditioned = {"condition_clips": {"clips": sources, "truth": truths},
-                           "condition_index": [None] * len(app) + list(range(len(app))) * len(COMPOSITIONAL_CONDITIONS),
-                           "kinds": ["appearance"] * len(app) + [k for k in COMPOSITIONAL_CONDITIONS for _ in app]}
+                           "condition_index": [None] * len(app) + list(range(len(app))) * len(COMPOSITIONAL_CONDITIONS)}
         budget.spent[f"sample: {v.name}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         results[v.name] = {
-            "variant": v, "train": summary, "clips": clips, "prompts": app + directed, "seeds": seeds,
-            "kinds": ["appearance"] * len(app) + ["direction"] * len(directed),
+            "variant": v, "train": summary, "clips": clips, "prompts": app + directed, "seeds": seeds, "kinds": kinds,
             "sampling": {"scheduler": "dpmpp", "steps": budget.sample_steps, "guidance": SAMPLE_GUIDANCE,
                          "negative_prompt": ""},
-            **_evaluate(clips, app, directed, **extra),
-            **(conditioned if extra else {}),
+            **_evaluate(clips, app, directed, following), **conditioned,
         }
         budget.spent[f"score: {v.name}"] = time.perf_counter() - t0
         a, d = results[v.name]["appearance"], results[v.name]["direction"]
