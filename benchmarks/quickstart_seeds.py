@@ -34,6 +34,11 @@ def summary(run: Path) -> dict:
         "images_only_coherent": pick("images_only", "appearance", "coherent_fraction"),
         "semi_supervised_direction": pick("semi_supervised", "direction", "direction_accuracy"),
         "text_free_direction": pick("text_free", "direction", "direction_accuracy"),
+        # Claim 3 reads every clip of the two variants; claim 5 the compositional model's conditioned clips.
+        "colour_shape_all": {v: [pick(v, "all", "colour_accuracy"), pick(v, "all", "shape_accuracy")]
+                             for v in ("tft2v", "semi_supervised")},
+        "compositional_follows": {k: None if v["follow_accuracy"] is None else round(v["follow_accuracy"], 3)
+                                  for k, v in ((metrics.get("compositional") or {}).get("conditioned") or {}).items()},
     }
 
 

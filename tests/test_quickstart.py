@@ -6,26 +6,25 @@ import pytest
 import torch
 
 from tft2v.data import shapes_spec as spec
-from tft2v.data.toy import generate
-from tft2v.metrics.toy import evaluate_toy, summarise
 from tft2v.quickstart import (BASE_CONFIG, EVAL_SEEDS, PLANS, QUICKSTART_THREADS, REDUCED_EVAL_SEEDS, VARIANTS,
                               Budget, Plan, appearance_prompts, count_clips, direction_prompts, evaluation_prompts,
                               merge_config, variant_config)
-from tft2v.quickstart_report import claims, slow_machine_note, write_report
+from tft2v.quickstart_claims import claims
+from tft2v.quickstart_report import slow_machine_note, write_report
 
-from tests.toy_drawing import BACKGROUND, draw
+from tests.quickstart_fixtures import fake_results
 
 
 def _planned_s(b: Budget) -> float:
     clips = count_clips(b.eval_seeds)
     return (b.content_steps * b.image_step_s + b.variant_steps * (b.image_step_s / 4 + 3 * b.mixed_step_s)
-            + clips * b.sample_steps * b.sample_s_per_clip_step)
+            + b.compositional_steps * b.compositional_step_s + clips * b.sample_steps * b.sample_s_per_clip_step)
 
 
 def test_budget_scales_with_minutes_and_keeps_floors():
     small, big = Budget(total_s=60), Budget(total_s=1200)
     for b in (small, big):
-        b.image_step_s, b.mixed_step_s, b.sample_s_per_clip_step = 0.2, 0.3, 0.06
+        b.image_step_s, b.mixed_step_s, b.sample_s_per_clip_step, b.compositional_step_s = 0.2, 0.3, 0.06, 0.5
         b.fit()
     assert big.content_steps > 10 * small.content_steps // 2 and big.variant_steps > small.variant_steps
     assert small.content_steps >= 20 and small.variant_steps >= 20 and 8 <= small.sample_steps <= 20
@@ -35,8 +34,8 @@ def test_budget_scales_with_minutes_and_keeps_floors():
 def test_budget_on_a_slow_machine_samples_fewer_clips_and_trains_less():
     # Calibration measured on a box ~4x slower than the reference one (image, mixed, clip-step seconds).
     fast, slow = Budget(total_s=600), Budget(total_s=600)
-    fast.image_step_s, fast.mixed_step_s, fast.sample_s_per_clip_step = 0.2, 0.28, 0.084
-    slow.image_step_s, slow.mixed_step_s, slow.sample_s_per_clip_step = 0.74, 1.33, 0.255
+    fast.image_step_s, fast.mixed_step_s, fast.sample_s_per_clip_step, fast.compositional_step_s = 0.2, 0.28, 0.084, 0.5
+    slow.image_step_s, slow.mixed_step_s, slow.sample_s_per_clip_step, slow.compositional_step_s = 0.74, 1.33, 0.255, 2.4
     fast.fit(), slow.fit()
     assert fast.eval_seeds == EVAL_SEEDS and slow.eval_seeds == REDUCED_EVAL_SEEDS
     assert count_clips(slow.eval_seeds) < count_clips(fast.eval_seeds) and slow.sample_steps == 8
@@ -45,12 +44,13 @@ def test_budget_on_a_slow_machine_samples_fewer_clips_and_trains_less():
 
 def test_the_default_plan_is_the_same_work_on_any_machine():
     fast, slow = Budget(total_s=0), Budget(total_s=0)
-    fast.image_step_s, fast.mixed_step_s, fast.sample_s_per_clip_step = 0.2, 0.28, 0.084
-    slow.image_step_s, slow.mixed_step_s, slow.sample_s_per_clip_step = 0.74, 1.33, 0.255
+    fast.image_step_s, fast.mixed_step_s, fast.sample_s_per_clip_step, fast.compositional_step_s = 0.2, 0.28, 0.084, 0.5
+    slow.image_step_s, slow.mixed_step_s, slow.sample_s_per_clip_step, slow.compositional_step_s = 0.74, 1.33, 0.255, 2.4
     for b in (fast, slow):
         b.follow(PLANS["default"])
     steps = lambda b: (b.content_steps, b.variant_steps, b.sample_steps, b.eval_seeds)  # noqa: E731
     assert steps(fast) == steps(slow) == (750, 250, 8, EVAL_SEEDS)
+    assert fast.compositional_steps == slow.compositional_steps == 100
     assert slow.predicted_s() > 3 * fast.predicted_s()  # only the ETA depends on the machine
     assert fast.predicted_s() == pytest.approx(_planned_s(fast))
 
@@ -60,6 +60,7 @@ def test_the_full_plan_trains_the_variants_four_times_longer_on_the_same_content
     assert (full.content_steps, full.sample_steps, full.eval_seeds) == (
         default.content_steps, default.sample_steps, default.eval_seeds)
     assert full.variant_steps == 4 * default.variant_steps
+    assert full.compositional_steps == 4 * default.compositional_steps
     b = Budget(total_s=0, image_step_s=0.2, mixed_step_s=0.28, sample_s_per_clip_step=0.084)
     b.follow(full)
     assert (b.content_steps, b.variant_steps) == (750, 1000)
@@ -98,119 +99,6 @@ def test_prompts_cover_every_combo_and_direction():
     assert any((c, s) in spec.HELD_OUT for c, s, _ in parsed)
 
 
-def _clips(kind, n, seed):
-    data = generate(kind, n, seed=seed)
-    clips = torch.stack([data.sample(i)["pixels"] for i in range(n)])
-    truth = [data.truth(i) for i in range(n)]
-    return clips, truth
-
-
-def _result(variant, clips, app_prompts, dir_prompts):
-    """One variant's results as run_quickstart builds them (appearance clips, then direction clips)."""
-    everything = torch.cat([clips, clips]) if dir_prompts else clips
-    prompts = app_prompts + dir_prompts
-    every = evaluate_toy(everything, prompts)
-    head, tail = every["clips"][:len(app_prompts)], every["clips"][len(app_prompts):]
-    return {"variant": variant, "clips": everything, "prompts": prompts, "seeds": [1000 + i for i in range(len(prompts))],
-            "sampling": {"scheduler": "dpmpp", "steps": 8, "guidance": 3.0, "negative_prompt": ""},
-            "train": {"loss_last": 0.1, "checkpoint": "/nonexistent/run/checkpoints/x", "model": "/nonexistent/model"},
-            "appearance": {**summarise(head), "clips": head},
-            "direction": {**summarise(tail), "clips": tail} if dir_prompts else None, "all": every}
-
-
-def _fake_results(good: bool, clips: dict | None = None):
-    """Variant results built from ground-truth clips: 'good' makes claims 1 and 3 true, else false.
-    ``clips`` replaces a variant's clips (same prompts and seeds)."""
-    moving, truth = _clips("videos", 12, 0)
-    still = moving[:, :, :1].expand_as(moving).clone()
-    app_prompts = [spec.caption(t["colour"], t["shape"]) for t in truth]
-    right = [spec.caption(t["colour"], t["shape"], t["motion"]) for t in truth]
-    wrong = [spec.caption(t["colour"], t["shape"], spec.MOTIONS[(spec.MOTIONS.index(t["motion"]) + 1) % 4]) for t in truth]
-    results = {}
-    for v in VARIANTS:
-        x = (clips or {}).get(v.name, still if (v.name == "images_only" or not good) else moving)
-        dir_prompts = [] if v.name == "images_only" else right if (v.name == "semi_supervised" and good) else wrong
-        results[v.name] = _result(v, x, app_prompts, dir_prompts)
-    return results
-
-
-def test_claims_follow_the_numbers():
-    verdicts = [v for _, _, v in claims(_fake_results(good=True))]
-    assert verdicts[0] == "holds" and verdicts[2] == "holds"
-    bad = [v for _, _, v in claims(_fake_results(good=False))]
-    assert bad[0] == "not shown at this budget" and bad[2] == "not shown at this budget"
-
-
-def test_claim_1_compares_text_free_videos_with_images_only():
-    moving, _ = _clips("videos", 12, 0)
-    still = moving[:, :, :1].expand_as(moving).clone()
-    # Only the λ=1 model moves: claim 1 (text-free videos alone, λ=0) is not shown by it.
-    c = claims(_fake_results(good=True, clips={"text_free": still}))[0]
-    assert c[2] == "not shown at this budget" and "+ text-free videos (λ=0)" in c[1]
-    # Only the λ=0 model moves: claim 1 holds, whatever λ=1 does.
-    assert claims(_fake_results(good=True, clips={"tft2v": still}))[0][2] == "holds"
-
-
-def _flicker(clips):
-    """Every other frame 30 % dimmer: the object moves, but its appearance is not consistent."""
-    bg = BACKGROUND / 127.5 - 1
-    out = clips.clone()
-    out[:, :, 1::2] = bg + (out[:, :, 1::2] - bg) * 0.7
-    return out
-
-
-def test_a_static_or_vanishing_clip_cannot_pass_claim_2():
-    moving, _ = _clips("videos", 12, 0)
-    flicker = _flicker(moving)
-    still = moving[:, :, :1].expand_as(moving).clone()
-    empty = torch.full_like(moving, BACKGROUND / 127.5 - 1)
-    # The steady λ=1 model beats the flickering λ=0 one: the claim can hold.
-    steady = claims(_fake_results(good=True, clips={"text_free": flicker, "tft2v": moving}))[1]
-    assert steady[2] == "holds" and "the 24 pairs where both move" in steady[1]
-    for frozen in (still, empty):
-        r = _fake_results(good=True, clips={"text_free": flicker, "tft2v": frozen})
-        # Frozen or empty frames win pixel consistency outright ...
-        assert r["tft2v"]["all"]["pixel_consistency"] > r["text_free"]["all"]["pixel_consistency"]
-        # ... but not claim 2.
-        assert claims(r)[1][2] == "not shown at this budget"
-    # Half the λ=1 clips frozen, the other half steady: fewer moving clips, so not shown either.
-    half = torch.cat([moving[:6], still[6:]])
-    assert claims(_fake_results(good=True, clips={"text_free": flicker, "tft2v": half}))[1][2] == "not shown at this budget"
-
-
-def _held_out_results(held_clips: torch.Tensor, held_prompts: list[str]):
-    """The TF-T2V variant's 'all' clips: the given held-out clips plus right, moving seen combos."""
-    seen = [("red", "circle"), ("blue", "square"), ("yellow", "triangle"), ("magenta", "circle")] * 3
-    seen_clips = torch.stack([draw(s, c, [(8 + t, 10 + 4 * (i % 4)) for t in range(16)]) for i, (c, s) in enumerate(seen)])
-    results = _fake_results(good=True)
-    results["tft2v"]["all"] = evaluate_toy(torch.cat([held_clips, seen_clips]),
-                                           held_prompts + [spec.caption(c, s) for c, s in seen])
-    return results
-
-
-def test_held_out_combos_must_come_out_right_and_move_coherently():
-    held = [spec.HELD_OUT[i % len(spec.HELD_OUT)] for i in range(12)]
-    prompts = [spec.caption(c, s) for c, s in held]
-
-    def clips(moving: bool, shapes=None):
-        shapes = shapes or [s for _, s in held]
-        return torch.stack([draw(s, c, [(8 + (t if moving else 0), 12 + i % 3 * 4) for t in range(16)])
-                            for i, ((c, _), s) in enumerate(zip(held, shapes))])
-
-    assert claims(_held_out_results(clips(moving=True), prompts))[3][2] == "holds"
-    # Right colour and shape but standing still: appearance without motion is not the claim.
-    static = claims(_held_out_results(clips(moving=False), prompts))[3]
-    assert static[2] == "not shown at this budget" and "right and moving coherently 0/12" in static[1]
-    # One coherent clip among still ones is within what a model without videos could do by luck.
-    one = clips(moving=False)
-    one[0] = clips(moving=True)[0]
-    lucky = claims(_held_out_results(one, prompts))[3]
-    assert lucky[2] == "not shown at this budget" and "right and moving coherently 1/12" in lucky[1]
-    # Moving, but the wrong shape (the video shapes of that colour): not right.
-    wrong = [{"triangle": "circle", "circle": "square", "square": "triangle"}[s] for _, s in held]
-    assert claims(_held_out_results(clips(moving=True, shapes=wrong), prompts))[3][2] == "not shown at this budget"
-
-
 def test_report_writes_tables_pictures_and_every_clip(tmp_path):
     from tft2v.data.toy_files import read_video
     from tft2v.data.toy import to_pixels
@@ -218,11 +106,16 @@ def test_report_writes_tables_pictures_and_every_clip(tmp_path):
 
     budget = Budget(total_s=60, image_step_s=0.2, mixed_step_s=0.3, sample_s_per_clip_step=0.05,
                     content_steps=20, variant_steps=20, sample_steps=8, spent={"train": 1.0})
-    results = _fake_results(True)
+    results = fake_results(True)
     report = write_report(tmp_path, results, budget, {"steps": 20, "checkpoint": "/none/run/checkpoints/x"},
                           seed=0, minutes=1, data={"height": 32, "width": 32, "num_frames": 16})
     text = report.read_text()
     assert "| (1) text-free videos give coherent motion |" in text and "**holds**" in text
+    assert "| (5) compositional: motion / sketch conditions steer the video |" in text
+    assert "| with the motion condition | 12 | 100 % | 100 % | 100 % | 100 % | 100 % | 0.019 |" in text
+    assert "| without a condition | 12 | 100 % | 100 % | 100 % | 0 % | 0 % | 9.039 |" in text
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["compositional"]["conditioned"]["sketch"]["follow_accuracy"] == 1.0
     for v in VARIANTS:
         assert (tmp_path / "samples" / f"{v.name}.png").is_file() and (tmp_path / "samples" / f"{v.name}.gif").is_file()
         assert v.title in text
@@ -236,7 +129,15 @@ def test_report_writes_tables_pictures_and_every_clip(tmp_path):
         assert row["prompt"] == r["prompts"][row["index"]] and row["seed"] == r["seeds"][row["index"]]
         assert row["path"] == (f"samples/{row['variant']}/{row['index']:03d}_{row['prompt'].replace(' ', '-')}"
                                f"_s{row['seed']}.mp4") and (tmp_path / row["path"]).is_file()
-        assert row["kind"] == ("appearance" if row["index"] < len(r["appearance"]["clips"]) else "direction")
+        assert row["kind"] == r["kinds"][row["index"]]
+        assert row["kind"] == ("appearance" if row["index"] < len(r["appearance"]["clips"]) else
+                               "direction" if row["variant"] != "compositional" else row["kind"])
+        if row["kind"] in ("motion", "sketch"):  # conditioned: its condition clip is a file, with its truth
+            source = row["condition_clip"]
+            assert (tmp_path / source["path"]).is_file() and source["path"].endswith(f"_{source['motion']}.mp4")
+            assert "follows" in row["verdicts"] and len(source["track"]) == 16
+        else:
+            assert "condition_clip" not in row
         assert row["verdicts"]["colour"] == r["all"]["clips"][row["index"]]["colour"]
         assert row["sampling"]["guidance"] == 3.0 and row["model"] == "/nonexistent/model"
     # Anyone can re-score a clip from its file: the detector says the same on the decoded video.
@@ -258,7 +159,7 @@ def test_quickstart_end_to_end_small(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the run sets its own thread count and gives this one back
     try:
-        report = run_quickstart(tmp_path, seed=0, base=tiny, log=said.append, plan=Plan("tiny", 20, 20, 8, (1, 1)))
+        report = run_quickstart(tmp_path, seed=0, base=tiny, log=said.append, plan=Plan("tiny", 20, 20, 8, (1, 1), 10))
         assert torch.get_num_threads() == 1 and f"in all, {QUICKSTART_THREADS} threads" in said[1]
     finally:
         torch.set_num_threads(threads)
@@ -274,5 +175,11 @@ def test_quickstart_end_to_end_small(tmp_path):
     assert {r["variant"] for r in rows} == {v.name for v in VARIANTS}
     assert all((tmp_path / r["path"]).is_file() and r["path"].endswith(f"_s{r['seed']}.mp4") for r in rows)
     assert all(r["model"].endswith(f"{r['variant']}/model") and "present" in r["verdicts"] for r in rows)
+    conditioned = [r for r in rows if r["kind"] in ("motion", "sketch")]
+    assert len(conditioned) == 2 * len(appearance_prompts()) and all("follows" in r["verdicts"] for r in conditioned)
+    assert "## Compositional synthesis" in text and "(+ 10 compositional)" in said[1]
+    from tft2v.pipeline import TFT2VPipeline  # the compositional model folder takes a motion condition
+    pipe = TFT2VPipeline.from_pretrained(tmp_path / "runs" / "compositional" / "model")
+    assert set(pipe.unet.config.conditions) == {"motion", "sketch"}
     per_variant = {v.name: sum(r["variant"] == v.name for r in rows) for v in VARIANTS}
     assert per_variant["images_only"] % len(appearance_prompts()) == 0 and per_variant["tft2v"] > per_variant["images_only"]

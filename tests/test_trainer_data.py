@@ -59,3 +59,41 @@ def test_toy_streams_bad_configs(tmp_path):
         toy_streams(tiny_config(tmp_path, **{"data.toy_captioned_videos": 0}), 0, False, False, True)
     with pytest.raises(ConfigError, match="data.toy_images must be >= 3 for this recipe on 3 ranks, got 2"):
         toy_streams(tiny_config(tmp_path, **{"data.toy_images": 2}), 0, True, False, False, world_size=3)
+
+
+def _tiny_unet(**kwargs):
+    from tft2v.models import TFT2VUNet
+
+    torch.manual_seed(0)
+    return TFT2VUNet(in_channels=3, out_channels=3, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_scales=(0.5,), head_dim=8, init_temporal_heads=1, norm_num_groups=4, context_dim=16,
+                     image_embed_dim=None, dropout=0.0, temporal_conv_dropout=0.0, **kwargs)
+
+
+def test_a_pretrained_model_without_conditions_grows_condition_encoders(tmp_path):
+    from tft2v.train.data import add_conditions
+    from tft2v.train.trainer import Trainer
+
+    plain = _tiny_unet(condition_channels=0)
+    with torch.no_grad():  # a scratch UNet's output conv is zero: give it something to compare
+        for p in plain.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    plain.save_pretrained(tmp_path / "plain")
+    settings = {"conditions": ("motion", "sketch"), "condition_channels": 4, "condition_pixel_size": (128, 128)}
+    grown = add_conditions(plain, settings)
+    assert set(grown.condition_encoders) == {"motion", "sketch"} and grown.config.condition_channels == 4
+    x, t, text = torch.randn(1, 3, 4, 16, 16), torch.tensor([500]), torch.randn(1, 4, 16)
+    conditions = {"motion": torch.randn(1, 2, 4, 16, 16), "sketch": torch.rand(1, 1, 4, 16, 16)}
+    with torch.no_grad():
+        before = plain(x, t, encoder_hidden_states=text)
+        # The new channels of the first conv are zero: with or without conditions it is the pretrained model.
+        assert torch.equal(grown(x, t, encoder_hidden_states=text), before)
+        assert torch.allclose(grown(x, t, encoder_hidden_states=text, conditions=conditions), before, atol=1e-6)
+    # The trainer grows it from the saved folder when the config asks for conditions the model lacks.
+    cfg = tiny_config(tmp_path / "run", **{"model.init": "pretrained", "model.init_path": str(tmp_path / "plain"),
+                                           "recipe.conditions": "[motion, sketch]", "model.unet.condition_channels": 4,
+                                           "model.unet.condition_pixel_size": "[128, 128]"})
+    unet = Trainer(cfg, overwrite=True).unet
+    assert set(unet.condition_encoders) == {"motion", "sketch"}
+    assert torch.equal(unet.state_dict()["input_blocks.1.0.in_layers.2.weight"],
+                       plain.state_dict()["input_blocks.1.0.in_layers.2.weight"])

@@ -1,17 +1,22 @@
 """``tft2v quickstart``: the TF-T2V recipe end to end on the shapes world, offline, on a CPU.
 
-One shared content stage (image–text pairs only) is trained first; four variants then continue from
+One shared content stage (image–text pairs only) is trained first; five variants then continue from
 it for the same number of steps each, so the comparisons differ only in what the paper varies:
 
 * ``images_only``      — image–text pairs only (no videos ever);
 * ``text_free``        — + text-free videos, no coherence loss (λ = 0);
 * ``tft2v``            — + text-free videos + temporal coherence loss (λ = :data:`TOY_COHERENCE_WEIGHT`): TF-T2V;
-* ``semi_supervised``  — TF-T2V + captioned videos for half the video slots (semi-supervised).
+* ``semi_supervised``  — TF-T2V + captioned videos for half the video slots (semi-supervised);
+* ``compositional``    — the TF-T2V model continued with motion-vector and sketch conditions extracted on the
+  fly from its image and text-free video batches (condition dropout as VGen): condition encoders are added
+  to it, as VideoComposer starts from a text-to-video model, for :attr:`Plan.compositional_steps`.
 
 Each is sampled on the same prompts and seeds and scored with the analytic shapes-world evaluators
-(tft2v.metrics.toy). By default the run follows a fixed :class:`Plan` (steps, batch sizes, seeds), so
-the same commit and seed do the same work and give the same numbers on any machine (up to float
-differences between CPUs); a short calibration only predicts the wall time. ``--minutes N`` is the
+(tft2v.metrics.toy); the compositional model is also sampled with each condition, extracted from
+ground-truth clips outside the training data (tft2v.metrics.toy_conditions). By default the run follows a
+fixed :class:`Plan` (steps, batch sizes, seeds), so the same commit and seed do the same work and give the
+same numbers on any machine (up to float differences between CPUs); a short calibration only predicts the
+wall time. ``--minutes N`` is the
 explicit budget mode: the step counts are fitted to N minutes instead, and the report says so.
 Videos are (B, 3, F, H, W) in [-1, 1] throughout.
 """
@@ -67,11 +72,20 @@ QUICKSTART_THREADS = 2
 TOY_COHERENCE_WEIGHT = 1.0
 
 
+# Compositional conditions: the two that carry motion (VideoComposer's motion vectors, and a sketch per frame).
+COMPOSITIONAL_CONDITIONS = ("motion", "sketch")
+# Channels of the summed condition encodings concatenated to the latent (VGen's compositional model: 8).
+CONDITION_CHANNELS = 8
+# The condition encoders pool to condition_pixel_size / 8 (a VGen fact): the latent's size × 8.
+CONDITION_PIXEL_SIZE = [8 * spec.FRAME_SIZE // BASE_CONFIG["autoencoder"]["patch_size"]] * 2
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
     title: str
     overrides: dict = field(default_factory=dict)
+    start: str = ""  # the variant whose model it continues from; "" = the content stage
 
 
 VARIANTS = (
@@ -81,13 +95,20 @@ VARIANTS = (
             {"recipe": {"coherence_weight": TOY_COHERENCE_WEIGHT}}),
     Variant("semi_supervised", "TF-T2V + captioned videos (semi-supervised)",
             {"recipe": {"coherence_weight": TOY_COHERENCE_WEIGHT}, "data": {"labelled_ratio": 0.5}}),
+    Variant("compositional", "TF-T2V + motion and sketch conditions (compositional)",
+            {"recipe": {"coherence_weight": TOY_COHERENCE_WEIGHT, "conditions": list(COMPOSITIONAL_CONDITIONS)},
+             "model": {"unet": {"condition_channels": CONDITION_CHANNELS, "condition_pixel_size": CONDITION_PIXEL_SIZE}}},
+            start="tft2v"),
 )
 
-# Seeds per (colour×shape, 'moving …') prompt: claims compare models on the same prompts and seeds, and
-# direction has 12 prompts against 18.
-EVAL_SEEDS = (2, 4)
+# Seeds per (colour×shape, 'moving …') prompt: claims compare models on the same prompts and seeds. Direction
+# from the caption is reported, not claimed, so its 12 prompts get 2 seeds (4 until the compositional variant
+# needed the time).
+EVAL_SEEDS = (2, 2)
 # On a machine too slow to sample that many clips in its share of the budget, half as many.
-REDUCED_EVAL_SEEDS = (1, 2)
+REDUCED_EVAL_SEEDS = (1, 1)
+# Seeds per colour×shape prompt for the compositional model, sampled without a condition and with each one.
+COMPOSITIONAL_SEEDS = 1
 # DPM-Solver++ at 8 steps scores as well as at 20 on the toy world (docs/research/motion_learning.md); fewer is
 # untested.
 MIN_SAMPLE_STEPS = 8
@@ -107,14 +128,17 @@ def direction_prompts() -> list[str]:
 
 def evaluation_prompts(variant: str, seeds: tuple[int, int] = EVAL_SEEDS) -> tuple[list[str], list[str]]:
     """(appearance, direction) prompts, repeated ``seeds`` times; a model trained on images only is
-    not asked for motion."""
+    not asked for motion, nor is the compositional one by its text (its conditions ask instead)."""
+    if variant == "compositional":
+        return appearance_prompts() * COMPOSITIONAL_SEEDS, []
     directed = [] if variant == "images_only" else direction_prompts() * seeds[1]
     return appearance_prompts() * seeds[0], directed
 
 
 def count_clips(seeds: tuple[int, int]) -> int:
-    """Clips sampled over all variants with ``seeds`` per prompt."""
-    return sum(len(a) + len(d) for a, d in (evaluation_prompts(v.name, seeds) for v in VARIANTS))
+    """Clips sampled over all variants with ``seeds`` per prompt, the compositional model's conditioned ones too."""
+    plain = sum(len(a) + len(d) for a, d in (evaluation_prompts(v.name, seeds) for v in VARIANTS))
+    return plain + len(COMPOSITIONAL_CONDITIONS) * len(evaluation_prompts("compositional", seeds)[0])
 
 
 # Each variant starts a fresh AdamW; without a warmup its first updates undo the content stage
@@ -146,13 +170,17 @@ class Plan:
     variant_steps: int
     sample_steps: int
     eval_seeds: tuple[int, int] = EVAL_SEEDS
+    compositional_steps: int = 100  # on top of the TF-T2V variant's variant_steps
 
 
 # default: the step counts the 10-minute budget gave on the reference 2-core box. full: 4× the variant steps,
 # where the TF-T2V variant's colour and coherent motion near issue 13's targets (~19 min on a 0.26 s box;
 # benchmarks/RESULTS.md, "Quickstart").
 PLANS = {"default": Plan("default", content_steps=750, variant_steps=250, sample_steps=MIN_SAMPLE_STEPS),
-         "full": Plan("full", content_steps=750, variant_steps=1000, sample_steps=MIN_SAMPLE_STEPS)}
+         "full": Plan("full", content_steps=750, variant_steps=1000, sample_steps=MIN_SAMPLE_STEPS,
+                      compositional_steps=400)}
+# Budget mode: the compositional stage's steps as a fraction of the variants' (the default plan's 100 / 250).
+COMPOSITIONAL_FRACTION = 0.4
 
 
 @dataclass
@@ -166,6 +194,8 @@ class Budget:
     content_steps: int = 0
     variant_steps: int = 0
     sample_steps: int = 20
+    compositional_step_s: float = 0.0
+    compositional_steps: int = 0
     spent: dict = field(default_factory=dict)
     eval_seeds: tuple[int, int] = EVAL_SEEDS
 
@@ -174,16 +204,18 @@ class Budget:
         per_variant_step = self.image_step_s / 4 + 3 * self.mixed_step_s
         clips = count_clips(self.eval_seeds)
         return (self.content_steps * self.image_step_s + self.variant_steps * per_variant_step
+                + self.compositional_steps * self.compositional_step_s
                 + clips * self.sample_steps * self.sample_s_per_clip_step)
 
     def follow(self, plan: Plan) -> None:
         """Take the plan's step counts and seeds (the fixed mode: the calibration only predicts time)."""
         self.content_steps, self.variant_steps = plan.content_steps, plan.variant_steps
         self.sample_steps, self.eval_seeds = plan.sample_steps, plan.eval_seeds
+        self.compositional_steps = plan.compositional_steps
 
     def fit(self) -> None:
         """Split the budget: ~25 % sampling (8–20 DPM++ steps per clip), 5 % calibration, export and
-        the report (measured: ~2 %), training the rest (40 % of it the content stage, 60 % the four
+        the report (measured: ~2 %), training the rest (40 % of it the content stage, 60 % the five
         variants). On a slow machine the evaluation drops to :data:`REDUCED_EVAL_SEEDS` when the full
         one would need over 40 % of the budget at 8 steps, and sampling's overrun comes out of
         training, not the total."""
@@ -196,9 +228,12 @@ class Budget:
         train = 0.95 * self.total_s - clips * self.sample_steps * per_step
         self.content_steps = max(20, int(0.4 * train / self.image_step_s))
         # The images_only variant's steps carry a quarter of the content stage's images; the three
-        # video variants each run a mixed (image + video) step.
-        per_variant_step = self.image_step_s / 4 + 3 * self.mixed_step_s
+        # video variants each run a mixed (image + video) step, and the compositional stage a fraction of
+        # that many mixed steps with conditions.
+        per_variant_step = (self.image_step_s / 4 + 3 * self.mixed_step_s
+                            + COMPOSITIONAL_FRACTION * self.compositional_step_s)
         self.variant_steps = max(20, int(0.6 * train / per_variant_step))
+        self.compositional_steps = max(10, int(COMPOSITIONAL_FRACTION * self.variant_steps))
 
 
 def _load(data: dict):
@@ -207,12 +242,14 @@ def _load(data: dict):
     return config_from_dict(data)
 
 
-def _calibrate(base: dict, out: Path, seed: int, log) -> tuple[float, float, float]:
-    """Measured seconds per content-stage step, per mixed step and per sampled clip-step (CFG batched)."""
+def _calibrate(base: dict, out: Path, seed: int, log) -> tuple[float, float, float, float]:
+    """Measured seconds per content-stage step, per mixed step, per sampled clip-step (CFG batched) and
+    per compositional (mixed, with conditions) step."""
     from tft2v.train.trainer import Trainer
 
     times = {}
-    for name, extra in (("image", CONTENT_STAGE), ("mixed", {})):
+    compositional = next(v for v in VARIANTS if v.name == "compositional").overrides
+    for name, extra in (("image", CONTENT_STAGE), ("compositional", compositional), ("mixed", {})):
         cfg = _load(merge_config(base, merge_config(extra, {"seed": seed, "out_dir": str(out / f"calib_{name}"),
                                                             "train": {"max_steps": 4, "export": False}})))
         with _quiet(Path(cfg.out_dir)):
@@ -235,9 +272,9 @@ def _calibrate(base: dict, out: Path, seed: int, log) -> tuple[float, float, flo
         t0 = time.perf_counter()
         guided_prediction(trainer.unet, x, torch.tensor([500]), text, dict(text), 3.0)
         per_clip_step = (time.perf_counter() - t0) / 8
-    log(f"calibration: image step {times['image']:.2f} s, mixed step {times['mixed']:.2f} s, "
-        f"sampling {per_clip_step * 1000:.0f} ms per clip-step")
-    return times["image"], times["mixed"], per_clip_step
+    log(f"calibration: image step {times['image']:.2f} s, mixed step {times['mixed']:.2f} s, compositional step "
+        f"{times['compositional']:.2f} s, sampling {per_clip_step * 1000:.0f} ms per clip-step")
+    return times["image"], times["mixed"], per_clip_step, times["compositional"]
 
 
 @contextlib.contextmanager
@@ -262,39 +299,73 @@ def _train(cfg_dict: dict, log) -> dict:
 
 # Classifier-free guidance of the evaluation samples: the scale the toy runs validate with (train.guidance_scale).
 SAMPLE_GUIDANCE = 3.0
+# Clips per pipeline call.
+SAMPLE_BATCH = 15
+# Condition clips come from the text-free video generator seeded far from the runs' own seeds (seed, seed + 1).
+CONDITION_CLIPS_SEED = 10**6
 
 
-def _sample(model_dir: Path, prompts: list[str], steps: int, seed: int, batch: int = 15) -> torch.Tensor:
-    """(N, 3, F, H, W) in [-1, 1] from a model folder (DPM-Solver++); see :func:`sample_prompts`."""
+def _pipeline(model_dir: Path):
+    """A model folder's pipeline with the quickstart's sampler (DPM-Solver++) and no progress bar."""
     from tft2v.pipeline import TFT2VPipeline
 
     pipe = TFT2VPipeline.from_pretrained(model_dir)
     pipe.set_scheduler("dpmpp")
     pipe.set_progress_bar_config(disable=True)
-    return sample_prompts(pipe, prompts, steps, seed, batch)
+    return pipe
 
 
-def sample_prompts(pipe, prompts: list[str], steps: int, seed: int, batch: int = 15) -> torch.Tensor:
+def sample_prompts(pipe, prompts: list[str], steps: int, seed: int, batch: int = SAMPLE_BATCH,
+                   condition_videos: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """(N, 3, F, H, W) in [-1, 1] with the quickstart's guidance and empty negative prompt; clip i uses
-    generator seed ``seed + i`` whatever the batching."""
+    generator seed ``seed + i`` whatever the batching. ``condition_videos`` {name: (N, 3, F, H, W)}: clip i
+    is conditioned on row i of each (the pipeline extracts the condition as training does)."""
     out = []
     for start in range(0, len(prompts), batch):
         part = prompts[start:start + batch]
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(part))]
-        out.append(pipe(part, negative_prompt="", num_inference_steps=steps,
-                        guidance_scale=SAMPLE_GUIDANCE, generator=gens, output_type="pt"))
+        videos = {k: v[start:start + batch] for k, v in condition_videos.items()} if condition_videos else None
+        out.append(pipe(part, negative_prompt="", num_inference_steps=steps, guidance_scale=SAMPLE_GUIDANCE,
+                        generator=gens, output_type="pt", condition_videos=videos))
     return torch.cat(out)
 
 
-def _evaluate(clips: torch.Tensor, appearance: list[str], directed: list[str]) -> dict:
-    """Scores every clip once; the appearance and direction summaries are views of those per-clip results."""
+def condition_clips(n: int, seed: int, data: dict) -> tuple[torch.Tensor, list[dict]]:
+    """``n`` ground-truth text-free clips (n, 3, F, H, W) in [-1, 1] that no run trains on (their own seed
+    stream), clip j moving in direction ``MOTIONS[j % 4]``, and their truths (motion, track, …)."""
+    from tft2v.data.toy import ToyWorld, generate
+
+    world = ToyWorld(size=data["height"], frames=data["num_frames"])
+    pool = generate("videos", 8 * n, seed=CONDITION_CLIPS_SEED + seed, world=world)
+    free = list(range(len(pool)))
+    picked = []
+    for j in range(n):
+        want = spec.MOTIONS.index(DIRECTIONS[j % len(DIRECTIONS)])
+        picked.append(next(i for i in free if pool.motion[i] == want))
+        free.remove(picked[-1])
+    return torch.stack([pool.sample(i)["pixels"] for i in picked]), [pool.truth(i) for i in picked]
+
+
+def _evaluate(clips: torch.Tensor, appearance: list[str], directed: list[str], following=None) -> dict:
+    """Scores every clip once; the appearance and direction summaries are views of those per-clip results.
+    ``following`` (kinds, condition motions, condition tracks) per clip after the appearance ones: those
+    clips were sampled with a condition and are scored against its clip instead (``conditioned``)."""
     from tft2v.metrics.toy import evaluate_toy, summarise
+    from tft2v.metrics.toy_conditions import follow_condition
 
     every = evaluate_toy(clips, appearance + directed)
     scored = every["clips"]
     head, tail = scored[:len(appearance)], scored[len(appearance):]
-    return {"appearance": {**summarise(head), "clips": head},
-            "direction": {**summarise(tail), "clips": tail} if directed else None, "all": every}
+    out = {"appearance": {**summarise(head), "clips": head},
+           "direction": {**summarise(tail), "clips": tail} if directed else None, "all": every}
+    if following is not None:
+        kinds, motions, tracks = following
+        n = len(head)
+        for i, c in enumerate(scored):
+            c.update(follow_condition(c, motions[i % n], tracks[i % n]))
+        out["conditioned"] = {kind: scored[k * n:(k + 1) * n] for k, kind in enumerate(kinds)}
+        out["direction"] = None
+    return out
 
 
 def run_quickstart(out_dir: str | Path = "quickstart_out", minutes: float | None = None, seed: int = 0, log=print,
@@ -326,7 +397,8 @@ def _run_quickstart(out_dir, minutes, seed, log, base, plan) -> Path:
     budget = Budget(total_s=(minutes or 0) * 60)
     t0 = time.perf_counter()
     base = BASE_CONFIG if base is None else base
-    budget.image_step_s, budget.mixed_step_s, budget.sample_s_per_clip_step = _calibrate(base, out / "runs", seed, log)
+    (budget.image_step_s, budget.mixed_step_s, budget.sample_s_per_clip_step,
+     budget.compositional_step_s) = _calibrate(base, out / "runs", seed, log)
     if minutes is None:
         budget.follow(plan)
     else:
@@ -334,8 +406,8 @@ def _run_quickstart(out_dir, minutes, seed, log, base, plan) -> Path:
     n_clips = count_clips(budget.eval_seeds)
     budget.spent["calibration"] = time.perf_counter() - t0
     mode = f"plan '{plan.name}'" if minutes is None else f"fitted to a {minutes:g}-minute budget"
-    log(f"{mode}: content stage {budget.content_steps} steps, {budget.variant_steps} steps per variant, "
-        f"{budget.sample_steps} DPM-Solver++ steps per clip, {n_clips} clips in all, {QUICKSTART_THREADS} threads"
+    log(f"{mode}: content stage {budget.content_steps} steps, {budget.variant_steps} steps per variant "
+        f"(+ {budget.compositional_steps} compositional), {budget.sample_steps} DPM-Solver++ steps per clip, {n_clips} clips in all, {QUICKSTART_THREADS} threads"
         + ("" if budget.eval_seeds == EVAL_SEEDS else
            f" ({budget.eval_seeds[0]}/{budget.eval_seeds[1]} seeds per prompt instead of "
            f"{EVAL_SEEDS[0]}/{EVAL_SEEDS[1]}: sampling is slow on this machine)"))
@@ -352,27 +424,43 @@ def _run_quickstart(out_dir, minutes, seed, log, base, plan) -> Path:
     for v in VARIANTS:
         t0 = time.perf_counter()
         log(f"training variant {v.name}: {v.title}")
-        summary = _train(variant_config(base, v, content["model"], budget.variant_steps, seed + 1, runs / v.name), log)
+        start = results[v.start]["train"]["model"] if v.start else content["model"]
+        steps = budget.compositional_steps if v.name == "compositional" else budget.variant_steps
+        summary = _train(variant_config(base, v, start, steps, seed + 1, runs / v.name), log)
         budget.spent[f"train: {v.name}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         app, directed = evaluation_prompts(v.name, budget.eval_seeds)
-        prompts = app + directed
         sample_seed = 1000 * (seed + 1)
-        clips = _sample(Path(summary["model"]), prompts, budget.sample_steps, seed=sample_seed)
+        seeds = [sample_seed + i for i in range(len(app + directed))]
+        pipe = _pipeline(Path(summary["model"]))
+        clips = sample_prompts(pipe, app + directed, budget.sample_steps, seed=sample_seed)
+        kinds, following, conditioned = ["appearance"] * len(app) + ["direction"] * len(directed), None, {}
+        if v.name == "compositional":
+            # The same prompts and seeds again, with each condition of a held-out clip per prompt.
+            sources, truths = condition_clips(len(app), seed, base["data"])
+            clips = torch.cat([clips] + [sample_prompts(pipe, app, budget.sample_steps, seed=sample_seed,
+                                                        condition_videos={name: sources})
+                                         for name in COMPOSITIONAL_CONDITIONS])
+            directed, seeds = app * len(COMPOSITIONAL_CONDITIONS), seeds * (1 + len(COMPOSITIONAL_CONDITIONS))
+            kinds = ["appearance"] * len(app) + [name for name in COMPOSITIONAL_CONDITIONS for _ in app]
+            following = (("none", *COMPOSITIONAL_CONDITIONS), [t["motion"] for t in truths], [t["track"] for t in truths])
+            conditioned = {"condition_clips": {"clips": sources, "truth": truths},
+                           "condition_index": [None] * len(app) + list(range(len(app))) * len(COMPOSITIONAL_CONDITIONS)}
         budget.spent[f"sample: {v.name}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         results[v.name] = {
-            "variant": v, "train": summary, "clips": clips, "prompts": prompts,
-            "seeds": [sample_seed + i for i in range(len(prompts))],
+            "variant": v, "train": summary, "clips": clips, "prompts": app + directed, "seeds": seeds, "kinds": kinds,
             "sampling": {"scheduler": "dpmpp", "steps": budget.sample_steps, "guidance": SAMPLE_GUIDANCE,
                          "negative_prompt": ""},
-            **_evaluate(clips, app, directed),
+            **_evaluate(clips, app, directed, following), **conditioned,
         }
         budget.spent[f"score: {v.name}"] = time.perf_counter() - t0
         a, d = results[v.name]["appearance"], results[v.name]["direction"]
         log(f"  {v.name}: object present {a['present_fraction']:.2f}, colour {a['colour_accuracy']:.2f}, "
             f"shape {a['shape_accuracy']:.2f}, moving {a['moving_fraction']:.2f}, coherent {a['coherent_fraction']:.2f}"
-            + (f", direction {d['direction_accuracy']:.2f}" if d else ""))
+            + (f", direction {d['direction_accuracy']:.2f}" if d else "")
+            + "".join(f", follows the {k} condition {sum(c['follows'] for c in cs) / len(cs):.2f}"
+                      for k, cs in results[v.name].get("conditioned", {}).items() if k != "none"))
 
     budget.spent["total (before the report)"] = time.perf_counter() - t_start
     report = write_report(out, results, budget, content, seed=seed, minutes=minutes, data=base["data"], plan=plan.name)

@@ -1,6 +1,6 @@
-"""The quickstart's report: tables of the shapes-world metrics per variant, the paper's four claims
-side by side with a verdict computed from the numbers, every sampled clip as its own mp4 with a
-manifest, sample filmstrips / GIFs and loss curves.
+"""The quickstart's report: tables of the shapes-world metrics per variant, the paper's five claims
+side by side with a verdict computed from the numbers (:mod:`tft2v.quickstart_claims`), every sampled
+clip as its own mp4 with a manifest, sample filmstrips / GIFs and loss curves.
 
 Clips are (N, 3, F, H, W) in [-1, 1]; pictures and videos are written as uint8 at the I/O edge. This
 module sits below :mod:`tft2v.quickstart` (which calls it) and imports nothing from it: what it needs
@@ -19,13 +19,8 @@ import numpy as np
 import torch
 
 from tft2v.data import shapes_spec as spec
-from tft2v.metrics.stats import paired_difference, wilson_interval
-
-
-def _fmt(x, pct: bool = True) -> str:
-    if x is None:
-        return "–"
-    return f"{100 * x:.0f} %" if pct else f"{x:.3f}"
+from tft2v.metrics.toy_conditions import TRACK_TOLERANCE, summarise_following
+from tft2v.quickstart_claims import claims, fmt
 
 
 def _uint8(clips: torch.Tensor) -> np.ndarray:
@@ -105,108 +100,6 @@ def _count(results: dict, kind: str) -> int:
     return max(len(r[kind]["clips"]) for r in results.values() if r[kind])
 
 
-def _per_clip(summary: dict, key: str, moving_only: bool = False) -> list:
-    """``key`` of every clip; with ``moving_only``, None for clips without a moving object (a still or
-    vanished object is perfectly smooth and consistent, so those measures compare moving clips only)."""
-    return [c[key] if not moving_only or c["moving"] else None for c in summary["clips"]]
-
-
-def _proportion(summary: dict, key: str) -> str:
-    """``k/n = p [low, high]`` with a 95 % Wilson interval for a per-clip boolean."""
-    flags = [bool(v) for v in _per_clip(summary, key) if v is not None]
-    low, high = wilson_interval(sum(flags), len(flags))
-    return f"{sum(flags)}/{len(flags)} = {_fmt(sum(flags) / max(1, len(flags)))} [{_fmt(low)}, {_fmt(high)}]"
-
-
-def _coherence_weight(result: dict) -> float:
-    """A variant's coherence-loss weight λ, from its config overrides."""
-    return float(result["variant"].overrides.get("recipe", {}).get("coherence_weight", 0.0))
-
-
-# Held-out combos may trail the seen ones by this much and still "come out right" (3 of 22 clips).
-HELD_OUT_MARGIN = 0.15
-
-
-def claims(results: dict) -> list[tuple[str, str, str]]:
-    """(claim, evidence, verdict) from the numbers — nothing hard-coded. Every comparison is paired
-    (same prompts and seeds under both models) and counts as shown only when its 95 % bootstrap interval
-    excludes zero; proportions carry 95 % Wilson intervals. A clip without an object counts as wrong,
-    and measures that a still or vanished object would win (consistency, roughness) compare only clips
-    that show a moving object."""
-    app = {k: r["appearance"] for k, r in results.items()}
-    out = []
-
-    # (1) One change only: text-free videos (λ = 0) against image–text pairs alone.
-    base, tf = app["images_only"], app["text_free"]
-    coherent = paired_difference(_per_clip(base, "coherent"), _per_clip(tf, "coherent"))
-    moving = paired_difference(_per_clip(base, "moving"), _per_clip(tf, "moving"))
-    verdict = ("holds" if coherent.positive else
-               "partly: objects move, but not steadily in one direction" if moving.positive else
-               "not shown at this budget")
-    out.append(("(1) text-free videos give coherent motion",
-                f"colour×shape prompts, image–text only → {results['text_free']['variant'].title}: coherent-motion "
-                f"clips {_proportion(base, 'coherent')} → {_proportion(tf, 'coherent')}, difference {coherent}; "
-                f"clips with a moving object {_proportion(base, 'moving')} → {_proportion(tf, 'moving')}, difference "
-                f"{moving}; track roughness of moving objects {_fmt(base['moving_smoothness'], False)} → "
-                f"{_fmt(tf['moving_smoothness'], False)} px", verdict))
-
-    # (2) Consistency of a moving object: pairs where both clips show one. A static model cannot win by
-    # standing still (its clips drop out and the moving-clip count must not fall) or by vanishing (a
-    # frame pair without the object scores 0).
-    a0, a1 = results["text_free"]["all"], results["tft2v"]["all"]
-    lam0, lam1 = _coherence_weight(results["text_free"]), _coherence_weight(results["tft2v"])
-    consistency = paired_difference(_per_clip(a0, "object_consistency", True), _per_clip(a1, "object_consistency", True))
-    moving = paired_difference(_per_clip(a0, "moving"), _per_clip(a1, "moving"))
-    rough = paired_difference(_per_clip(a0, "smoothness", True), _per_clip(a1, "smoothness", True))
-    holds = consistency.positive and not moving.negative and not rough.positive
-    out.append(("(2) the coherence loss improves frame consistency",
-                f"all {a0['num_clips']} prompts/seeds, λ={lam0:g} → λ={lam1:g}: object consistency along the track "
-                f"(moving objects) {_fmt(a0['moving_consistency'], False)} → {_fmt(a1['moving_consistency'], False)}, "
-                f"paired difference on the {consistency.pairs} pairs where both move {consistency}; clips with a "
-                f"moving object {_proportion(a0, 'moving')} → {_proportion(a1, 'moving')}, difference {moving} (must "
-                f"not fall); track roughness of moving objects {_fmt(a0['moving_smoothness'], False)} → "
-                f"{_fmt(a1['moving_smoothness'], False)} px, difference {rough} (must not rise). Pixel consistency, "
-                f"which a frozen or empty clip maximises, is not used: {_fmt(a0['pixel_consistency'], False)} → "
-                f"{_fmt(a1['pixel_consistency'], False)}",
-                "holds" if holds else "not shown at this budget"))
-
-    d0, d1 = results["tft2v"]["direction"], results["semi_supervised"]["direction"]
-    alignment = paired_difference(_per_clip(d0, "direction_alignment"), _per_clip(d1, "direction_alignment"))
-    out.append(("(3) captioned videos add text control of motion direction",
-                f"on 'moving …' prompts, direction accuracy (chance 25 %) text-free only "
-                f"{_proportion(d0, 'direction_correct')} → semi-supervised {_proportion(d1, 'direction_correct')}; "
-                f"alignment with the prompted direction (cosine, chance 0) {_fmt(d0['direction_alignment'], False)} → "
-                f"{_fmt(d1['direction_alignment'], False)}, difference {alignment}",
-                "holds" if alignment.positive else "not shown at this budget"))
-
-    # (4) Held-out combos (appearance only ever seen in images) must come out right — colour and shape
-    # above chance with 95 % confidence — AND move coherently (motion learned from videos): clips right
-    # and coherent at once above what a model that never saw a video reaches (its coherent rate's upper
-    # 95 % bound, so one lucky clip is not enough), both close to seen combos.
-    both = results["tft2v"]["all"]
-    held = [c for c in both["clips"] if (c["expected"]["colour"], c["expected"]["shape"]) in set(spec.HELD_OUT)]
-    seen = [c for c in both["clips"] if c not in held]
-    images_only = results["images_only"]["all"]
-    no_video = images_only["coherent_fraction"] or 0.0
-    _, no_video_high = wilson_interval(round(no_video * images_only["num_clips"]), images_only["num_clips"])
-    ok, parts = True, []
-    for key, floor, label in (("colour_correct", 1 / len(spec.COLOURS), "colour"),
-                              ("shape_correct", 1 / len(spec.SHAPES), "shape"),
-                              ("right_and_coherent", no_video_high, "right and moving coherently")):
-        h = [bool(c[key]) for c in held]
-        s_ = [bool(c[key]) for c in seen]
-        low, _ = wilson_interval(sum(h), len(h))
-        rate_h, rate_s = sum(h) / max(1, len(h)), sum(s_) / max(1, len(s_))
-        ok &= bool(held) and low > floor and rate_h >= rate_s - HELD_OUT_MARGIN
-        parts.append(f"{label} {_proportion({'clips': held}, key)} (seen combos {_fmt(rate_s)})")
-    out.append(("(4) held-out colour×shape combos still come out right",
-                "TF-T2V on combos never seen in any video: " + "; ".join(parts)
-                + f"; the image-only model moves coherently in {_fmt(no_video)} of its clips (95 % bound "
-                f"{_fmt(no_video_high)}, which held-out right & coherent must exceed)",
-                "holds" if ok else "not shown at this budget"))
-    return out
-
-
 # The detector's per-clip verdicts written to the manifest (tft2v.metrics.toy defines each).
 MANIFEST_VERDICTS = ("present", "presence", "colour", "shape", "direction", "moving", "coherent", "colour_correct",
                      "shape_correct", "direction_correct", "direction_alignment", "right_and_coherent", "smoothness",
@@ -227,28 +120,61 @@ def _rounded(value):
 
 def write_clips(out: Path, results: dict, fps: float = 8) -> Path:
     """Every sampled clip as its own video, ``samples/<variant>/<index>_<slug>_s<seed>.mp4``, and one JSON
-    line per clip in ``samples/manifest.jsonl``: variant, index, kind of prompt, prompt, seed, path
-    (relative to ``out``), the model folder and sampler settings it came from, and the detector's
-    verdicts on the clip as sampled (before video compression). Returns the manifest's path."""
+    line per clip in ``samples/manifest.jsonl``: variant, index, kind ("appearance", "direction", or the
+    condition it was sampled with), prompt, seed, path (relative to ``out``), the model folder and sampler
+    settings it came from, and the detector's verdicts on the clip as sampled (before video compression).
+    A conditioned clip's row also names its condition clip, written to ``samples/conditions/``, with that
+    clip's direction and track, so the claim can be re-checked from the files. Returns the manifest's path."""
     from tft2v.video_export import export_video
 
     rows = []
     for name, r in results.items():
         verdicts = r["all"]["clips"]
-        if not len(r["clips"]) == len(r["prompts"]) == len(r["seeds"]) == len(verdicts):
-            raise ValueError(f"{name}: clips, prompts, seeds and verdicts differ in number")
+        if not len(r["clips"]) == len(r["prompts"]) == len(r["seeds"]) == len(verdicts) == len(r["kinds"]):
+            raise ValueError(f"{name}: clips, prompts, seeds, kinds and verdicts differ in number")
+        sources = _write_condition_clips(out, r, fps) if "condition_clips" in r else []
         frames = _uint8(r["clips"])  # one conversion for the whole variant; export_video takes uint8 as is
-        num_appearance = len(r["appearance"]["clips"])
         for i, (prompt, seed, clip, verdict) in enumerate(zip(r["prompts"], r["seeds"], frames, verdicts)):
             path = export_video(clip, out / "samples" / name / f"{i:03d}_{_slug(prompt)}_s{seed}.mp4", fps=fps)
-            rows.append({"variant": name, "index": i, "kind": "appearance" if i < num_appearance else "direction",
-                         "prompt": prompt, "seed": seed, "path": path.relative_to(out).as_posix(),
-                         "model": r["train"].get("model"), "sampling": r.get("sampling"),
-                         "verdicts": {k: _rounded(verdict[k]) for k in MANIFEST_VERDICTS}})
+            row = {"variant": name, "index": i, "kind": r["kinds"][i], "prompt": prompt, "seed": seed,
+                   "path": path.relative_to(out).as_posix(), "model": r["train"].get("model"),
+                   "sampling": r.get("sampling"), "verdicts": {k: _rounded(verdict[k]) for k in MANIFEST_VERDICTS}}
+            source = r.get("condition_index", [None] * len(frames))[i]
+            if source is not None:
+                row["condition_clip"] = sources[source]
+                row["verdicts"].update({k: _rounded(verdict[k]) for k in ("follows", "on_track", "track_error")})
+            rows.append(row)
     manifest = out / "samples" / "manifest.jsonl"
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return manifest
+
+
+def _write_condition_clips(out: Path, result: dict, fps: float) -> list[dict]:
+    """The ground-truth clips conditions were extracted from, as ``samples/conditions/<j>_<motion>.mp4``;
+    per clip its path, direction and centroid track."""
+    from tft2v.video_export import export_video
+
+    sources = result["condition_clips"]
+    rows = []
+    for j, (clip, truth) in enumerate(zip(_uint8(sources["clips"]), sources["truth"])):
+        path = export_video(clip, out / "samples" / "conditions" / f"{j:03d}_{truth['motion']}.mp4", fps=fps)
+        rows.append({"path": path.relative_to(out).as_posix(), "motion": truth["motion"], "track": truth["track"]})
+    return rows
+
+
+def _conditioned_table(result: dict) -> list[str]:
+    """The compositional model's clips without and with each condition: appearance and following."""
+    lines = ["| sampled | clips | object present | colour | shape | moves in the condition's direction (chance 25 %) | "
+             "on the condition's track | track error (px) |", "|---|---|---|---|---|---|---|---|"]
+    for name, clips in result["conditioned"].items():
+        n = len(clips)
+        f = summarise_following(clips)
+        lines.append(f"| {'without a condition' if name == 'none' else f'with the {name} condition'} | {n} | "
+                     f"{fmt(sum(c['present'] for c in clips) / n)} | {fmt(sum(bool(c['colour_correct']) for c in clips) / n)} | "
+                     f"{fmt(sum(bool(c['shape_correct']) for c in clips) / n)} | {fmt(f['follow_accuracy'])} | "
+                     f"{fmt(f['on_track_fraction'])} | {fmt(f['track_error'], False)} |")
+    return lines
 
 
 # Content-stage steps of the reference 2-core box's 10-minute run; under half of them is too short to judge.
@@ -284,21 +210,23 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
     lines += [f"| {c} | {e} | **{v}** |" for c, e, v in verdicts]
     lines += ["", "## Metrics per variant", "",
               "All variants continue from the same content stage "
-              f"({content['steps']} image–text steps) for {budget.variant_steps} steps each, then generate the same "
-              f"prompts with the same seeds (DPM-Solver++, {budget.sample_steps} steps, guidance 3): "
+              f"({content['steps']} image–text steps) for {budget.variant_steps} steps each (the compositional "
+              f"one from the TF-T2V variant's model, for {budget.compositional_steps} steps), then generate the "
+              f"same prompts with the same seeds (DPM-Solver++, {budget.sample_steps} steps, guidance 3): "
               f"{_count(results, 'appearance')} colour×shape clips and {_count(results, 'direction')} 'moving …' clips "
-              "per video variant.", "",
+              "per video variant (the compositional model: one clip per colour×shape prompt, below).", "",
               "| variant | object present | colour | shape | moving | coherent motion | track roughness ↓ | "
               "object consistency ↑ | direction (chance 25 %) | direction alignment | held-out colour | "
               "held-out shape | held-out right & coherent | final loss |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        a, d, h = r["appearance"], r["direction"] or {}, r["all"]["held_out"]
-        lines.append(f"| {r['variant'].title} | {_fmt(a['present_fraction'])} | {_fmt(a['colour_accuracy'])} | "
-                     f"{_fmt(a['shape_accuracy'])} | {_fmt(a['moving_fraction'])} | {_fmt(a['coherent_fraction'])} | "
-                     f"{_fmt(a['moving_smoothness'], False)} | {_fmt(a['moving_consistency'], False)} | "
-                     f"{_fmt(d.get('direction_accuracy'))} | {_fmt(d.get('direction_alignment'), False)} | "
-                     f"{_fmt(h['colour_accuracy'])} | {_fmt(h['shape_accuracy'])} | {_fmt(h['right_and_coherent'])} | "
+        a, d = r["appearance"], r["direction"] or {}
+        h = (r["all"] if r["direction"] else a)["held_out"]
+        lines.append(f"| {r['variant'].title} | {fmt(a['present_fraction'])} | {fmt(a['colour_accuracy'])} | "
+                     f"{fmt(a['shape_accuracy'])} | {fmt(a['moving_fraction'])} | {fmt(a['coherent_fraction'])} | "
+                     f"{fmt(a['moving_smoothness'], False)} | {fmt(a['moving_consistency'], False)} | "
+                     f"{fmt(d.get('direction_accuracy'))} | {fmt(d.get('direction_alignment'), False)} | "
+                     f"{fmt(h['colour_accuracy'])} | {fmt(h['shape_accuracy'])} | {fmt(h['right_and_coherent'])} | "
                      f"{r['train']['loss_last']} |")
     lines += ["", "Columns up to 'object consistency' are over the colour×shape clips, direction columns over the "
               "'moving …' clips, held-out columns over both. Metric definitions: tft2v.metrics.toy. An object is "
@@ -314,8 +242,20 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
               "the object does not move; held-out right & coherent = colour and shape right and coherent motion "
               "in one clip. Differences are `mean [95 % paired bootstrap interval]`; proportions "
               "`k/n = p [95 % Wilson interval]`. The intervals cover the sampling of evaluation clips from each "
-              "trained model, not retraining with another seed.",
-              "", "## Samples", ""]
+              "trained model, not retraining with another seed.", ""]
+    if "compositional" in results:
+        r = results["compositional"]
+        lines += ["## Compositional synthesis: conditions from clips outside the training data", "",
+                  f"{r['variant'].title}: the colour×shape prompts, each sampled with the same seed without a "
+                  "condition and with the motion field or the sketch sequence of a ground-truth shapes-world clip "
+                  "that no run trained on (its direction and centroid track are known; directions balanced). The "
+                  "conditions are extracted by the training extractors (tft2v.data.conditions), exactly as "
+                  "`tft2v generate --motion / --sketch` does from a video file. A clip moves in the condition's "
+                  "direction when it is moving (as above) and its detected direction is the condition clip's; it is "
+                  "on the track when its centroid stays within "
+                  f"{TRACK_TOLERANCE:g} px of the condition clip's on average; absent clips count as neither.", "",
+                  *_conditioned_table(r), ""]
+    lines += ["## Samples", ""]
     manifest = write_clips(out, results, fps=data.get("fps", 8))
     lines += [f"Every clip is also its own video, `samples/<variant>/<index>_<prompt>_s<seed>.mp4`, listed with its "
               f"prompt, seed and the detector's verdicts in [{manifest.name}]({manifest.relative_to(out).as_posix()}), "
@@ -335,11 +275,14 @@ def write_report(out: Path, results: dict, budget, content: dict, seed: int, min
     lines += ["## How the time was spent", "", "| phase | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in budget.spent.items()]
     lines += ["", f"Calibration: image step {budget.image_step_s:.2f} s, mixed step {budget.mixed_step_s:.2f} s, "
+              f"compositional step {budget.compositional_step_s:.2f} s, "
               f"{1000 * budget.sample_s_per_clip_step:.0f} ms per clip and sampling step.", "",
               "Numbers are whatever this run produced; `--minutes N` fits a longer (or shorter) run to N minutes."]
     metrics = {n: {"train": r["train"],
                    **{kind: {k: v for k, v in r[kind].items() if k != "clips"} if r[kind] else None
-                      for kind in ("appearance", "direction", "all")}} for n, r in results.items()}
+                      for kind in ("appearance", "direction", "all")},
+                   **({"conditioned": {k: summarise_following(c) for k, c in r["conditioned"].items()}}
+                      if "conditioned" in r else {})} for n, r in results.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     (out / "claims.json").write_text(json.dumps([{"claim": c, "evidence": e, "verdict": v} for c, e, v in verdicts],
                                                 indent=2, ensure_ascii=False))

@@ -14,15 +14,17 @@ def quickstart(
     out: Path = typer.Option(Path("quickstart_out"), "--out", help="Folder for report.md, samples, plots, runs."),
     plan: str = typer.Option("default", "--plan", help="Fixed plan (steps, batches, seeds): the same work on "
                                                       "every machine. Choices: default; full (4× the variant "
-                                                      "steps: shows claims 1 and 2)."),
+                                                      "steps)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Budget mode instead of the plan: step counts "
                                                                     "are fitted to N minutes on this machine."),
     seed: int = typer.Option(0, "--seed", help="Seed of data, training and sampling."),
 ) -> None:
-    """Shapes world → train (content stage + 4 recipe variants) → sample → evaluate → report.md.
+    """Shapes world → train (content stage + 4 recipe variants + a compositional model) → sample → evaluate
+    → report.md.
 
-    Shows TF-T2V's claims at toy scale: text-free videos give motion, the coherence loss smooths it,
-    captioned videos add direction control, held-out colour×shape combos still come out right.
+    Judges TF-T2V's five claims at toy scale: text-free videos give motion, the coherence loss keeps the
+    object consistent along its track, captioned videos make clips match their text, held-out colour×shape
+    combos come out right and move, motion / sketch conditions steer the video.
     """
     from tft2v.quickstart import PLANS, run_quickstart
 

@@ -193,12 +193,12 @@ def _block_match(prev: torch.Tensor, cur: torch.Tensor, radius: int, window: int
     side = 2 * radius + 1
     padded = F.pad(prev, (radius,) * 4, mode="replicate")
     shifts = torch.arange(-radius, radius + 1, device=cur.device)
-    costs = []
-    for dy in range(-radius, radius + 1):  # host ints: no device→host copy of `shifts`
-        for dx in range(-radius, radius + 1):
-            moved = padded[:, :, radius - dy : radius - dy + h, radius - dx : radius - dx + w]
-            costs.append((cur - moved).abs().sum(dim=1))
-    cost = torch.stack(costs, dim=1)  # (N, side², H, W), index = (dy + r)·side + (dx + r)
+    # All shifted views in one tensor, then one difference: a few large ops instead of 3·side² small ones,
+    # whose thread-pool hand-offs dominate on a busy CPU.
+    moved = torch.stack([padded[:, :, radius - dy : radius - dy + h, radius - dx : radius - dx + w]
+                         for dy in range(-radius, radius + 1)  # host ints: no device→host copy of `shifts`
+                         for dx in range(-radius, radius + 1)], dim=1)  # (N, side², 3, H, W)
+    cost = (cur.unsqueeze(1) - moved).abs().sum(dim=2)  # (N, side², H, W), index = (dy + r)·side + (dx + r)
     cost = F.avg_pool2d(cost, window, stride=1, padding=window // 2, count_include_pad=False)
     dyy, dxx = torch.meshgrid(shifts, shifts, indexing="ij")
     length = (dxx.abs() + dyy.abs()).flatten().to(cost.dtype)  # (side²,)

@@ -14,6 +14,8 @@ import inspect
 import json
 from pathlib import Path
 
+import torch
+
 from tft2v.config import Config
 from tft2v.data.mixing import MixConfig, MixedLoader
 from tft2v.errors import ConfigError, TFT2VError
@@ -247,11 +249,40 @@ def _load_pretrained(path: str, kwargs: dict):
     added = {k: True for k in ADDED_LAYER_OPTIONS if kwargs.get(k) is True and not unet.config[k]}
     if added:
         unet = unet.with_options(**added)
+    if kwargs.get("conditions") and not unet.config.conditions:
+        unet = add_conditions(unet, {k: kwargs[k] for k in CONDITION_KEYS if k in kwargs})
     for key, value in kwargs.items():
         saved = unet.config[key]
         if (tuple(saved) if isinstance(saved, list) else saved) != value:
             raise ConfigError(f"model.unet.{key}={value!r} contradicts the pretrained model's {saved!r} ({folder})")
     return unet
+
+
+# The UNet settings a compositional stage may add to a model trained without conditions.
+CONDITION_KEYS = ("conditions", "condition_channels", "condition_pixel_size", "condition_dropout",
+                  "condition_encoder_dropout", "condition_p_all_zero", "condition_p_all_keep")
+
+
+def add_conditions(unet, settings: dict):
+    """``unet`` (trained without conditions) grown by condition encoders: VideoComposer starts its
+    compositional model from a text-to-video one. The first conv's new condition channels are zero, so
+    the grown model computes exactly what ``unet`` did until training moves them; ``settings`` holds
+    :data:`CONDITION_KEYS` values."""
+    from tft2v.models import TFT2VUNet
+
+    # Not from_config: it resets the keys the saved model left at their defaults (its _use_default_values).
+    kwargs = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    grown = TFT2VUNet(**{**kwargs, **settings})
+    state = unet.state_dict()
+    conv = "input_blocks.0.0.weight"
+    # (C, in + its unused condition channels, 3, 3): keep the latent's channels, zeros for the new conditions.
+    old = state[conv][:, :unet.config.in_channels]
+    state[conv] = torch.cat([old, old.new_zeros(old.shape[0], grown.config.condition_channels, *old.shape[2:])], 1)
+    missing, unexpected = grown.load_state_dict(state, strict=False)
+    stray = [k for k in missing if not k.startswith("condition_encoders.")] + list(unexpected)
+    if stray:
+        raise TFT2VError(f"cannot add conditions to this model: key {stray[0]!r} does not carry over")
+    return grown
 
 
 def _check_model_matches(cfg: Config, kwargs: dict, encoder, channels: int) -> None:
