@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 
-def _model_at(final_model: Path, checkpoint: Path, dest: Path) -> Path:
+def model_at(final_model: Path, checkpoint: Path, dest: Path) -> Path:
     """A model folder with ``checkpoint``'s UNet weights and the final model's other parts."""
     if dest.exists():
         shutil.rmtree(dest)
@@ -93,7 +93,7 @@ def main() -> None:
     curve = []
     for ckpt in sorted((out / "semi_supervised" / "checkpoints").glob("step-*")):
         step = int(ckpt.name.split("-")[1])
-        model = _model_at(Path(summary["model"]), ckpt, out / "models" / ckpt.name)
+        model = model_at(Path(summary["model"]), ckpt, out / "models" / ckpt.name)
         clips = q._sample(model, prompts, q.MIN_SAMPLE_STEPS, seed=1000 * (args.seed + 1))
         d = q._evaluate(clips, [], prompts)["direction"]
         curve.append({"step": step, "captioned_clips": round(step * captioned_per_step),

@@ -92,17 +92,6 @@ def distill_run(teacher: Path, out: Path, steps: int, ratio: list[int], lr: floa
     return summary
 
 
-def model_at(model: Path, checkpoint: Path, dest: Path) -> Path:
-    """A model folder with ``checkpoint``'s UNet and ``model``'s other parts."""
-    import shutil
-
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(model, dest, ignore=shutil.ignore_patterns("unet"))
-    shutil.copytree(checkpoint / "unet", dest / "unet")
-    return dest
-
-
 def toy_features(clips: torch.Tensor) -> np.ndarray:
     """(N, 3, F, H, W) in [-1, 1] → (N, 96): BLOCK×BLOCK block means of the mean frame and of |Δframe|."""
     x = (clips.float() + 1) / 2
@@ -204,6 +193,8 @@ def main() -> None:
     half = args.out / "mixed" / "checkpoints" / f"step-{max(1, args.steps // 2):08d}"
     half_model = args.out / "mixed_half_model"
     if (args.out / "mixed" / "model" / "model_index.json").is_file() and not half_model.is_dir():
+        from direction_curve import model_at  # a sibling script: this one runs from benchmarks/
+
         model_at(args.out / "mixed" / "model", half, half_model)
     rows = [("teacher", "DDIM, CFG 3", teacher, "ddim", 50, 3.0),
             ("teacher", "DPM-Solver++, CFG 3", teacher, "dpmpp", 8, 3.0),
