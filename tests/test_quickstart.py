@@ -49,8 +49,8 @@ def test_the_default_plan_is_the_same_work_on_any_machine():
     for b in (fast, slow):
         b.follow(PLANS["default"])
     steps = lambda b: (b.content_steps, b.variant_steps, b.sample_steps, b.eval_seeds)  # noqa: E731
-    assert steps(fast) == steps(slow) == (750, 250, 8, EVAL_SEEDS)
-    assert fast.compositional_steps == slow.compositional_steps == 100
+    assert steps(fast) == steps(slow) == (600, 200, 8, EVAL_SEEDS)
+    assert fast.compositional_steps == slow.compositional_steps == 150
     assert slow.predicted_s() > 3 * fast.predicted_s()  # only the ETA depends on the machine
     assert fast.predicted_s() == pytest.approx(_planned_s(fast))
 
@@ -63,7 +63,7 @@ def test_the_full_plan_trains_the_variants_four_times_longer_on_the_same_content
     assert full.compositional_steps == 4 * default.compositional_steps
     b = Budget(total_s=0, image_step_s=0.2, mixed_step_s=0.28, sample_s_per_clip_step=0.084)
     b.follow(full)
-    assert (b.content_steps, b.variant_steps) == (750, 1000)
+    assert (b.content_steps, b.variant_steps) == (600, 800)
 
 
 def test_variant_config_continues_from_the_content_stage_with_a_warmup(tmp_path):
@@ -84,9 +84,9 @@ def test_the_report_module_does_not_import_the_quickstart():
 
 
 def test_report_flags_a_run_too_short_to_judge():
-    assert slow_machine_note(752, 10) == []
+    assert slow_machine_note(600, 10) == []
     note = slow_machine_note(77, 10)
-    assert "77 content-stage steps" in note[0] and "--minutes 98" in note[0]
+    assert "77 content-stage steps" in note[0] and "--minutes 78" in note[0]
 
 
 def test_prompts_cover_every_combo_and_direction():

@@ -9,7 +9,8 @@ it for the same number of steps each, so the comparisons differ only in what the
 * ``semi_supervised``  — TF-T2V + captioned videos for half the video slots (semi-supervised);
 * ``compositional``    — the TF-T2V model continued with motion-vector and sketch conditions extracted on the
   fly from its image and text-free video batches (condition dropout as VGen): condition encoders are added
-  to it, as VideoComposer starts from a text-to-video model, for :attr:`Plan.compositional_steps`.
+  to it, as VideoComposer starts from a text-to-video model, for :attr:`Plan.compositional_steps`, with more
+  clips per step and more high-noise video samples (:data:`COMPOSITIONAL_BATCHES`).
 
 Each is sampled on the same prompts and seeds and scored with the analytic shapes-world evaluators
 (tft2v.metrics.toy); the compositional model is also sampled with each condition, extracted from
@@ -80,6 +81,14 @@ CONDITION_CHANNELS = 8
 CONDITION_PIXEL_SIZE = [8 * spec.FRAME_SIZE // BASE_CONFIG["autoencoder"]["patch_size"]] * 2
 
 
+# The motion field is learnt from videos only (an image's field is zero) and mostly matters at high noise,
+# where the layout is decided: at the variants' batches (8 images + 2 clips) and uniform t it did not steer
+# after 100 steps (direction 21–25 %, chance 25 %) while the sketch did (83–100 %). Four clips per step with
+# half the video samples' t in [600, 1000) steer after 150 steps (67 %; docs/research/compositional.md).
+COMPOSITIONAL_BATCHES = {"image_batch_size": 4, "video_batch_size": 4}
+COMPOSITIONAL_HIGH_NOISE_SHARE = 0.5
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -96,15 +105,17 @@ VARIANTS = (
     Variant("semi_supervised", "TF-T2V + captioned videos (semi-supervised)",
             {"recipe": {"coherence_weight": TOY_COHERENCE_WEIGHT}, "data": {"labelled_ratio": 0.5}}),
     Variant("compositional", "TF-T2V + motion and sketch conditions (compositional)",
-            {"recipe": {"coherence_weight": TOY_COHERENCE_WEIGHT, "conditions": list(COMPOSITIONAL_CONDITIONS)},
+            {"recipe": {"coherence_weight": TOY_COHERENCE_WEIGHT, "conditions": list(COMPOSITIONAL_CONDITIONS),
+                        "video_high_noise_share": COMPOSITIONAL_HIGH_NOISE_SHARE},
+             "data": COMPOSITIONAL_BATCHES,
              "model": {"unet": {"condition_channels": CONDITION_CHANNELS, "condition_pixel_size": CONDITION_PIXEL_SIZE}}},
             start="tft2v"),
 )
 
 # Seeds per (colour×shape, 'moving …') prompt: claims compare models on the same prompts and seeds. Direction
-# from the caption is reported, not claimed, so its 12 prompts get 2 seeds (4 until the compositional variant
+# from the caption is reported, not claimed, so its 12 prompts get 1 seed (4 until the compositional variant
 # needed the time).
-EVAL_SEEDS = (2, 2)
+EVAL_SEEDS = (2, 1)
 # On a machine too slow to sample that many clips in its share of the budget, half as many.
 REDUCED_EVAL_SEEDS = (1, 1)
 # Seeds per colour×shape prompt for the compositional model, sampled without a condition and with each one.
@@ -170,17 +181,17 @@ class Plan:
     variant_steps: int
     sample_steps: int
     eval_seeds: tuple[int, int] = EVAL_SEEDS
-    compositional_steps: int = 100  # on top of the TF-T2V variant's variant_steps
+    compositional_steps: int = 150  # on top of the TF-T2V variant's variant_steps
 
 
-# default: the step counts the 10-minute budget gave on the reference 2-core box. full: 4× the variant steps,
-# where the TF-T2V variant's colour and coherent motion near issue 13's targets (~19 min on a 0.26 s box;
-# benchmarks/RESULTS.md, "Quickstart").
-PLANS = {"default": Plan("default", content_steps=750, variant_steps=250, sample_steps=MIN_SAMPLE_STEPS),
-         "full": Plan("full", content_steps=750, variant_steps=1000, sample_steps=MIN_SAMPLE_STEPS,
-                      compositional_steps=400)}
-# Budget mode: the compositional stage's steps as a fraction of the variants' (the default plan's 100 / 250).
-COMPOSITIONAL_FRACTION = 0.4
+# default: the step counts that fit 10 minutes on the reference box (0.30 s image step), compositional stage
+# included (docs/research/quickstart_plan.md, "Fitting the compositional variant"). full: 4× the variant and
+# compositional steps on the same content stage.
+PLANS = {"default": Plan("default", content_steps=600, variant_steps=200, sample_steps=MIN_SAMPLE_STEPS),
+         "full": Plan("full", content_steps=600, variant_steps=800, sample_steps=MIN_SAMPLE_STEPS,
+                      compositional_steps=600)}
+# Budget mode: the compositional stage's steps as a fraction of the variants' (the default plan's 150 / 200).
+COMPOSITIONAL_FRACTION = 0.75
 
 
 @dataclass

@@ -178,7 +178,7 @@ def _conditioned_table(result: dict) -> list[str]:
 
 
 # Content-stage steps of the reference 2-core box's 10-minute run; under half of them is too short to judge.
-REFERENCE_CONTENT_STEPS = 750
+REFERENCE_CONTENT_STEPS = 600
 
 
 def slow_machine_note(content_steps: int, minutes: float) -> list[str]:
