@@ -94,7 +94,7 @@ def main() -> None:
     for ckpt in sorted((out / "semi_supervised" / "checkpoints").glob("step-*")):
         step = int(ckpt.name.split("-")[1])
         model = model_at(Path(summary["model"]), ckpt, out / "models" / ckpt.name)
-        clips = q._sample(model, prompts, q.MIN_SAMPLE_STEPS, seed=1000 * (args.seed + 1))
+        clips = q.sample_prompts(q._pipeline(model), prompts, q.MIN_SAMPLE_STEPS, seed=1000 * (args.seed + 1))
         d = q._evaluate(clips, [], prompts)["direction"]
         curve.append({"step": step, "captioned_clips": round(step * captioned_per_step),
                       "direction": round(d["direction_accuracy"], 3), "alignment": round(d["direction_alignment"], 3),
