@@ -184,9 +184,9 @@ class Plan:
     compositional_steps: int = 150  # on top of the TF-T2V variant's variant_steps
 
 
-# default: the step counts that fit 10 minutes on the reference box (0.30 s image step), compositional stage
-# included (docs/research/quickstart_plan.md, "Fitting the compositional variant"). full: 4× the variant and
-# compositional steps on the same content stage.
+# default: step counts cut to fit 10 minutes on the reference box (0.30 s image step) with the compositional
+# stage; estimated at 555–652 s there, at the edge (docs/research/quickstart_plan.md, "Fitting the compositional
+# variant"). full: 4× the variant and compositional steps on the same content stage.
 PLANS = {"default": Plan("default", content_steps=600, variant_steps=200, sample_steps=MIN_SAMPLE_STEPS),
          "full": Plan("full", content_steps=600, variant_steps=800, sample_steps=MIN_SAMPLE_STEPS,
                       compositional_steps=600)}
