@@ -157,10 +157,8 @@ class _FrameConverter:
         self.rotation = int(frame.rotation or 0)
         quarter, coded_hw = display_geometry((frame.height, frame.width), self.rotation,
                                              self.pixel_aspect, self.size)
-        # threads=1: swscale's automatic slice threads hung once inside a forked DataLoader worker (waiting on a
-        # futex in to_ndarray, CI 2026-12-07); small frames gain nothing from them and workers are the parallelism.
         rgb = frame.to_ndarray(format="rgb24", width=coded_hw[1], height=coded_hw[0],
-                               interpolation="BILINEAR", threads=1)
+                               interpolation="BILINEAR")
         return np.ascontiguousarray(to_display(rgb, quarter, self.size))
 
 
