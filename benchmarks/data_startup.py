@@ -2,7 +2,8 @@
 
 Writes ``--entries`` manifest rows (hard links to a few copies of one small H.264 clip, so every row is a real file with
 its own path), then on 2 ranks times ``build_loader`` (listing / indexing) and the first batch. Run it
-twice with the same ``--work`` folder to see a cold and a warm index cache; point PYTHONPATH at an older
+twice with the same ``--work`` folder to see a cold and a warm index cache; ``--worker-start`` picks how
+the DataLoader workers start (``data.worker_start``); point PYTHONPATH at an older
 checkout's ``src`` to measure code from before the shared index. ``--buckets`` adds aspect buckets
 (every file probed once, on the main process). Prints one JSON line.
 
@@ -49,7 +50,7 @@ def write_manifest(work: Path, entries: int) -> Path:
     return manifest
 
 
-def rank_main(rank: int, world: int, manifest: str, buckets: bool, port: int, queue) -> None:
+def rank_main(rank: int, world: int, manifest: str, buckets: bool, worker_start: str, port: int, queue) -> None:
     import torch.distributed as dist
 
     from tft2v.config import load_config
@@ -58,7 +59,8 @@ def rank_main(rank: int, world: int, manifest: str, buckets: bool, port: int, qu
     t0 = time.perf_counter()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     sets = ["data.kind=sources", f"data.videos={manifest}", "data.ratio=[0, 1]", "data.num_workers=2",
-            "data.height=16", "data.width=16", "data.num_frames=4", "data.video_batch_size=2"]
+            "data.height=16", "data.width=16", "data.num_frames=4", "data.video_batch_size=2",
+            f"data.worker_start={worker_start}"]
     if buckets:
         sets.append('data.buckets=["16x24x4:2","24x16x4:2","16x16x4:2"]')
     cfg = load_config(None, sets)
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--work", default="/tmp/tft2v-startup")
     parser.add_argument("--buckets", action="store_true")
+    parser.add_argument("--worker-start", default="forkserver", help="data.worker_start: forkserver / spawn / fork")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
     work = Path(args.work)
@@ -91,13 +94,15 @@ def main() -> None:
     queue = ctx.Queue()
     port = 29500 + os.getpid() % 1000
     start = time.perf_counter()
-    procs = [ctx.Process(target=rank_main, args=(r, 2, str(manifest), args.buckets, port, queue)) for r in (0, 1)]
+    procs = [ctx.Process(target=rank_main, args=(r, 2, str(manifest), args.buckets, args.worker_start, port,
+                                                              queue)) for r in (0, 1)]
     for p in procs:
         p.start()
     ranks = sorted((queue.get(timeout=1800) for _ in procs), key=lambda r: r["rank"])
     for p in procs:
         p.join()
-    print(json.dumps({"label": args.label, "entries": args.entries, "buckets": args.buckets, "ranks": ranks,
+    print(json.dumps({"label": args.label, "entries": args.entries, "buckets": args.buckets,
+                      "worker_start": args.worker_start, "ranks": ranks,
                       "wall_s": round(time.perf_counter() - start, 3), "python": sys.version.split()[0]}))
 
 

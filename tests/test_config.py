@@ -50,6 +50,7 @@ def test_unknown_key_is_named(override, key):
     ("recipe.text_free_videos=maybe", "recipe.text_free_videos must be true or false"),
     ("data.ratio=[1,2,3]", "data.ratio must have 2 items"),
     ("data.kind=lmdb", "data.kind must be one of"),
+    ("data.worker_start=thread", "data.worker_start must be one of"),
     ("recipe.text_dropout=1.5", "recipe.text_dropout must be in"),
     ("schedule.prediction_type=x0", "prediction_type must be one of"),
     ("model.init=sd21", "needs model.init_path"),

@@ -118,10 +118,12 @@ def logged(self, key):  # every decode, in whichever worker process, as "kind ke
         f.write(f"{self.kind} {self.items[index].key} {epoch}\\n")
     return _getitem(self, key)
 
-sources.ListSource.__getitem__ = logged
-from tft2v.cli import main
-sys.argv = ["tft2v", *sys.argv[1:]]
-main()
+sources.ListSource.__getitem__ = logged  # also in the workers: their fork server imports this file
+
+if __name__ == "__main__":
+    from tft2v.cli import main
+    sys.argv = ["tft2v", *sys.argv[1:]]
+    main()
 """
 
 

@@ -133,7 +133,7 @@ def test_clip_randomness_depends_on_seed_and_epoch_not_on_sharding(video_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("context", ["fork", "forkserver", "spawn"])
 def test_dataloader_workers_cover_everything_and_share_stats(video_dir, tmp_path, context):
     (tmp_path / "m.jsonl").write_text("".join(
         json.dumps({"path": str(p)}) + "\n" for p in [*sorted(video_dir.glob("*.mp4")), tmp_path / "gone.mp4"]))

@@ -20,6 +20,7 @@ import yaml
 
 from tft2v.consistency import DistillConfig
 from tft2v.data.buckets import Bucket, check_buckets
+from tft2v.data.workers import WORKER_START_METHODS
 from tft2v.diffusion import ScheduleConfig
 from tft2v.errors import ConfigError
 
@@ -56,6 +57,7 @@ class DataConfig:
     fps: float = 8.0
     num_workers: int = 0
     prefetch_factor: int = 2  # samples each worker decodes ahead
+    worker_start: str = "forkserver"  # how workers start (tft2v.data.workers): forkserver / spawn / fork
     # mixing (per optimizer micro-step)
     image_batch_size: int = 8
     video_batch_size: int = 4
@@ -68,6 +70,7 @@ class DataConfig:
 
     def __post_init__(self):
         _choice("data.kind", self.kind, DATA_KINDS)
+        _choice("data.worker_start", self.worker_start, WORKER_START_METHODS)
         check_buckets(self.buckets)
         if self.buckets and (self.kind != "sources" or self.cache):
             raise ConfigError("data.buckets need data.kind 'sources' read from files (not the toy world or data.cache)")

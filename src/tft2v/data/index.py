@@ -122,19 +122,10 @@ def _video_geometry(media) -> dict:
 
 
 def _encode(item: Item, geometry: dict | None) -> dict:
-    media = item.media
-    row = {"key": item.key, "media": [media.path, media.offset, media.size] if isinstance(media, TarMember)
-           else media, "caption": item.caption, "caption_path": item.caption_path, "meta": item.meta}
+    row = item.to_row()
     if geometry is not None:
         row["geometry"] = geometry
     return row
-
-
-def _decode(row: dict) -> tuple[Item, dict | None]:
-    media = row["media"]
-    media = TarMember(*media) if isinstance(media, list) else media
-    return Item(key=row["key"], media=media, caption=row["caption"], caption_path=row["caption_path"],
-                meta=row["meta"]), row.get("geometry")
 
 
 def _probe_all(items: list[Item], kind: str, threads: int) -> tuple[list[dict | None], dict[str, str]]:
@@ -194,7 +185,7 @@ def read_index(path: str | os.PathLike) -> DataIndex:
         body = json.loads(Path(path).read_text())
         if body.get("format") != FORMAT:
             raise ValueError(f"format {body.get('format')} != {FORMAT}")
-        pairs = [_decode(row) for row in body["items"]]
+        pairs = [(Item.from_row(row), row.get("geometry")) for row in body["items"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TFT2VError(f"data index {path} is unreadable ({exc}); delete it to re-index") from None
     return DataIndex([i for i, _ in pairs], [g for _, g in pairs], dict(body.get("failures", {})))

@@ -69,6 +69,20 @@ class Item:
                 os.path.isfile(self.caption_path)) else ""
         return (caption or "").strip()
 
+    def to_row(self) -> dict:
+        """A JSON-ready dict (a path or tar member as media, not bytes); :meth:`from_row` inverts it."""
+        media = self.media
+        if isinstance(media, bytes):
+            raise TypeError(f"item {self.key}: in-memory media has no JSON row")
+        return {"key": self.key, "media": [media.path, media.offset, media.size] if isinstance(media, TarMember)
+                else media, "caption": self.caption, "caption_path": self.caption_path, "meta": self.meta}
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Item":
+        media = row["media"]
+        return cls(key=row["key"], media=TarMember(*media) if isinstance(media, list) else media,
+                   caption=row["caption"], caption_path=row["caption_path"], meta=row["meta"])
+
 
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is None or world_size is None:

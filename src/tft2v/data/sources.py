@@ -18,16 +18,18 @@ import json
 import os
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tft2v.data.media_source import Item, MediaSource, as_is
 from tft2v.data.media_types import IMAGE_EXTS, VIDEO_EXTS
+from tft2v.data.packed_items import pack_items
 from tft2v.data.robust import SkipStats
 from tft2v.data.sharding import EpochSampler, shard_indices
 from tft2v.data.sources_webdataset import TarShardSource, index_tar_shards, is_streamed_spec, is_tar_spec
+from tft2v.data.workers import worker_context
 from tft2v.encoders.base import CLIP_MEAN, CLIP_STD, clip_preprocess
 from tft2v.errors import TFT2VError
 
@@ -41,6 +43,14 @@ class ListSource(MediaSource):
     def __init__(self, items: list[Item], **kw):
         super().__init__(**kw)
         self.items = items
+
+    @property
+    def items(self) -> Sequence[Item]:
+        return self._items
+
+    @items.setter
+    def items(self, items) -> None:
+        self._items = pack_items(items)  # cheap to send to workers
 
     def __len__(self) -> int:
         return len(self.items)
@@ -87,10 +97,12 @@ class SourceStream:
     Workers decode ahead (``prefetch_factor`` items each) but items come back in sampler order, so
     the stream is the same for any number of workers. The DataLoader gets its own generator, so
     starting or restarting it never draws from the global torch RNG (model dropout, restored on resume).
+    Workers start by ``worker_start`` (:mod:`tft2v.data.workers`).
     """
 
-    def __init__(self, source, num_workers: int = 0, prefetch_factor: int = 2):
+    def __init__(self, source, num_workers: int = 0, prefetch_factor: int = 2, worker_start: str = "forkserver"):
         self.source, self.num_workers, self.prefetch_factor = source, int(num_workers), int(prefetch_factor)
+        self.context = worker_context(worker_start) if self.num_workers else None
 
     def iter_from(self, start: int) -> Iterator[dict]:
         if self.num_workers == 0:
@@ -98,7 +110,8 @@ class SourceStream:
         dataset = _ByKey(self.source) if isinstance(self.source, ListSource) else self.source
         loader = DataLoader(dataset, sampler=self.source.sampler(start), batch_size=None,
                             num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
-                            collate_fn=as_is, generator=torch.Generator().manual_seed(self.source.seed))
+                            multiprocessing_context=self.context, collate_fn=as_is,
+                            generator=torch.Generator().manual_seed(self.source.seed))
         return (s for s in loader if s is not None)
 
     def __iter__(self) -> Iterator[dict]:

@@ -35,6 +35,7 @@ from tft2v.data.media_source import Item, MediaSource, TarMember, as_is
 from tft2v.data.media_types import IMAGE_EXTS, VIDEO_EXTS
 from tft2v.data.robust import SkipStats, classify
 from tft2v.data.sharding import epoch_order
+from tft2v.data.workers import worker_context
 from tft2v.errors import TFT2VError
 
 IMAGE_KEYS = tuple(ext[1:] for ext in IMAGE_EXTS)  # member suffixes: "jpg", not ".jpg"
@@ -234,11 +235,14 @@ class ShardStream:
     a fresh DataLoader with its own generator, so the global torch RNG is untouched. The DataLoader hands
     the workers' items back round-robin, each worker's in its own fixed order, so a pass is the same
     sequence every time it is read. A resume re-reads (and decodes) the current epoch's pass up to its
-    position and drops what was used before: streamed shards cannot be read by offset.
+    position and drops what was used before: streamed shards cannot be read by offset. Workers start by
+    ``worker_start`` (:mod:`tft2v.data.workers`).
     """
 
-    def __init__(self, source: TarShardSource, num_workers: int = 0, prefetch_factor: int = 2):
+    def __init__(self, source: TarShardSource, num_workers: int = 0, prefetch_factor: int = 2,
+                 worker_start: str = "forkserver"):
         self.source, self.num_workers, self.prefetch_factor = source, int(num_workers), int(prefetch_factor)
+        self.context = worker_context(worker_start) if self.num_workers else None
 
     def iter_from(self, start: int) -> Iterator[dict]:
         epoch, skip = divmod(int(start), EPOCH_SPAN)
@@ -262,6 +266,7 @@ class ShardStream:
             return self.source.iter_with_skips()
         return iter(DataLoader(_PassWithSkips(self.source), batch_size=None, num_workers=self.num_workers,
                                prefetch_factor=self.prefetch_factor, collate_fn=as_is,
+                               multiprocessing_context=self.context,
                                generator=torch.Generator().manual_seed(self.source.seed)))
 
     def __iter__(self) -> Iterator[dict]:

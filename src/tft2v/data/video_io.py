@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 from tft2v.data.image_io import center_crop, cover_size
@@ -152,13 +153,18 @@ class _FrameConverter:
         self.size = size
         self.pixel_aspect = pixel_aspect
         self.rotation = 0  # of the last converted frame (display matrix, degrees CCW)
+        # A scaler of its own on one thread. PyAV 18.1.1's frame.to_ndarray reuses one scaler per thread:
+        # a DataLoader worker forked after the parent had scaled frames inherits it with FFmpeg slice
+        # threads that do not exist in the child, and resetting it joins them forever. Workers are the
+        # parallelism here.
+        self._scaler = VideoReformatter()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         self.rotation = int(frame.rotation or 0)
         quarter, coded_hw = display_geometry((frame.height, frame.width), self.rotation,
                                              self.pixel_aspect, self.size)
-        rgb = frame.to_ndarray(format="rgb24", width=coded_hw[1], height=coded_hw[0],
-                               interpolation="BILINEAR")
+        rgb = self._scaler.reformat(frame, format="rgb24", width=coded_hw[1], height=coded_hw[0],
+                                    interpolation="BILINEAR", threads=1).to_ndarray()
         return np.ascontiguousarray(to_display(rgb, quarter, self.size))
 
 

@@ -148,14 +148,14 @@ def _source_streams(cfg: Config, rank: int, world_size: int, images: bool, video
             if d.buckets:
                 raise ConfigError(f"data.buckets need an indexed source; data.{name} {spec} is streamed (a URL, "
                                   "pipe: or compressed shards): use local .tar shards, a folder or a manifest")
-            out[name] = ShardStream(build_source(spec, **kw), d.num_workers, d.prefetch_factor)
+            out[name] = ShardStream(build_source(spec, **kw), d.num_workers, d.prefetch_factor, d.worker_start)
             continue
         source = ListSource([], **kw)
         index = shared_index(spec, kind, d.data_dir or None, bool(d.buckets), d.index_cache or None, source.stats)
         source.items = index.items
         if d.buckets:
             source = BucketedSource(source, index, d.buckets, name, salt)
-        out[name] = SourceStream(source, d.num_workers, d.prefetch_factor)
+        out[name] = SourceStream(source, d.num_workers, d.prefetch_factor, d.worker_start)
     return out
 
 
