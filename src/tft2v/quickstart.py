@@ -185,8 +185,8 @@ class Plan:
 
 
 # default: step counts cut to fit 10 minutes on the reference box (0.30 s image step) with the compositional
-# stage; estimated at 555–652 s there, at the edge (docs/research/quickstart_plan.md, "Fitting the compositional
-# variant"). full: 4× the variant and compositional steps on the same content stage.
+# stage; ≈ 556–560 s there, estimated against that box's run of the previous plan (docs/research/quickstart_plan.md,
+# "Fitting the compositional variant"). full: 4× the variant and compositional steps on the same content stage.
 PLANS = {"default": Plan("default", content_steps=600, variant_steps=200, sample_steps=MIN_SAMPLE_STEPS),
          "full": Plan("full", content_steps=600, variant_steps=800, sample_steps=MIN_SAMPLE_STEPS,
                       compositional_steps=600)}
